@@ -1,0 +1,122 @@
+"""The one shared check every tfcompress layer test runs.
+
+``check_layer`` builds a layer inside a model, then asserts, with numbers:
+  1. eager and ``tf.function`` calls give the same finite outputs;
+  2. ``get_config`` -> ``from_config`` rebuilds an equal config, and the rebuilt
+     layer, given the same weights, gives the same outputs;
+  3. the layer is registered so ``keras.saving`` serializes it by name;
+  4. one optimizer step on a compiled model gives a finite loss and changes at
+     least one trainable weight (the gradients flow);
+  5. a ``.keras`` save and ``load_model(safe_mode=True)`` restores every
+     variable and gives identical outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class LayerCheckResult:
+    model: keras.Model
+    outputs: np.ndarray
+    loaded_model: keras.Model
+
+
+def _to_numpy(x) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def check_layer(
+    layer_factory: Callable[[], keras.layers.Layer],
+    input_shape: tuple[int, ...],
+    tmp_path: Path,
+    *,
+    input_data: np.ndarray | None = None,
+    atol: float = 1e-6,
+    expect_trainable: bool = True,
+    seed: int = 0,
+) -> LayerCheckResult:
+    """Runs the shared layer checks; raises AssertionError on the first failure.
+
+    Args:
+        layer_factory: Returns a fresh, unbuilt layer each time it is called.
+        input_shape: Input shape including the batch dimension.
+        tmp_path: A directory for the ``.keras`` file (pytest's ``tmp_path``).
+        input_data: Inputs to use instead of standard-normal random data.
+        atol: Tolerance for eager vs ``tf.function`` outputs.
+        expect_trainable: Whether one training step must change a weight.
+        seed: Seed of the random inputs and targets.
+    """
+    rng = np.random.default_rng(seed)
+    x = input_data if input_data is not None else rng.standard_normal(input_shape).astype("float32")
+
+    layer = layer_factory()
+    inputs = keras.Input(shape=input_shape[1:], batch_size=None, dtype=str(x.dtype))
+    model = keras.Model(inputs, layer(inputs))
+
+    # 1. Eager vs graph.
+    eager = _to_numpy(layer(x, training=False))
+    graph = _to_numpy(tf.function(lambda t: layer(t, training=False))(tf.constant(x)))
+    assert np.all(np.isfinite(eager)), "layer produced non-finite outputs"
+    np.testing.assert_allclose(eager, graph, atol=atol, err_msg="eager != tf.function output")
+
+    # 2. Config round trip.
+    config = layer.get_config()
+    clone = layer.__class__.from_config(config)
+    assert clone.get_config() == config, (
+        f"get_config is not symmetric:\n{config}\n!=\n{clone.get_config()}"
+    )
+    clone_model = keras.Model(inputs, clone(inputs))
+    assert len(clone.weights) == len(layer.weights), "clone has a different number of weights"
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(
+        _to_numpy(clone_model(x, training=False)),
+        eager,
+        atol=atol,
+        err_msg="layer rebuilt from its config gives different outputs",
+    )
+
+    # 3. Registration.
+    serialized = keras.saving.serialize_keras_object(layer)
+    module = type(layer).__module__
+    if module.startswith("tfcompress"):
+        assert serialized.get("registered_name", "").startswith("tfcompress>"), (
+            f"{type(layer).__name__} is not registered under package 'tfcompress': "
+            f"{serialized.get('registered_name')!r}"
+        )
+    restored_layer = keras.saving.deserialize_keras_object(serialized)
+    assert type(restored_layer) is type(layer)
+
+    # 4. One training step.
+    target = rng.standard_normal(eager.shape).astype("float32")
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    before = [_to_numpy(w).copy() for w in model.trainable_weights]
+    loss = model.train_on_batch(x, target)
+    assert np.isfinite(loss), f"training step gave loss {loss}"
+    if expect_trainable:
+        assert before, "layer has no trainable weights"
+        changed = [
+            not np.array_equal(b, _to_numpy(w)) for b, w in zip(before, model.trainable_weights)
+        ]
+        assert any(changed), "one training step changed no trainable weight (no gradient?)"
+
+    # 5. .keras save/load.
+    outputs = _to_numpy(model.predict(x, verbose=0))
+    path = tmp_path / f"{layer.name}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    for original, restored in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(
+            _to_numpy(original), _to_numpy(restored), err_msg=f"variable {original.path} changed"
+        )
+    np.testing.assert_array_equal(
+        _to_numpy(loaded.predict(x, verbose=0)), outputs, err_msg="loaded model differs"
+    )
+    return LayerCheckResult(model=model, outputs=outputs, loaded_model=loaded)

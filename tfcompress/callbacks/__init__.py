@@ -1,0 +1,3 @@
+"""Callbacks for ``model.fit``: pruning, sparse training, distillation, schedules."""
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""Demo techniques: one module per feature, each defining ``TECHNIQUES``."""

@@ -1,0 +1,6 @@
+"""Numerical core: pure functions on ``keras.ops`` (any backend) and NumPy for offline work.
+
+TensorFlow-only kernels live in :mod:`tfcompress.ops.tf`.
+"""
+
+__all__: list[str] = []

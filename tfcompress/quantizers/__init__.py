@@ -1,0 +1,3 @@
+"""Serializable quantizer objects (config + call) with straight-through gradients."""
+
+__all__: list[str] = []
