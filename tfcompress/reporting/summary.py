@@ -97,7 +97,7 @@ class ModelSummary:
     def to_string(self) -> str:
         headers = ["layer", "type", "params", "bits/w", "sparsity", "bytes", "MACs"]
         rows: list[list[Any]] = [
-            [r.name, r.type, r.params, r.bits_per_weight, r.sparsity, int(round(r.bytes)), r.macs]
+            [r.name, r.type, r.params, r.bits_per_weight, r.sparsity, round(r.bytes), r.macs]
             for r in self.layers
         ]
         rows.append(
@@ -107,7 +107,7 @@ class ModelSummary:
                 self.total_params,
                 self.bits_per_weight,
                 self.sparsity,
-                int(round(self.total_bytes)),
+                round(self.total_bytes),
                 self.total_macs,
             ]
         )
@@ -180,7 +180,7 @@ def layer_macs(layer: keras.layers.Layer) -> int | None:
             return kernel_size * math.prod(output_shape[1:-1])
         # EinsumDense: every output element sums over the kernel's contracted
         # axes, i.e. kernel_size / (product of the kernel's free output axes).
-        return int(round(kernel_size * math.prod(output_shape[1:]) / max(1, _einsum_free(layer))))
+        return round(kernel_size * math.prod(output_shape[1:]) / max(1, _einsum_free(layer)))
     if isinstance(layer, (layers.LSTM, layers.GRU, layers.SimpleRNN)):
         steps = input_shape[1] if input_shape else None
         if steps is None:

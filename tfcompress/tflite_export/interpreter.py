@@ -8,6 +8,7 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -28,9 +29,9 @@ class OpInfo:
         if not self.input_dtypes:
             return "-"
         first = self.input_dtypes[0]
-        if len(self.input_dtypes) >= 2 and self.input_dtypes[1] != first:
-            if self.name in _WEIGHTED_OPS:
-                return f"{first}/{self.input_dtypes[1]}"
+        weights = self.input_dtypes[1] if len(self.input_dtypes) >= 2 else first
+        if weights != first and self.name in _WEIGHTED_OPS:
+            return f"{first}/{weights}"
         return first
 
 
@@ -59,7 +60,7 @@ class TFLiteModel:
     def __init__(self, model: str | os.PathLike | bytes, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        content = model if isinstance(model, bytes) else open(model, "rb").read()
+        content = model if isinstance(model, bytes) else Path(model).read_bytes()
         self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
         signatures = self._interpreter.get_signature_list()
         if len(signatures) != 1:
