@@ -54,7 +54,7 @@ def cluster_model(
     per_channel: bool = False,
     preserve_sparsity: bool = True,
     *,
-    init: str = "cuberoot",
+    init: str = "auto",
     layers: LayerSelection = None,
     seed: int = 0,
 ) -> keras.Model:
@@ -73,7 +73,8 @@ def cluster_model(
         per_channel: One codebook per output channel.
         preserve_sparsity: Exact zeros (pruned weights) map to a constant zero
             that fine-tuning cannot move; the other weights are clustered.
-        init: k-means initialisation: ``"cuberoot"``, ``"density"``,
+        init: k-means initialisation (see :func:`tfcompress.ops.kmeans.kmeans_1d`):
+            ``"auto"``, ``"optimal"``, ``"cuberoot"``, ``"density"``,
             ``"linear"`` or ``"kmeans++"``.
         layers: Which layers to cluster (names, classes, a predicate); default
             every Dense, Conv1D and Conv2D. Naming a layer of another type is
