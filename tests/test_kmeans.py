@@ -47,7 +47,7 @@ def test_binned_optimum_on_large_input_beats_lloyd_from_quantiles():
     values = np.concatenate([rng.normal(-1, 0.2, 30_000), rng.normal(1.5, 0.4, 30_000)])
     auto = kmeans_1d(values, 8)
     for init in ("density", "linear", "cuberoot"):
-        assert auto.inertia <= kmeans_1d(values, 8, init=init).inertia * (1 + 1e-9)
+        assert auto.inertia <= kmeans_1d(values, 8, init=init).inertia * (1 + 1e-5)
 
 
 def test_labels_are_nearest_centroid_and_inertia_matches():
