@@ -16,6 +16,10 @@ EXPECTED_TOP_LEVEL = {
     "summary",
     "tflite_export",
     "transforms",
+    "packing",
+    "pack",
+    "unpack",
+    "cluster_model",
 }
 
 EXPECTED_EXPORT = {

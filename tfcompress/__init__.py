@@ -1,3 +1,4 @@
+# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """tfcompress: model compression for Keras 3 on TensorFlow.
 
 Layers you swap in, callbacks you add to ``model.fit``, model transforms that
@@ -18,6 +19,11 @@ from tfcompress import (
 )
 from tfcompress.reporting import summary
 
+from tfcompress import packing
+from tfcompress.packing import pack
+from tfcompress.packing import unpack
+from tfcompress.transforms.cluster import cluster_model
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,4 +39,8 @@ __all__ = [
     "summary",
     "tflite_export",
     "transforms",
+    "packing",
+    "pack",
+    "unpack",
+    "cluster_model",
 ]

@@ -1,3 +1,12 @@
+# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
 
-__all__: list[str] = []
+from tfcompress.layers.clustered import ClusteredConv1D
+from tfcompress.layers.clustered import ClusteredConv2D
+from tfcompress.layers.clustered import ClusteredDense
+
+__all__ = [
+    "ClusteredConv1D",
+    "ClusteredConv2D",
+    "ClusteredDense",
+]

@@ -28,6 +28,7 @@ against their codebooks. Any malformed input raises :class:`PackFormatError`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import json
@@ -145,7 +146,9 @@ def dumps(model: keras.Model) -> tuple[bytes, PackReport]:
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built")
-    text = json.dumps(keras.saving.serialize_keras_object(model), separators=(",", ":"))
+    serialized = keras.saving.serialize_keras_object(model)
+    serialized.pop("compile_config", None)  # unpack gives an uncompiled model
+    text = json.dumps(serialized, separators=(",", ":"))
     config = zlib.compress(text.encode("utf-8"), 9)
     out = io.BytesIO()
     out.write(MAGIC + struct.pack("<HHI", VERSION, FLAG_ZLIB_CONFIG, len(config)) + config)
@@ -319,6 +322,7 @@ def _parse(data: bytes) -> tuple[dict, list[np.ndarray]]:
     if not isinstance(config, dict):
         raise PackFormatError("model config is not a JSON object")
     _check_modules(config)
+    config.pop("compile_config", None)
     (count,) = r.unpack("<I", "record count")
     if count > r.left // 12:  # every record takes at least 12 bytes
         raise PackFormatError(f"record count {count} exceeds what {r.left} bytes can hold")
@@ -350,7 +354,8 @@ def _parse(data: bytes) -> tuple[dict, list[np.ndarray]]:
 def _build(config: dict) -> keras.Model:
     try:
         with keras.saving.custom_object_scope({}):
-            model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+            # Keras consumes parts of the config it is given: pass a copy.
+            model = keras.saving.deserialize_keras_object(copy.deepcopy(config), safe_mode=True)
     except PackFormatError:
         raise
     except Exception as error:  # Keras raises many types on a bad config
@@ -360,17 +365,36 @@ def _build(config: dict) -> keras.Model:
     return model
 
 
+def _ghost_shapes(config: dict) -> tuple[list[tuple[int, ...]], list[str]]:
+    """Variable shapes and dtypes of the model ``config`` describes, without allocating them.
+
+    Inside a ``keras.StatelessScope`` variables are created uninitialised; we
+    exit without initialising them and drop them from Keras' pending list, so a
+    config that declares a huge layer costs no memory.
+    """
+    from keras.src.backend.common import global_state
+
+    key = "uninitialized_variables"
+    pending = global_state.get_global_attribute(key, [], set_to_default=True)
+    before = len(pending)
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            ghost = _build(config)
+            shapes = [tuple(int(d) for d in v.shape) for v in ghost.weights]
+            dtypes = [keras.backend.standardize_dtype(v.dtype) for v in ghost.weights]
+    finally:
+        pending = global_state.get_global_attribute(key, [], set_to_default=True)
+        del pending[before:]
+    return shapes, dtypes
+
+
 def loads(data: bytes) -> keras.Model:
     """Rebuilds a model from archive bytes (see :func:`unpack`)."""
     import tfcompress.layers  # noqa: F401  (registers the tfcompress classes)
 
     config, tensors = _parse(bytes(data))
-    # Build once without allocating (deferred variables) to check the shapes.
-    with keras.StatelessScope():
-        ghost = _build(config)
-        shapes = [tuple(v.shape) for v in ghost.weights]
-        dtypes = [keras.backend.standardize_dtype(v.dtype) for v in ghost.weights]
-    del ghost
+    # Build once with deferred variables (nothing allocated) to check the shapes.
+    shapes, dtypes = _ghost_shapes(config)
     if len(shapes) != len(tensors):
         raise PackFormatError(f"model has {len(shapes)} variables, archive has {len(tensors)}")
     for i, (shape, dtype, value) in enumerate(zip(shapes, dtypes, tensors)):

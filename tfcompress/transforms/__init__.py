@@ -1,3 +1,8 @@
+# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Model -> model transforms that keep the trained weights."""
 
-__all__: list[str] = []
+from tfcompress.transforms.cluster import cluster_model
+
+__all__ = [
+    "cluster_model",
+]
