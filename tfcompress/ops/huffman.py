@@ -11,8 +11,9 @@ of a second without compiled code.
 
 Stream layout (little-endian; see docs/pack_format.md)::
 
-    u32 alphabet_size   u32 count   u32 used (m)   u8 symbol_width (2 or 4)
-    m x symbol (increasing)         m x u8 code length (1..20)
+    u32 alphabet_size   u32 count   u32 used (m)   u8 symbol_width (0, 2 or 4)
+    width 2/4: m x symbol (increasing), then m x u8 code length (1..20)
+    width 0:   alphabet_size x u8 code length (0 = symbol unused)
     u32 block   u64 total_bits      (ceil(count/block) - 1) x u64 block bit offset
     ceil(total_bits / 8) bytes of code bits, most significant bit first
 
@@ -142,9 +143,13 @@ def encode(
     lengths = code_lengths(freqs)
     used = np.flatnonzero(lengths)
     width = 2 if alphabet <= 1 << 16 else 4
-    header = struct.pack("<IIIB", alphabet, n, used.size, width)
-    header += used.astype("<u2" if width == 2 else "<u4").tobytes()
-    header += lengths[used].astype(np.uint8).tobytes()
+    if alphabet <= (width + 1) * used.size:  # a dense table of lengths is smaller
+        header = struct.pack("<IIIB", alphabet, n, used.size, 0)
+        header += lengths.astype(np.uint8).tobytes()
+    else:
+        header = struct.pack("<IIIB", alphabet, n, used.size, width)
+        header += used.astype("<u2" if width == 2 else "<u4").tobytes()
+        header += lengths[used].astype(np.uint8).tobytes()
 
     code_of = np.zeros(alphabet, dtype=np.uint64)
     if used.size:
@@ -210,16 +215,23 @@ def decode_prefix(data: bytes) -> tuple[np.ndarray, int]:
     alphabet, n, m, width = r.unpack("<IIIB", "header")
     if not 1 <= alphabet <= MAX_ALPHABET:
         raise HuffmanError(f"alphabet size {alphabet} outside [1, {MAX_ALPHABET}]")
-    if width not in (2, 4):
-        raise HuffmanError(f"symbol width {width} is not 2 or 4")
+    if width not in (0, 2, 4):
+        raise HuffmanError(f"symbol width {width} is not 0, 2 or 4")
     if m > alphabet or (n > 0) != (m > 0):
         raise HuffmanError(f"{m} coded symbols for alphabet {alphabet} and count {n}")
     # Each symbol costs at least one bit: bound the count by the bytes present.
     if n > 8 * (len(data) - r.pos):
         raise HuffmanError(f"count {n} exceeds what {len(data)} bytes can hold")
-    used = np.frombuffer(r.take(width * m, "symbols"), dtype="<u2" if width == 2 else "<u4")
-    used = used.astype(np.int64)
-    lengths = np.frombuffer(r.take(m, "code lengths"), dtype=np.uint8).astype(np.int64)
+    if width == 0:  # dense: one length byte per alphabet symbol, 0 = unused
+        table = np.frombuffer(r.take(alphabet, "code lengths"), dtype=np.uint8)
+        used = np.flatnonzero(table).astype(np.int64)
+        if used.size != m:
+            raise HuffmanError(f"{used.size} nonzero code lengths, header says {m}")
+        lengths = table[used].astype(np.int64)
+    else:
+        used = np.frombuffer(r.take(width * m, "symbols"), dtype="<u2" if width == 2 else "<u4")
+        used = used.astype(np.int64)
+        lengths = np.frombuffer(r.take(m, "code lengths"), dtype=np.uint8).astype(np.int64)
     if m and (np.any(np.diff(used) <= 0) or used[-1] >= alphabet):
         raise HuffmanError("coded symbols are not increasing and below the alphabet size")
     if m and (lengths.min() < 1 or lengths.max() > MAX_CODE_LENGTH):

@@ -11,8 +11,9 @@ One record per ``model.weights`` entry, in order. Encodings:
 
 * ``RAW`` (0): the values' little-endian bytes.
 * ``SPARSE`` (1): relative-index sparse, Deep Compression style: a Huffman
-  stream of gaps (zeros skipped before each stored entry, < 256; a longer run
-  stores an explicit zero as filler), then u64 + the stored values' bytes.
+  stream of gaps (zeros skipped before each stored entry, at most a per-tensor
+  limit <= 255; a longer run stores an explicit zero as filler), then the
+  stored values' bytes.
 * ``HUFFMAN`` (2): integer symbols (cluster indices), Huffman-coded.
 * ``SPARSE_HUFFMAN`` (3): gaps as in ``SPARSE``, then the nonzero symbols
   Huffman-coded (clustered + pruned kernels: index 0 is the pruned zero).
@@ -51,6 +52,7 @@ VERSION = 1
 RAW, SPARSE, HUFFMAN, SPARSE_HUFFMAN = 0, 1, 2, 3
 ENCODING_NAMES = {RAW: "raw", SPARSE: "sparse", HUFFMAN: "huffman", SPARSE_HUFFMAN: "sparse+huffman"}
 MAX_GAP = 255
+GAP_CHOICES = (7, 15, 31, 63, 255)
 MAX_NDIM = 8
 DTYPES = {
     1: np.dtype("<f4"),
@@ -85,23 +87,23 @@ class PackReport:
 # ---------------------------------------------------------------- writing
 
 
-def _gaps(flat_nonzero: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _gaps(flat_nonzero: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     """Gap symbols and positions of stored entries, with fillers for long runs."""
     positions = np.flatnonzero(flat_nonzero)
     previous = np.concatenate([[-1], positions[:-1]])
     gaps = positions - previous - 1
-    fillers = gaps // (MAX_GAP + 1)
+    fillers = gaps // (max_gap + 1)
     if not fillers.any():
         return gaps, positions
     # Each filler is an explicit zero stored MAX_GAP + 1 positions on.
     count = fillers + 1
     starts = np.repeat(previous, count)
     step = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-    entries = starts + (step + 1) * (MAX_GAP + 1)
+    entries = starts + (step + 1) * (max_gap + 1)
     last = np.cumsum(count) - 1
     entries[last] = positions
-    out_gaps = np.full(entries.size, MAX_GAP)
-    out_gaps[last] = gaps - fillers * (MAX_GAP + 1)
+    out_gaps = np.full(entries.size, max_gap)
+    out_gaps[last] = gaps - fillers * (max_gap + 1)
     return out_gaps, entries
 
 
@@ -110,25 +112,28 @@ def _encode_tensor(value: np.ndarray) -> tuple[int, bytes]:
     raw = flat.astype(flat.dtype.newbyteorder("<"), copy=False).tobytes()
     candidates = [(RAW, raw)]
     if flat.size and flat.dtype != np.bool_:
-        # Only an all-zero bit pattern is dropped, so -0.0 survives exactly.
-        nonzero = flat.view(f"u{flat.dtype.itemsize}") != 0
+        # Zeros by value: a -0.0 (e.g. from kernel * mask) is stored as +0.0,
+        # which compares equal and gives equal outputs.
+        nonzero = flat != 0
+        integer = np.issubdtype(flat.dtype, np.integer) and flat.min() >= 0
+        top = int(flat.max()) + 1 if integer else 0
+        integer = integer and top <= huffman.MAX_ALPHABET
+        if integer:
+            candidates.append((HUFFMAN, huffman.encode(flat.astype(np.int64), top)))
         if not nonzero.all():
-            gaps, entries = _gaps(nonzero, flat.size)
-            gap_stream = huffman.encode(gaps, MAX_GAP + 1)
-            stored = flat[entries]
-            values = stored.astype(stored.dtype.newbyteorder("<"), copy=False).tobytes()
-            candidates.append(
-                (SPARSE, struct.pack("<Q", len(gap_stream)) + gap_stream + values)
-            )
-        if np.issubdtype(flat.dtype, np.integer) and flat.min() >= 0:
-            top = int(flat.max()) + 1
-            if top <= huffman.MAX_ALPHABET:
-                candidates.append((HUFFMAN, huffman.encode(flat.astype(np.int64), top)))
-                if not nonzero.all():
-                    symbols = huffman.encode(flat[entries].astype(np.int64), top)
-                    candidates.append(
-                        (SPARSE_HUFFMAN, struct.pack("<Q", len(gap_stream)) + gap_stream + symbols)
-                    )
+            # The longest gap a symbol codes is a per-tensor choice (longer runs
+            # get an explicit zero as filler); try a few, keep the smallest.
+            for max_gap in GAP_CHOICES:
+                gaps, entries = _gaps(nonzero, max_gap)
+                gap_stream = huffman.encode(gaps, max_gap + 1)
+                head = struct.pack("<Q", len(gap_stream)) + gap_stream
+                stored = flat[entries]
+                if integer:
+                    symbols = huffman.encode(stored.astype(np.int64), top)
+                    candidates.append((SPARSE_HUFFMAN, head + symbols))
+                else:
+                    values = stored.astype(stored.dtype.newbyteorder("<"), copy=False).tobytes()
+                    candidates.append((SPARSE, head + values))
     return min(candidates, key=lambda c: len(c[1]))
 
 
