@@ -20,7 +20,6 @@ Run: ``PYTHONPATH=. /work/venv/bin/python benchmarks/deep_compression.py [--quic
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import subprocess
@@ -31,13 +30,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tfcompress as tfc  # noqa: E402
-from tfcompress.models import accuracy, digits_cnn, digits_mlp, train_classifier  # noqa: E402
-from tfcompress.ops.kmeans import assign_clusters, kmeans_1d  # noqa: E402
-from tfcompress.reporting.table import format_table  # noqa: E402
+import tfcompress as tfc
+from tfcompress.models import accuracy, digits_cnn, digits_mlp, train_classifier
+from tfcompress.ops.kmeans import assign_clusters, kmeans_1d
+from tfcompress.reporting.table import format_table
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -84,7 +83,11 @@ def kmeans_timing(repeats: int = 3) -> dict:
 
 
 def _prunable(model: keras.Model) -> list[keras.layers.Layer]:
-    return [layer for layer in model.layers if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))]
+    return [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+    ]
 
 
 class _MagnitudeMask(keras.callbacks.Callback):
@@ -170,14 +173,31 @@ def tfmot_cluster(model, data, clusters: int, kind: str, epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
         npz = Path(tmp) / "d.npz"
-        np.savez(npz, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
-                 y_test=data.y_test, **arrays)
+        np.savez(
+            npz,
+            x_train=data.x_train,
+            y_train=data.y_train,
+            x_test=data.x_test,
+            y_test=data.y_test,
+            **arrays,
+        )
         out = Path(tmp) / "out.json"
         env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
         proc = subprocess.run(
-            [sys.executable, "-c", TFMOT_SCRIPT, str(npz), str(out), str(clusters), kind,
-             str(epochs)],
-            env=env, capture_output=True, text=True, timeout=900,
+            [
+                sys.executable,
+                "-c",
+                TFMOT_SCRIPT,
+                str(npz),
+                str(out),
+                str(clusters),
+                kind,
+                str(epochs),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         if proc.returncode != 0:
             return {"error": proc.stderr[-2000:]}
@@ -191,8 +211,18 @@ def _float_bytes(model: keras.Model) -> int:
     return 4 * model.count_params()
 
 
-def pipeline(name: str, kind: str, data, sparsity: dict, clusters: int, epochs: int,
-             prune_steps: int, prune_epochs: int, finetune_epochs: int, run_tfmot: bool) -> dict:
+def pipeline(
+    name: str,
+    kind: str,
+    data,
+    sparsity: dict,
+    clusters: int,
+    epochs: int,
+    prune_steps: int,
+    prune_epochs: int,
+    finetune_epochs: int,
+    run_tfmot: bool,
+) -> dict:
     keras.utils.set_random_seed(0)
     model = digits_mlp() if kind == "mlp" else digits_cnn()
     train_classifier(model, data, epochs=epochs)
@@ -216,13 +246,22 @@ def pipeline(name: str, kind: str, data, sparsity: dict, clusters: int, epochs: 
         summary = tfc.summary(clustered, print_fn=None)
         packed = tfc.pack(clustered, Path(tmp) / "clustered.tfcp")
         restored = tfc.unpack(packed.path)
-        exact = bool(np.array_equal(restored.predict(data.x_test, verbose=0),
-                                    clustered.predict(data.x_test, verbose=0)))
+        exact = bool(
+            np.array_equal(
+                restored.predict(data.x_test, verbose=0), clustered.predict(data.x_test, verbose=0)
+            )
+        )
         weights_bytes = packed.bytes - packed.config_bytes
-        export = tfc.tflite_export.export(clustered, Path(tmp) / "c.tflite", verbose=0,
-                                          verify_data=data.x_test, verify_labels=data.y_test)
-        float_export = tfc.tflite_export.export(float_model_copy, Path(tmp) / "f.tflite",
-                                                verbose=0, verify=False)
+        export = tfc.tflite_export.export(
+            clustered,
+            Path(tmp) / "c.tflite",
+            verbose=0,
+            verify_data=data.x_test,
+            verify_labels=data.y_test,
+        )
+        float_export = tfc.tflite_export.export(
+            float_model_copy, Path(tmp) / "f.tflite", verbose=0, verify=False
+        )
     result = {
         "model": name,
         "params": model.count_params(),
@@ -260,29 +299,51 @@ def _stage_rows(r: dict) -> list[list]:
     fb = r["float32_weight_bytes"]
     rows = [
         ["float32", round(100 * r["float_accuracy"], 2), fb, 1.0, "weights as float32"],
-        ["after pruning", round(100 * r["pruned_accuracy"], 2), r["pruned_pack_bytes"],
-         round(fb / r["pruned_pack_bytes"], 2),
-         f"{100 * r['kernel_sparsity']:.1f}% kernel zeros, tfc.pack sparse ({r['pruning']})"],
-        ["after clustering", round(100 * r["clustered_accuracy"], 2),
-         round(r["summary_bytes_fixed_width"]), round(fb / r["summary_bytes_fixed_width"], 2),
-         f"{r['clusters']} clusters, fixed-width indices ({r['summary_bits_per_weight']:.2f} "
-         "bits/param incl. biases)"],
-        ["after Huffman", round(100 * r["clustered_accuracy"], 2), r["pack_bytes"],
-         round(r["ratio_file"], 2),
-         f"tfc.pack file incl. {r['pack_config_bytes']} B config; weights alone "
-         f"{r['pack_weight_bytes']} B = {r['ratio_weights']:.1f}x"],
-        ["clustered TFLite", round(100 * r["clustered_tflite_accuracy"], 2),
-         r["clustered_tflite_bytes"], round(fb / r["clustered_tflite_bytes"], 2),
-         f"gzip {r['clustered_tflite_gzip_bytes']} B = "
-         f"{fb / r['clustered_tflite_gzip_bytes']:.1f}x (float TFLite gzip "
-         f"{r['float_tflite_gzip_bytes']} B)"],
+        [
+            "after pruning",
+            round(100 * r["pruned_accuracy"], 2),
+            r["pruned_pack_bytes"],
+            round(fb / r["pruned_pack_bytes"], 2),
+            f"{100 * r['kernel_sparsity']:.1f}% kernel zeros, tfc.pack sparse ({r['pruning']})",
+        ],
+        [
+            "after clustering",
+            round(100 * r["clustered_accuracy"], 2),
+            round(r["summary_bytes_fixed_width"]),
+            round(fb / r["summary_bytes_fixed_width"], 2),
+            f"{r['clusters']} clusters, fixed-width indices ({r['summary_bits_per_weight']:.2f} "
+            "bits/param incl. biases)",
+        ],
+        [
+            "after Huffman",
+            round(100 * r["clustered_accuracy"], 2),
+            r["pack_bytes"],
+            round(r["ratio_file"], 2),
+            f"tfc.pack file incl. {r['pack_config_bytes']} B config; weights alone "
+            f"{r['pack_weight_bytes']} B = {r['ratio_weights']:.1f}x",
+        ],
+        [
+            "clustered TFLite",
+            round(100 * r["clustered_tflite_accuracy"], 2),
+            r["clustered_tflite_bytes"],
+            round(fb / r["clustered_tflite_bytes"], 2),
+            f"gzip {r['clustered_tflite_gzip_bytes']} B = "
+            f"{fb / r['clustered_tflite_gzip_bytes']:.1f}x (float TFLite gzip "
+            f"{r['float_tflite_gzip_bytes']} B)",
+        ],
     ]
     t = r.get("tfmot")
     if t and "error" not in t:
-        rows.append(["TFMOT cluster_weights", round(100 * t["accuracy"], 2), t["tflite_bytes"],
-                     round(fb / t["tflite_bytes"], 2),
-                     f"TFLite; gzip {t['tflite_gzip_bytes']} B = "
-                     f"{fb / t['tflite_gzip_bytes']:.1f}x (no pruning, same clusters)"])
+        rows.append(
+            [
+                "TFMOT cluster_weights",
+                round(100 * t["accuracy"], 2),
+                t["tflite_bytes"],
+                round(fb / t["tflite_bytes"], 2),
+                f"TFLite; gzip {t['tflite_gzip_bytes']} B = "
+                f"{fb / t['tflite_gzip_bytes']:.1f}x (no pruning, same clusters)",
+            ]
+        )
     elif t:
         rows.append(["TFMOT cluster_weights", None, None, None, "failed: " + t["error"][-200:]])
     return rows
@@ -298,31 +359,70 @@ def main(argv=None) -> dict:
     if not args.skip_kmeans:
         km = kmeans_timing()
         results["kmeans"] = km
-        print(format_table(
-            [["tfcompress kmeans_1d (all weights)", round(km["tfcompress_seconds"], 3),
-              km["tfcompress_sse"], 1.0],
-             ["scikit-learn KMeans (1% sample)", round(km["sklearn_1pct_seconds"], 3),
-              km["sklearn_1pct_sse_on_all"], round(1 / km["sse_ratio_ours_over_sklearn"], 4)]],
-            ["method", "seconds", "SSE on all 16.7M weights", "SSE / ours"],
-            title=f"k-means 4096x4096 -> 256 clusters ({km['cpus']} CPUs, load "
-                  f"{km['load_average_1min']:.1f}); speedup {km['speedup']:.1f}x, "
-                  f"SSE ratio ours/sklearn {km['sse_ratio_ours_over_sklearn']:.4f}",
-        ))
+        print(
+            format_table(
+                [
+                    [
+                        "tfcompress kmeans_1d (all weights)",
+                        round(km["tfcompress_seconds"], 3),
+                        km["tfcompress_sse"],
+                        1.0,
+                    ],
+                    [
+                        "scikit-learn KMeans (1% sample)",
+                        round(km["sklearn_1pct_seconds"], 3),
+                        km["sklearn_1pct_sse_on_all"],
+                        round(1 / km["sse_ratio_ours_over_sklearn"], 4),
+                    ],
+                ],
+                ["method", "seconds", "SSE on all 16.7M weights", "SSE / ours"],
+                title=f"k-means 4096x4096 -> 256 clusters ({km['cpus']} CPUs, load "
+                f"{km['load_average_1min']:.1f}); speedup {km['speedup']:.1f}x, "
+                f"SSE ratio ours/sklearn {km['sse_ratio_ours_over_sklearn']:.4f}",
+            )
+        )
     data_flat = tfc.datasets.load_digits(flatten=True)
     data_img = tfc.datasets.load_digits()
-    configs = [("LeNet-300-100", "mlp", data_flat,
-                {"dense1": 0.9, "dense2": 0.95, "logits": 0.7}, 16, 30, 4, 8, 8)]
+    configs = [
+        (
+            "LeNet-300-100",
+            "mlp",
+            data_flat,
+            {"dense1": 0.9, "dense2": 0.95, "logits": 0.7},
+            16,
+            30,
+            4,
+            8,
+            8,
+        )
+    ]
     if not args.quick:
-        configs.append(("digits CNN", "cnn", data_img,
-                        {"conv1": 0.5, "conv2": 0.8, "conv3": 0.9, "dense1": 0.95,
-                         "logits": 0.7}, 16, 10, 3, 3, 4))
+        configs.append(
+            (
+                "digits CNN",
+                "cnn",
+                data_img,
+                {"conv1": 0.5, "conv2": 0.8, "conv3": 0.9, "dense1": 0.95, "logits": 0.7},
+                16,
+                10,
+                3,
+                3,
+                4,
+            )
+        )
     for name, kind, data, sparsity, clusters, epochs, steps, pe, fe in configs:
-        r = pipeline(name, kind, data, sparsity, clusters, epochs, steps, pe, fe,
-                     run_tfmot=not args.no_tfmot)
+        r = pipeline(
+            name, kind, data, sparsity, clusters, epochs, steps, pe, fe, run_tfmot=not args.no_tfmot
+        )
         results[name] = r
-        print(format_table(_stage_rows(r), ["stage", "test acc %", "bytes", "x smaller", "note"],
-                           title=f"Deep Compression: {name} ({r['params']:,} params, "
-                                 f"{r['float32_weight_bytes']:,} B float32)"))
+        print(
+            format_table(
+                _stage_rows(r),
+                ["stage", "test acc %", "bytes", "x smaller", "note"],
+                title=f"Deep Compression: {name} ({r['params']:,} params, "
+                f"{r['float32_weight_bytes']:,} B float32)",
+            )
+        )
         print(f"unpack(pack(model)) outputs identical: {r['unpack_exact']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "deep_compression.json").write_text(json.dumps(results, indent=2, default=str))

@@ -31,8 +31,11 @@ def test_shared_layer_checks(factory, shape, tmp_path):
 
 def _mlp():
     return keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(16, activation="relu", name="d1"),
-         keras.layers.Dense(3, name="d2")]
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu", name="d1"),
+            keras.layers.Dense(3, name="d2"),
+        ]
     )
 
 
@@ -64,8 +67,12 @@ def test_kernel_is_codebook_lookup_and_centroid_gradient_is_sum():
 def test_fine_tuning_keeps_zeros_and_sharing(digits):
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="c"),
-         keras.layers.Flatten(), keras.layers.Dense(10, name="out")]
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu", name="c"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, name="out"),
+        ]
     )
     kernel = np.asarray(model.layers[0].kernel)
     kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.5)] = 0
@@ -119,7 +126,7 @@ def test_unclusterable_layer_refused_before_any_change():
     model = keras.Sequential(
         [keras.Input((6, 4)), keras.layers.LSTM(5, name="lstm"), keras.layers.Dense(2, name="d")]
     )
-    with pytest.raises(TypeError, match="LSTM.*cannot be clustered"):
+    with pytest.raises(TypeError, match=r"LSTM.*cannot be clustered"):
         cluster_model(model, layers=["lstm"])
     with pytest.raises(ValueError, match="no layer that can be clustered"):
         cluster_model(keras.Sequential([keras.Input((6, 4)), keras.layers.LSTM(5)]))

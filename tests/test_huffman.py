@@ -36,7 +36,7 @@ def test_lengths_are_optimal_huffman():
         cost += a + b
         heapq.heappush(heap, a + b)
     assert int(np.sum(lengths * freqs)) == cost
-    assert np.sum(2.0 ** -lengths) <= 1.0
+    assert np.sum(2.0**-lengths) <= 1.0
 
 
 def test_length_limit_holds_for_fibonacci_frequencies():
@@ -45,7 +45,7 @@ def test_length_limit_holds_for_fibonacci_frequencies():
         fib.append(fib[-1] + fib[-2])
     lengths = code_lengths(np.array(fib))
     assert lengths.max() <= MAX_CODE_LENGTH
-    assert np.sum(2.0 ** -lengths) <= 1.0
+    assert np.sum(2.0**-lengths) <= 1.0
     symbols = np.repeat(np.arange(40), 3)
     np.testing.assert_array_equal(decode(encode(symbols)), symbols)
 

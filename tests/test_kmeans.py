@@ -29,7 +29,9 @@ def _optimal_sse(values: np.ndarray, k: int) -> float:
 @pytest.mark.parametrize("init", INITS)
 def test_against_exact_optimum(init):
     rng = np.random.default_rng(3)
-    values = np.concatenate([rng.normal(-1, 0.3, 60), rng.normal(2, 0.5, 60), rng.laplace(0, 1, 40)])
+    values = np.concatenate(
+        [rng.normal(-1, 0.3, 60), rng.normal(2, 0.5, 60), rng.laplace(0, 1, 40)]
+    )
     for k in (2, 4, 8, 16):
         result = kmeans_1d(values, k, init=init)
         optimum = _optimal_sse(values, k)

@@ -31,9 +31,10 @@ def _models():
     x = keras.layers.BatchNormalization(name="bn")(x)
     y = keras.layers.Flatten()(x)
     functional = keras.Model(
-        inputs, keras.layers.Dense(10, name="head")(
+        inputs,
+        keras.layers.Dense(10, name="head")(
             keras.layers.Concatenate()([y, inner(keras.layers.Flatten()(inputs))])
-        )
+        ),
     )
     return {
         "mlp": mlp,
@@ -129,7 +130,8 @@ def test_specific_malformations_are_refused():
 
     def lambda_layer(config):
         config["config"]["layers"][1] = {
-            "module": "keras.layers", "class_name": "Lambda",
+            "module": "keras.layers",
+            "class_name": "Lambda",
             "config": {"function": {"class_name": "__lambda__", "config": {"code": "x"}}},
             "registered_name": None,
         }

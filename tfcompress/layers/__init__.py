@@ -1,4 +1,4 @@
-# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
+# ruff: noqa: I001  (one import per line: feature branches append theirs)
 """Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
 
 from tfcompress.layers.clustered import ClusteredConv1D

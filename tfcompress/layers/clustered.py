@@ -133,12 +133,11 @@ class ClusteredLayerMixin:
         """Stored as ceil(log2(table width)) bits per weight + float32 codebook + bias."""
         bits = max(1, math.ceil(math.log2(self.table_width)))
         weights = math.prod(self._kernel_shape)
-        others = sum(
-            math.prod(v.shape) * 4 for v in self.weights if v is not self.cluster_indices
-        )
+        others = sum(math.prod(v.shape) * 4 for v in self.weights if v is not self.cluster_indices)
         return {
             "bits_per_weight": float(bits),
-            "params": weights + sum(math.prod(v.shape) for v in self.weights)
+            "params": weights
+            + sum(math.prod(v.shape) for v in self.weights)
             - math.prod(self.cluster_indices.shape),
             "bytes": weights * bits / 8 + others,
         }

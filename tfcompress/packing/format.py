@@ -50,7 +50,12 @@ __all__ = ["MAGIC", "VERSION", "PackFormatError", "PackReport", "dumps", "loads"
 MAGIC = b"TFCPACK\x00"
 VERSION = 1
 RAW, SPARSE, HUFFMAN, SPARSE_HUFFMAN = 0, 1, 2, 3
-ENCODING_NAMES = {RAW: "raw", SPARSE: "sparse", HUFFMAN: "huffman", SPARSE_HUFFMAN: "sparse+huffman"}
+ENCODING_NAMES = {
+    RAW: "raw",
+    SPARSE: "sparse",
+    HUFFMAN: "huffman",
+    SPARSE_HUFFMAN: "sparse+huffman",
+}
 MAX_GAP = 255
 GAP_CHOICES = (7, 15, 31, 63, 255)
 MAX_NDIM = 8
@@ -140,8 +145,10 @@ def _encode_tensor(value: np.ndarray) -> tuple[int, bytes]:
 def _dtype_code(dtype: np.dtype) -> int:
     code = DTYPE_CODES.get(np.dtype(dtype))
     if code is None:
-        raise TypeError(f"cannot pack a variable of dtype {dtype}; supported: "
-                        f"{', '.join(str(d) for d in DTYPES.values())}")
+        raise TypeError(
+            f"cannot pack a variable of dtype {dtype}; supported: "
+            f"{', '.join(str(d) for d in DTYPES.values())}"
+        )
     return code
 
 
@@ -169,7 +176,12 @@ def dumps(model: keras.Model) -> tuple[bytes, PackReport]:
         head += struct.pack(f"<{value.ndim}I", *value.shape)
         out.write(head + struct.pack("<Q", len(payload)) + payload)
         tensors.append(
-            (variable.path, tuple(value.shape), ENCODING_NAMES[encoding], len(head) + 8 + len(payload))
+            (
+                variable.path,
+                tuple(value.shape),
+                ENCODING_NAMES[encoding],
+                len(head) + 8 + len(payload),
+            )
         )
     data = out.getvalue()
     return data, PackReport(None, len(data), len(config), tensors)
@@ -243,9 +255,7 @@ def _split_stream(payload: memoryview, what: str) -> tuple[bytes, memoryview]:
 def _decode_record(encoding: int, dtype: np.dtype, size: int, payload: memoryview, what: str):
     if encoding == RAW:
         if len(payload) != size * dtype.itemsize:
-            raise PackFormatError(
-                f"{what}: {len(payload)} raw bytes for {size} values of {dtype}"
-            )
+            raise PackFormatError(f"{what}: {len(payload)} raw bytes for {size} values of {dtype}")
         return np.frombuffer(payload, dtype=dtype).copy()
     if encoding == HUFFMAN:
         if not np.issubdtype(dtype, np.integer):
@@ -293,8 +303,9 @@ def _check_modules(node: Any, depth: int = 0) -> None:
         if module is not None and (
             not isinstance(module, str) or module.split(".")[0] not in ALLOWED_MODULES
         ):
-            raise PackFormatError(f"model config refers to module {module!r}; only "
-                                  f"{ALLOWED_MODULES} are allowed")
+            raise PackFormatError(
+                f"model config refers to module {module!r}; only {ALLOWED_MODULES} are allowed"
+            )
         for value in node.values():
             _check_modules(value, depth + 1)
     elif isinstance(node, list):
@@ -308,7 +319,9 @@ def _parse(data: bytes) -> tuple[dict, list[np.ndarray]]:
         raise PackFormatError("not a tfcompress archive (bad magic bytes)")
     version, flags, config_length = r.unpack("<HHI", "header")
     if version != VERSION:
-        raise PackFormatError(f"archive version {version} is not supported (this reader: {VERSION})")
+        raise PackFormatError(
+            f"archive version {version} is not supported (this reader: {VERSION})"
+        )
     if flags & ~FLAG_ZLIB_CONFIG:
         raise PackFormatError(f"unknown header flags {flags:#x}")
     raw_config = bytes(r.take(config_length, "model config"))

@@ -28,9 +28,7 @@ def _cluster_kernel(
     kernel: np.ndarray, clusters: int, per_channel: bool, sparse: bool, init: str, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (codebook (groups, clusters), indices) for one kernel."""
-    columns = (
-        [kernel[..., c] for c in range(kernel.shape[-1])] if per_channel else [kernel]
-    )
+    columns = [kernel[..., c] for c in range(kernel.shape[-1])] if per_channel else [kernel]
     codebook = np.zeros((len(columns), clusters), dtype=np.float32)
     indices = np.zeros(kernel.shape, dtype=np.int32)
     for g, values in enumerate(columns):
@@ -124,18 +122,14 @@ def cluster_model(
         )
 
         def initialize(new_layer: ClusteredLayerMixin, old: keras.layers.Layer) -> None:
-            codebook, indices = _cluster_kernel(
-                kernel, clusters, per_channel, sparse, init, seed
-            )
+            codebook, indices = _cluster_kernel(kernel, clusters, per_channel, sparse, init, seed)
             new_layer.set_clusters(codebook, indices)
             if old.use_bias:
                 new_layer.bias.assign(old.bias)
 
         return Replacement(new, initialize)
 
-    if not explicit and not any(
-        type(layer) in CLUSTERABLE for layer in _leaves(model)
-    ):
+    if not explicit and not any(type(layer) in CLUSTERABLE for layer in _leaves(model)):
         raise ValueError(
             f"model {model.name!r} has no layer that can be clustered "
             f"({', '.join(t.__name__ for t in CLUSTERABLE)})"
