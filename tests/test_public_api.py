@@ -44,3 +44,30 @@ def test_subpackage_all_names_resolve():
                     tfc.ops, tfc.reporting, tfc.tflite_export):
         for name in package.__all__:
             assert hasattr(package, name), f"{package.__name__}.{name}"
+
+
+# Issue 5 (distillation + learning-rate schedules): subsets, so other branches' names merge freely.
+EXPECTED_DISTILLATION_CALLBACKS = {
+    "DistillationTeacher",
+    "LearningRateRewinding",
+    "mask_update_steps",
+}
+EXPECTED_LR_SCHEDULES = {
+    "OneCycle",
+    "Rewinding",
+    "WarmupCosine",
+    "one_cycle",
+    "rewound_step",
+    "warmup_cosine",
+}
+EXPECTED_DISTILLATION_OPS = {
+    "blend_losses",
+    "hint_loss",
+    "soft_target_loss",
+}
+
+
+def test_distillation_and_lr_schedule_names():
+    assert EXPECTED_DISTILLATION_CALLBACKS <= set(tfc.callbacks.__all__)
+    assert EXPECTED_LR_SCHEDULES <= set(tfc.schedules.__all__)
+    assert EXPECTED_DISTILLATION_OPS <= set(tfc.ops.__all__)
