@@ -30,7 +30,7 @@ def _log(message: str) -> None:
 
 
 def _ensure_venv(extras: str) -> None:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 (run.py must explain, not crash, on old Pythons)
         sys.exit(f"tfcompress needs Python 3.10 or newer; this is {sys.version.split()[0]}")
     stamp = VENV / f".tfcompress-{extras.replace(',', '-')}"
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
@@ -51,8 +51,11 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
-    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
     if command == "demo":
         _ensure_venv("test")
         cmd = [str(PYTHON), "-m", "tfcompress", "demo", *rest]

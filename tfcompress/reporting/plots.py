@@ -28,7 +28,6 @@ def plot_size_vs_accuracy(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     kept = [(label, size, acc) for label, size, acc in points if size and acc is not None]
@@ -36,8 +35,9 @@ def plot_size_vs_accuracy(
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     for i, (label, size, acc) in enumerate(kept):
         # A legend rather than text labels: near-equal points would overprint.
-        ax.scatter(size / 1024, 100 * acc, s=55, marker=markers[i % len(markers)], label=label,
-                   alpha=0.85)
+        ax.scatter(
+            size / 1024, 100 * acc, s=55, marker=markers[i % len(markers)], label=label, alpha=0.85
+        )
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
