@@ -418,3 +418,56 @@ def test_schedule_leaving_its_range_raises(batch):
         DistillationTeacher(teacher_cnn(), alpha=alpha),
         r"`alpha` schedule gives 2.0 at step",
     )
+
+
+# ---------------------------------------------------------------- composition
+
+
+class _Int4Dense(keras.layers.Layer):
+    """A minimal QAT layer on tfcompress's quantizer protocol (QuantDense is not on main yet)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.quantizer = tfc.quantizers.get("int4_lsq")
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+        self.state = self.quantizer.build(self, tuple(self.kernel.shape), name="kernel")
+        self.quantizer.initialize(self.state, self.kernel)
+
+    def call(self, x, training=None):
+        return x @ self.quantizer(self.kernel, self.state, training=training)
+
+
+def test_composes_with_tfcompress_quantizer_layers(batch):
+    x, y = batch
+    student = compiled(
+        keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), _Int4Dense(10, name="q")])
+    )
+    teacher = teacher_cnn()
+    got = _one_step_loss(student, teacher, x, y, temperature=2.0, alpha=0.5)
+    s = keras.ops.convert_to_numpy(student(x, training=False))
+    t = keras.ops.convert_to_numpy(teacher(x))
+    np.testing.assert_allclose(got, 0.5 * np_ce(s, y) + 0.5 * np_soft_target(t, s, 2.0), rtol=1e-5)
+    assert (
+        len(
+            np.unique(
+                keras.ops.convert_to_numpy(
+                    student.get_layer("q").quantizer(
+                        student.get_layer("q").kernel, student.get_layer("q").state
+                    )
+                )
+            )
+        )
+        <= 16
+    )
+    student.optimizer.learning_rate = 0.05
+    trainable = student.trainable_weights
+    assert len(trainable) >= 2  # the kernel and the learned LSQ step
+    before = [keras.ops.convert_to_numpy(w).copy() for w in trainable]
+    student.fit(
+        x, y, batch_size=32, epochs=1, verbose=0, callbacks=[DistillationTeacher(teacher, 2.0, 0.5)]
+    )
+    after = [keras.ops.convert_to_numpy(w) for w in trainable]
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(before, after))
