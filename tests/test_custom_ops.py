@@ -61,17 +61,19 @@ def np_conv(x, f, strides, padding, dilation):
         py = max((oh - 1) * sy + ey - h, 0) // 2
         px = max((ow - 1) * sx + ex - w, 0) // 2
     xp = np.zeros((b, h + ey + oh * sy, w + ex + ow * sx, c), np.int64)
-    xp[:, py:py + h, px:px + w] = x
+    xp[:, py : py + h, px : px + w] = x
     out = np.zeros((b, oh, ow, o), np.int64)
     for i in range(kh):
         for j in range(kw):
-            patch = xp[:, i * dy:i * dy + oh * sy:sy, j * dx:j * dx + ow * sx:sx]
+            patch = xp[:, i * dy : i * dy + oh * sy : sy, j * dx : j * dx + ow * sx : sx]
             out += np.einsum("bhwc,oc->bhwo", patch[:, :oh, :ow], f[:, i, j].astype(np.int64))
     return out
 
 
 @pytest.mark.parametrize("bits", [32, 64])
-@pytest.mark.parametrize("shape", [(5, 37), (1, 64), (0, 70), (3, 2, 100), (4, 1), (2, 0), (1, 129)])
+@pytest.mark.parametrize(
+    "shape", [(5, 37), (1, 64), (0, 70), (3, 2, 100), (4, 1), (2, 0), (1, 129)]
+)
 def test_pack_unpack_match_numpy(path, bits, shape):
     x = pm1(*shape)
     packed = tops.pack_bits(x, bits)
@@ -88,13 +90,15 @@ def test_pack_signs_and_axis(path):
     y = pm1(70, 3)
     np.testing.assert_array_equal(tops.pack_bits(y, 64, axis=0).numpy(), np_pack(y.T, 64).T)
     np.testing.assert_array_equal(
-        tops.unpack_bits(tops.pack_bits(y, 64, axis=0), 70, axis=0).numpy(), y)
+        tops.unpack_bits(tops.pack_bits(y, 64, axis=0), 70, axis=0).numpy(), y
+    )
     np.testing.assert_array_equal(tops.pack_bits(y.astype(np.float64)).numpy(), np_pack(y, 32))
 
 
 @pytest.mark.parametrize("bits", [32, 64])
 @pytest.mark.parametrize(
-    "m,k,n", [(7, 37, 5), (1, 100, 9), (0, 65, 3), (5, 64, 0), (6, 1, 4), (13, 333, 11), (4, 0, 2)])
+    "m,k,n", [(7, 37, 5), (1, 100, 9), (0, 65, 3), (5, 64, 0), (6, 1, 4), (13, 333, 11), (4, 0, 2)]
+)
 def test_binary_matmul_matches_numpy(path, bits, m, k, n):
     a, b = pm1(m, k), pm1(n, k)
     ref = a.astype(np.int64) @ b.T.astype(np.int64)
@@ -132,12 +136,12 @@ def test_binary_matmul_batched_leading_dims_and_padding_bits_ignored(path):
     ],
 )
 @pytest.mark.parametrize("bits", [32, 64])
-def test_binary_conv2d_matches_numpy(path, bits, b, h, w, c, o, kh, kw, strides, padding,
-                                     dilation):
+def test_binary_conv2d_matches_numpy(path, bits, b, h, w, c, o, kh, kw, strides, padding, dilation):
     x, f = pm1(b, h, w, c), pm1(o, kh, kw, c)
     ref = np_conv(x, f, strides, padding, dilation)
-    out = tops.binary_conv2d(tops.pack_bits(x, bits), tops.pack_bits(f, bits), c, strides,
-                             padding, dilation)
+    out = tops.binary_conv2d(
+        tops.pack_bits(x, bits), tops.pack_bits(f, bits), c, strides, padding, dilation
+    )
     assert out.shape == ref.shape
     np.testing.assert_array_equal(out.numpy(), ref)
 
@@ -156,7 +160,8 @@ def test_compiled_isa_paths_agree(compiled_available):
         for isa in isas:
             np.testing.assert_array_equal(tops.binary_matmul(pa, pb, 1000, isa=isa).numpy(), ref)
             np.testing.assert_array_equal(
-                tops.binary_conv2d(px, pf, 70, padding="same", isa=isa).numpy(), ref_conv)
+                tops.binary_conv2d(px, pf, 70, padding="same", isa=isa).numpy(), ref_conv
+            )
 
 
 def test_paths_agree_inside_tf_function_with_unknown_batch(path):
@@ -188,14 +193,16 @@ def test_conv_inference_matches_keras_conv_on_signs(path):
     import keras
 
     x = RNG.normal(size=(2, 9, 9, 40)).astype(np.float32)
-    layer = keras.layers.Conv2D(6, 3, strides=2, padding="same", use_bias=True,
-                                bias_initializer="random_normal")
+    layer = keras.layers.Conv2D(
+        6, 3, strides=2, padding="same", use_bias=True, bias_initializer="random_normal"
+    )
     layer.build(x.shape)
     kernel, bias = (v.numpy() for v in layer.weights)
     layer.set_weights([np.where(kernel < 0, -1.0, 1.0), bias])
     ref = layer(np.where(x < 0, -1.0, 1.0).astype(np.float32)).numpy()
-    out = tops.binary_conv2d_inference(x, tops.pack_conv2d_kernel(kernel), None, bias,
-                                       strides=2, padding="same")
+    out = tops.binary_conv2d_inference(
+        x, tops.pack_conv2d_kernel(kernel), None, bias, strides=2, padding="same"
+    )
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5)
 
 

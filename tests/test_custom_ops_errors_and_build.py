@@ -46,7 +46,7 @@ def test_strict_pack_rejects_non_binary(path):
 def test_mismatched_packed_widths_static(path):
     a = tops.pack_bits(np.ones((2, 40), np.float32))  # 2 words
     b = tops.pack_bits(np.ones((3, 70), np.float32))  # 3 words
-    with pytest.raises(ValueError, match="packed widths differ.*a_packed has 2.*b_packed has 3"):
+    with pytest.raises(ValueError, match=r"packed widths differ.*a_packed has 2.*b_packed has 3"):
         tops.binary_matmul(a, b, 40)
     with pytest.raises(ValueError, match="a_packed has 2 packed words per row, but k=70"):
         tops.binary_matmul(a, tops.pack_bits(np.ones((3, 40), np.float32)), 70)
@@ -54,7 +54,7 @@ def test_mismatched_packed_widths_static(path):
         tops.binary_matmul(a, tops.pack_bits(np.ones((3, 40), np.float32), 64), 40)
     x = tops.pack_bits(np.ones((1, 5, 5, 40), np.float32))
     f = tops.pack_bits(np.ones((2, 3, 3, 70), np.float32))
-    with pytest.raises(ValueError, match="packed widths differ.*x_packed has 2.*filters_packed"):
+    with pytest.raises(ValueError, match=r"packed widths differ.*x_packed has 2.*filters_packed"):
         tops.binary_conv2d(x, f, 40)
     with pytest.raises(ValueError, match="packed has 2 packed words per row, but k=100"):
         tops.unpack_bits(a, 100)
@@ -97,8 +97,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="isa must be one of"):
         tops.binary_matmul(p, p, 8, isa="fast")
     with pytest.raises(ValueError, match="padding must be"):
-        tops.binary_conv2d(tf.zeros([1, 3, 3, 1], tf.int32), tf.zeros([1, 1, 1, 1], tf.int32), 8,
-                           padding="full")
+        tops.binary_conv2d(
+            tf.zeros([1, 3, 3, 1], tf.int32), tf.zeros([1, 1, 1, 1], tf.int32), 8, padding="full"
+        )
     with pytest.raises(ValueError, match="kernel must be 2-D"):
         tops.pack_dense_kernel(np.ones((3, 3, 3), np.float32))
 
@@ -135,22 +136,38 @@ def test_missing_compiler_falls_back_and_says_so_once(tmp_path, monkeypatch, cap
         assert len(warnings) == 1
         assert "no C++ compiler" in warnings[0].getMessage()
         # The ops still work.
-        out = tops.binary_matmul(tops.pack_bits(np.ones((1, 5), np.float32)),
-                                 tops.pack_bits(-np.ones((2, 5), np.float32)), 5)
+        out = tops.binary_matmul(
+            tops.pack_bits(np.ones((1, 5), np.float32)),
+            tops.pack_bits(-np.ones((2, 5), np.float32)),
+            5,
+        )
         np.testing.assert_array_equal(out.numpy(), [[-5.0, -5.0]])
     finally:
         _build._state.update(saved)
 
 
 def test_import_without_compiler_in_fresh_process(tmp_path):
-    env = dict(os.environ, CXX=str(tmp_path / "none"), TFCOMPRESS_CACHE_DIR=str(tmp_path),
-               PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(
+        os.environ,
+        CXX=str(tmp_path / "none"),
+        TFCOMPRESS_CACHE_DIR=str(tmp_path),
+        PYTHONPATH=ROOT,
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
     env.pop(_build.ENV_DISABLE, None)
-    code = ("import tfcompress as tfc, numpy as np; o = tfc.ops.tf;"
-            "print(o.has_compiled_kernels());"
-            "p = o.pack_bits(np.array([[1., -1., -1.]], np.float32)); print(int(p.numpy()[0, 0]))")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=str(tmp_path))
+    code = (
+        "import tfcompress as tfc, numpy as np; o = tfc.ops.tf;"
+        "print(o.has_compiled_kernels());"
+        "p = o.pack_bits(np.array([[1., -1., -1.]], np.float32)); print(int(p.numpy()[0, 0]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["False", "6"]
     assert "pure-TensorFlow fallback" in proc.stderr

@@ -1,15 +1,19 @@
 """TensorFlow-only kernels ("custom TF ops"), each with a pure-TensorFlow fallback."""
 
-from tfcompress.ops.tf.binary_inference import binary_conv2d_inference
-from tfcompress.ops.tf.binary_inference import binary_dense_inference
-from tfcompress.ops.tf.binary_inference import pack_conv2d_kernel
-from tfcompress.ops.tf.binary_inference import pack_dense_kernel
-from tfcompress.ops.tf.binary_ops import binary_conv2d
-from tfcompress.ops.tf.binary_ops import binary_matmul
-from tfcompress.ops.tf.binary_ops import has_compiled_kernels
-from tfcompress.ops.tf.binary_ops import kernel_isa
-from tfcompress.ops.tf.binary_ops import pack_bits
-from tfcompress.ops.tf.binary_ops import unpack_bits
+from tfcompress.ops.tf.binary_inference import (
+    binary_conv2d_inference,
+    binary_dense_inference,
+    pack_conv2d_kernel,
+    pack_dense_kernel,
+)
+from tfcompress.ops.tf.binary_ops import (
+    binary_conv2d,
+    binary_matmul,
+    has_compiled_kernels,
+    kernel_isa,
+    pack_bits,
+    unpack_bits,
+)
 
 __all__: list[str] = [
     "binary_conv2d",

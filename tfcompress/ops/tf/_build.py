@@ -16,6 +16,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -99,8 +100,14 @@ def library_path(compiler: str | None = None) -> Path:
     digest = hashlib.sha256()
     for src in _source_paths():
         digest.update(src.read_bytes())
-    for part in (tf.__version__, sys.platform, compiler or "", *_CXX_FLAGS, *compile_flags,
-                 *link_flags):
+    for part in (
+        tf.__version__,
+        sys.platform,
+        compiler or "",
+        *_CXX_FLAGS,
+        *compile_flags,
+        *link_flags,
+    ):
         digest.update(part.encode() + b"\0")
     return cache_dir() / f"tfcompress_kernels-tf{tf.__version__}-{digest.hexdigest()[:16]}.so"
 
@@ -127,8 +134,15 @@ def build(force: bool = False) -> Path:
     compile_flags, link_flags = _flags()
     # Build under a private name, then rename: concurrent processes never load a partial file.
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    cmd = [cxx, *_CXX_FLAGS, *compile_flags, *map(str, _source_paths()), "-o", str(tmp),
-           *link_flags]
+    cmd = [
+        cxx,
+        *_CXX_FLAGS,
+        *compile_flags,
+        *map(str, _source_paths()),
+        "-o",
+        str(tmp),
+        *link_flags,
+    ]
     logger.info("tfcompress: compiling custom TF kernels (one time, ~30 s): %s", target)
     start = time.perf_counter()
     try:
@@ -164,7 +178,9 @@ def load() -> ModuleType | None:
                 _state["reason"] = str(err)
                 logger.warning(
                     "tfcompress: compiled kernels unavailable, using the pure-TensorFlow "
-                    "fallback ops (same results, slower). Reason: %s", err)
+                    "fallback ops (same results, slower). Reason: %s",
+                    err,
+                )
             _state["tried"] = True
     return _state["module"]  # type: ignore[return-value]
 
@@ -176,10 +192,8 @@ def _mark_not_differentiable() -> None:
     # Inference-only ops: gradients through them are None (like the fallbacks' sign step),
     # rather than a LookupError deep inside a tape.
     for op in _OPS:
-        try:
+        with contextlib.suppress(KeyError):  # already registered by an earlier load
             tf.no_gradient(op)
-        except KeyError:  # already registered by an earlier load in this process
-            pass
 
 
 def failure_reason() -> str | None:

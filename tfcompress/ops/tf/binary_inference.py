@@ -125,8 +125,9 @@ def binary_dense_inference(
         raise ValueError(f"x must have a known last dimension, got shape {x.shape}")
     packed_kernel = tf.convert_to_tensor(packed_kernel)
     bits = _bits_of(packed_kernel.dtype, "packed_kernel")
-    xp = pack_bits(tf.cast(x, tf.float32) if not x.dtype.is_floating else x, bits,
-                   use_kernels=use_kernels)
+    xp = pack_bits(
+        tf.cast(x, tf.float32) if not x.dtype.is_floating else x, bits, use_kernels=use_kernels
+    )
     y = binary_matmul(xp, packed_kernel, int(k), use_kernels=use_kernels)
     return _scale_and_bias(y, scale, bias)
 
@@ -173,8 +174,16 @@ def binary_conv2d_inference(
         raise ValueError(f"x must be NHWC with a known channel count, got shape {x.shape}")
     packed_filters = tf.convert_to_tensor(packed_filters)
     bits = _bits_of(packed_filters.dtype, "packed_filters")
-    xp = pack_bits(tf.cast(x, tf.float32) if not x.dtype.is_floating else x, bits,
-                   use_kernels=use_kernels)
-    y = binary_conv2d(xp, packed_filters, int(x.shape[-1]), strides, padding, dilation_rate,
-                      use_kernels=use_kernels)
+    xp = pack_bits(
+        tf.cast(x, tf.float32) if not x.dtype.is_floating else x, bits, use_kernels=use_kernels
+    )
+    y = binary_conv2d(
+        xp,
+        packed_filters,
+        int(x.shape[-1]),
+        strides,
+        padding,
+        dilation_rate,
+        use_kernels=use_kernels,
+    )
     return _scale_and_bias(y, scale, bias)

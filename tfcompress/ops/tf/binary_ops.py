@@ -66,8 +66,11 @@ def _lib(use_kernels: bool | None):
         return None
     lib = _build.load()
     if use_kernels and lib is None:
-        reason = "disabled by TFCOMPRESS_DISABLE_KERNELS" if _build.kernels_disabled() else (
-            _build.failure_reason() or "unknown reason")
+        reason = (
+            "disabled by TFCOMPRESS_DISABLE_KERNELS"
+            if _build.kernels_disabled()
+            else (_build.failure_reason() or "unknown reason")
+        )
         raise RuntimeError(f"use_kernels=True but the compiled kernels are unavailable: {reason}")
     return lib
 
@@ -97,7 +100,8 @@ def _check_width(width: int | None, k: int, bits: int, name: str, what: str = "k
     if width is not None and width != _words(k, bits):
         raise ValueError(
             f"{name} has {width} packed words per row, but {what}={k} at {bits} bits per word "
-            f"needs {_words(k, bits)}")
+            f"needs {_words(k, bits)}"
+        )
 
 
 # -------------------------------------------------------------------------------------------
@@ -161,16 +165,21 @@ def pack_bits(
 def _pack_fallback(x: tf.Tensor, bitwidth: int, strict: bool) -> tf.Tensor:
     if strict:
         ok = tf.reduce_all(tf.logical_or(tf.equal(x, 1), tf.equal(x, -1)))
-        bad = tf.boolean_mask(tf.reshape(x, [-1]), tf.logical_not(
-            tf.logical_or(tf.equal(tf.reshape(x, [-1]), 1), tf.equal(tf.reshape(x, [-1]), -1))))
+        bad = tf.boolean_mask(
+            tf.reshape(x, [-1]),
+            tf.logical_not(
+                tf.logical_or(tf.equal(tf.reshape(x, [-1]), 1), tf.equal(tf.reshape(x, [-1]), -1))
+            ),
+        )
         tf.debugging.Assert(ok, ["x must contain only -1 and +1 when strict=True; found", bad[:3]])
     lead = tf.shape(x)[:-1]
     k = tf.shape(x)[-1]
     bits = tf.cast(tf.reshape(x, [-1, k]) < 0, tf.int32)
     bits = tf.pad(bits, [[0, 0], [0, (-k) % bitwidth]])
     weights = tf.bitwise.left_shift(1, tf.range(8, dtype=tf.int32))
-    byte_vals = tf.reduce_sum(tf.reshape(bits, [tf.shape(bits)[0], -1, bitwidth // 8, 8]) * weights,
-                              axis=-1)
+    byte_vals = tf.reduce_sum(
+        tf.reshape(bits, [tf.shape(bits)[0], -1, bitwidth // 8, 8]) * weights, axis=-1
+    )
     byte_vals = tf.cast(byte_vals, tf.uint8)
     if sys.byteorder != "little":
         byte_vals = tf.reverse(byte_vals, axis=[-1])
@@ -225,14 +234,17 @@ def unpack_bits(
 
 def _unpack_fallback(packed: tf.Tensor, k: int, bits: int) -> tf.Tensor:
     tf.debugging.assert_equal(
-        tf.shape(packed)[-1], _words(k, bits),
-        message=f"packed width does not match k={k} at {bits} bits per word")
+        tf.shape(packed)[-1],
+        _words(k, bits),
+        message=f"packed width does not match k={k} at {bits} bits per word",
+    )
     lead = tf.shape(packed)[:-1]
     byte_vals = tf.bitcast(packed, tf.uint8)  # [..., W, bits // 8]
     if sys.byteorder != "little":
         byte_vals = tf.reverse(byte_vals, axis=[-1])
     flags = tf.bitwise.bitwise_and(
-        tf.bitwise.right_shift(tf.cast(byte_vals, tf.int32)[..., None], tf.range(8)), 1)
+        tf.bitwise.right_shift(tf.cast(byte_vals, tf.int32)[..., None], tf.range(8)), 1
+    )
     flat = tf.reshape(flags, tf.concat([lead, [-1]], 0))[..., :k]
     return 1.0 - 2.0 * tf.cast(flat, tf.float32)
 
@@ -244,12 +256,16 @@ def _unpack_fallback(packed: tf.Tensor, k: int, bits: int) -> tf.Tensor:
 def _check_pair(a: tf.Tensor, b: tf.Tensor, a_name: str, b_name: str) -> int:
     bits = _bits_of(a.dtype, a_name)
     if b.dtype != a.dtype:
-        raise ValueError(f"{a_name} and {b_name} must use the same word type, got "
-                         f"{a.dtype.name} and {b.dtype.name}")
+        raise ValueError(
+            f"{a_name} and {b_name} must use the same word type, got "
+            f"{a.dtype.name} and {b.dtype.name}"
+        )
     wa, wb = a.shape[-1], b.shape[-1]
     if wa is not None and wb is not None and wa != wb:
-        raise ValueError(f"packed widths differ: {a_name} has {wa} words per row, {b_name} has "
-                         f"{wb}; both must be packed from the same reduction length")
+        raise ValueError(
+            f"packed widths differ: {a_name} has {wa} words per row, {b_name} has "
+            f"{wb}; both must be packed from the same reduction length"
+        )
     return bits
 
 
@@ -295,8 +311,10 @@ def binary_matmul(
     b_packed = tf.convert_to_tensor(b_packed)
     bits = _check_pair(a_packed, b_packed, "a_packed", "b_packed")
     if b_packed.shape.rank != 2 or a_packed.shape.rank is None or a_packed.shape.rank < 1:
-        raise ValueError(f"a_packed must be [..., W] and b_packed [N, W], got shapes "
-                         f"{a_packed.shape} and {b_packed.shape}")
+        raise ValueError(
+            f"a_packed must be [..., W] and b_packed [N, W], got shapes "
+            f"{a_packed.shape} and {b_packed.shape}"
+        )
     k = int(k)
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
@@ -310,10 +328,14 @@ def binary_matmul(
     if lib is not None:
         out = lib.tfc_binary_matmul(a2, b_packed, k=k, out_type=out_type, isa=isa)
     else:
-        tf.debugging.assert_equal(tf.shape(b_packed)[-1], tf.shape(a2)[-1],
-                                  message="packed widths differ between a_packed and b_packed")
-        prod = tf.linalg.matmul(_unpack_fallback(a2, k, bits), _unpack_fallback(b_packed, k, bits),
-                                transpose_b=True)  # exact: integer sums < 2**24
+        tf.debugging.assert_equal(
+            tf.shape(b_packed)[-1],
+            tf.shape(a2)[-1],
+            message="packed widths differ between a_packed and b_packed",
+        )
+        prod = tf.linalg.matmul(
+            _unpack_fallback(a2, k, bits), _unpack_fallback(b_packed, k, bits), transpose_b=True
+        )  # exact: integer sums < 2**24
         out = tf.cast(prod, out_type)
     if a_packed.shape.rank == 2:
         return out
@@ -374,8 +396,10 @@ def binary_conv2d(
     filters_packed = tf.convert_to_tensor(filters_packed)
     bits = _check_pair(x_packed, filters_packed, "x_packed", "filters_packed")
     if x_packed.shape.rank != 4 or filters_packed.shape.rank != 4:
-        raise ValueError(f"x_packed must be [B, H, W, Cw] and filters_packed [O, KH, KW, Cw], got "
-                         f"shapes {x_packed.shape} and {filters_packed.shape}")
+        raise ValueError(
+            f"x_packed must be [B, H, W, Cw] and filters_packed [O, KH, KW, Cw], got "
+            f"shapes {x_packed.shape} and {filters_packed.shape}"
+        )
     channels = int(channels)
     if channels < 0:
         raise ValueError(f"channels must be >= 0, got {channels}")
@@ -386,23 +410,36 @@ def binary_conv2d(
     if pad not in ("SAME", "VALID"):
         raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
     if max(strides) > 1 and max(dilation_rate) > 1:
-        raise ValueError("strides > 1 together with dilation_rate > 1 is not supported "
-                         f"(like keras.layers.Conv2D), got {strides} and {dilation_rate}")
+        raise ValueError(
+            "strides > 1 together with dilation_rate > 1 is not supported "
+            f"(like keras.layers.Conv2D), got {strides} and {dilation_rate}"
+        )
     _check_isa(isa)
     lib = _lib(use_kernels)
     if lib is not None:
-        return lib.tfc_binary_conv2d(x_packed, filters_packed, channels=channels, strides=strides,
-                                     dilations=dilation_rate, padding=pad, isa=isa)
-    tf.debugging.assert_equal(tf.shape(filters_packed)[-1], tf.shape(x_packed)[-1],
-                              message="packed widths differ between x_packed and filters_packed")
+        return lib.tfc_binary_conv2d(
+            x_packed,
+            filters_packed,
+            channels=channels,
+            strides=strides,
+            dilations=dilation_rate,
+            padding=pad,
+            isa=isa,
+        )
+    tf.debugging.assert_equal(
+        tf.shape(filters_packed)[-1],
+        tf.shape(x_packed)[-1],
+        message="packed widths differ between x_packed and filters_packed",
+    )
     x = _unpack_fallback(x_packed, channels, bits)
     f = _unpack_fallback(filters_packed, channels, bits)  # [O, KH, KW, C]
     if filters_packed.shape[1] is None or filters_packed.shape[2] is None:
-        raise ValueError("the fallback needs the filter size known statically, got "
-                         f"{filters_packed.shape}")
+        raise ValueError(
+            f"the fallback needs the filter size known statically, got {filters_packed.shape}"
+        )
     kh, kw = int(filters_packed.shape[1]), int(filters_packed.shape[2])
     patches = tf.image.extract_patches(  # zeros where "same" pads, ordered (kh, kw, c)
-        x, sizes=[1, kh, kw, 1], strides=[1, *strides, 1], rates=[1, *dilation_rate, 1],
-        padding=pad)
+        x, sizes=[1, kh, kw, 1], strides=[1, *strides, 1], rates=[1, *dilation_rate, 1], padding=pad
+    )
     f2 = tf.reshape(f, [tf.shape(f)[0], -1])
     return tf.einsum("bhwk,ok->bhwo", patches, f2)  # exact: integer sums < 2**24

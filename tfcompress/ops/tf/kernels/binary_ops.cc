@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tensorflow/core/framework/common_shape_fns.h"
@@ -154,8 +155,53 @@ TFC_AVX512 static void Avx512Tile(const u64* a, const u64* b, int64_t lp, int64_
         acc[r][c] =
             _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_xor_si512(va[r], vb[c])));
   }
-  for (int r = 0; r < 4; ++r)
-    for (int c = 0; c < 4; ++c) pc[r][c] = _mm512_reduce_add_epi64(acc[r][c]);
+  // Horizontal sums, four accumulators at a time: two unpack/add levels inside 128-bit lanes,
+  // then 128-bit lane shuffles; about a third of the instructions of four full reductions.
+  for (int r = 0; r < 4; ++r) {
+    const __m512i t0 = _mm512_add_epi64(_mm512_unpacklo_epi64(acc[r][0], acc[r][1]),
+                                        _mm512_unpackhi_epi64(acc[r][0], acc[r][1]));
+    const __m512i t1 = _mm512_add_epi64(_mm512_unpacklo_epi64(acc[r][2], acc[r][3]),
+                                        _mm512_unpackhi_epi64(acc[r][2], acc[r][3]));
+    // u = [c0 c1 | c0' c1' | c2 c3 | c2' c3'] with each pair summed over half of the lanes.
+    const __m512i u = _mm512_add_epi64(_mm512_shuffle_i64x2(t0, t1, 0x88),
+                                       _mm512_shuffle_i64x2(t0, t1, 0xDD));
+    const __m512i v = _mm512_add_epi64(u, _mm512_shuffle_i64x2(u, u, 0xB1));
+    alignas(64) int64_t lanes[8];
+    _mm512_store_si512(lanes, v);
+    pc[r][0] = lanes[0];
+    pc[r][1] = lanes[1];
+    pc[r][2] = lanes[4];
+    pc[r][3] = lanes[5];
+  }
+}
+
+// Packs one float32 row: bit j = (row[j] < 0). Returns the first index that is not +-1 when
+// strict (else -1). Masked loads zero-fill the tail, and 0 < 0 is false, so padding bits are 0.
+TFC_AVX512 static int64_t Avx512PackRowF32(const float* row, int64_t k, bool strict,
+                                           uint32_t* dst32, int64_t words32) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f),
+               minus_one = _mm512_set1_ps(-1.0f);
+  int64_t bad = -1;
+  for (int64_t w = 0; w < words32; ++w) {
+    uint32_t word = 0;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t j0 = w * 32 + half * 16;
+      if (j0 >= k) break;
+      const int64_t left = k - j0;
+      const __mmask16 valid = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                         : static_cast<__mmask16>((1u << left) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(valid, row + j0);
+      word |= static_cast<uint32_t>(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ)) << (16 * half);
+      if (strict && bad < 0) {
+        const __mmask16 ok =
+            _mm512_cmp_ps_mask(v, one, _CMP_EQ_OQ) | _mm512_cmp_ps_mask(v, minus_one, _CMP_EQ_OQ);
+        const __mmask16 wrong = valid & static_cast<__mmask16>(~ok);
+        if (wrong) bad = j0 + __builtin_ctz(wrong);
+      }
+    }
+    dst32[w] = word;
+  }
+  return bad;
 }
 
 TFC_AVX512 static int64_t Avx512One(const u64* a, const u64* b, int64_t lp) {
@@ -347,10 +393,27 @@ class PackBitsOp : public OpKernel {
     W* dst = out->flat<W>().data();
     std::atomic<int64_t> bad{-1};
     const bool strict = strict_;
+    const bool fast = std::is_same<T, float>::value && CpuHasAvx512Popcnt();
     auto work = [&](int64_t begin, int64_t end) {
       typedef typename std::make_unsigned<W>::type UW;
       for (int64_t r = begin; r < end; ++r) {
         const T* row = src + r * k;
+#if defined(TFC_X86) && defined(__GNUC__)
+        if (fast) {
+          // 64-bit words are two little-endian 32-bit words; the row's word count is even
+          // except for a final half word, which the 32-bit view handles by its length.
+          const int64_t words32 = CeilDiv(k, 32);
+          uint32_t* out32 = reinterpret_cast<uint32_t*>(dst + r * words);
+          const int64_t at = Avx512PackRowF32(reinterpret_cast<const float*>(row), k, strict,
+                                              out32, words32);
+          if (kBits == 64 && (words32 & 1)) out32[words32] = 0;
+          if (at >= 0) {
+            int64_t expected = -1;
+            bad.compare_exchange_strong(expected, r * k + at);
+          }
+          continue;
+        }
+#endif
         for (int64_t w = 0; w < words; ++w) {
           const int64_t j0 = w * kBits, j1 = std::min(k, j0 + kBits);
           UW word = 0;
