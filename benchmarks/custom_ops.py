@@ -172,7 +172,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small shapes only, 3 repeats")
+    parser.add_argument("--largest", action="store_true", help="only the largest matmul shape")
     args = parser.parse_args()
+    if args.largest:
+        SHAPES[:] = SHAPES[-1:]
     if args.quick:
         SHAPES[:] = SHAPES[:1]
         args.repeats = 3
