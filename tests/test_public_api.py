@@ -52,3 +52,23 @@ def test_subpackage_all_names_resolve():
     ):
         for name in package.__all__:
             assert hasattr(package, name), f"{package.__name__}.{name}"
+
+
+EXPECTED_OPS_TF = {
+    "binary_conv2d",
+    "binary_conv2d_inference",
+    "binary_dense_inference",
+    "binary_matmul",
+    "has_compiled_kernels",
+    "kernel_isa",
+    "pack_bits",
+    "pack_conv2d_kernel",
+    "pack_dense_kernel",
+    "unpack_bits",
+}
+
+
+def test_ops_tf_names():
+    assert set(tfc.ops.tf.__all__) == EXPECTED_OPS_TF
+    for name in tfc.ops.tf.__all__:
+        assert hasattr(tfc.ops.tf, name), name
