@@ -1,0 +1,3 @@
+"""placeholder"""
+def shrink_model(model):
+    raise NotImplementedError
