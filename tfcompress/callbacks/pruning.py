@@ -218,7 +218,7 @@ class GradualPruning(MaskedTraining):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         validate_data(self.data, self.criterion.needs_gradients, "GradualPruning")
-        if self.end_step is None and not callable(self.schedule):
+        if self.end_step is None and self.schedule == "polynomial":
             epochs, steps = self.params.get("epochs"), self.params.get("steps")
             if not epochs or not steps:
                 raise ValueError(

@@ -83,7 +83,8 @@ def prunable_weights(layer: keras.layers.Layer) -> list[PrunableWeight]:
     if not layer.built:
         return []
     if isinstance(layer, (layers.DepthwiseConv1D, layers.DepthwiseConv2D)):
-        return [PrunableWeight(layer.depthwise_kernel, (-2, -1), layer)]
+        kernel = getattr(layer, "depthwise_kernel", None) or layer.kernel
+        return [PrunableWeight(kernel, (-2, -1), layer)]
     if isinstance(layer, (layers.SeparableConv1D, layers.SeparableConv2D)):
         return [PrunableWeight(layer.pointwise_kernel, (-1,), layer)]
     if isinstance(layer, (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)):
