@@ -8,7 +8,6 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress.callbacks import DynamicSparseTraining, GradualPruning, KeepSparsity
-from tfcompress.callbacks.masking import MaskConstraint
 
 
 def _data(n=64, shape=(16,), classes=4, seed=0):
@@ -53,7 +52,9 @@ def test_sparsity_equals_schedule_at_every_pruning_step(granularity, units):
     model = _mlp()
     x, y = _data()
     target = 0.5 if granularity == "2:4" else 0.75
-    pruning = GradualPruning(target, begin_step=2, end_step=14, frequency=4, granularity=granularity)
+    pruning = GradualPruning(
+        target, begin_step=2, end_step=14, frequency=4, granularity=granularity
+    )
     recorder = _Recorder(model.get_layer("d1").kernel)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[pruning, recorder])
     schedule = tfc.schedules.PolynomialSparsity(target, 2, 14)
@@ -85,13 +86,21 @@ def test_every_kernel_layer_type_is_pruned_in_place(tmp_path):
     data = [rng.standard_normal((16, 8, 8, 3)).astype("float32"), rng.integers(0, 50, (16, 5))]
     names = [(layer.name, type(layer)) for layer in model.layers]
     history = model.fit(
-        data, np.zeros((16, 3)), epochs=1, verbose=0,
+        data,
+        np.zeros((16, 3)),
+        epochs=1,
+        verbose=0,
         callbacks=[GradualPruning(0.6, schedule="constant")],
     )
     assert [(layer.name, type(layer)) for layer in model.layers] == names
-    for name, attr in [("conv", "kernel"), ("depthwise", "kernel"),
-                       ("conv1d", "kernel"), ("einsum", "kernel"),
-                       ("embedding", "embeddings"), ("dense", "kernel")]:
+    for name, attr in [
+        ("conv", "kernel"),
+        ("depthwise", "kernel"),
+        ("conv1d", "kernel"),
+        ("einsum", "kernel"),
+        ("embedding", "embeddings"),
+        ("dense", "kernel"),
+    ]:
         variable = getattr(model.get_layer(name), attr)
         assert _zeros(variable) == pytest.approx(0.6, abs=0.02), name
         assert history.history[f"sparsity/{name}"][-1] == pytest.approx(_zeros(variable))
@@ -103,8 +112,14 @@ def test_logs_reach_csv_logger_and_masks_detach(tmp_path):
     x, y = _data()
     log = tmp_path / "log.csv"
     pruning = GradualPruning(0.5, begin_step=0, end_step=8, frequency=2, layers=["d1"])
-    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
-              callbacks=[pruning, keras.callbacks.CSVLogger(str(log))])
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        callbacks=[pruning, keras.callbacks.CSVLogger(str(log))],
+    )
     rows = list(csv.DictReader(log.open()))
     assert float(rows[-1]["sparsity"]) == pytest.approx(0.5)
     assert float(rows[-1]["sparsity/d1"]) == pytest.approx(0.5)
@@ -202,24 +217,41 @@ def test_errors_are_raised_before_anything_changes():
         model = _mlp()
         before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
         with pytest.raises(ValueError, match=message):
-            model.fit(x, y, epochs=1, verbose=0,
-                      callbacks=[GradualPruning(0.5, end_step=10, **kwargs)])
+            model.fit(
+                x, y, epochs=1, verbose=0, callbacks=[GradualPruning(0.5, end_step=10, **kwargs)]
+            )
         for old, new in zip(before, model.weights):
             np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
-    model = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(10, 4),
-                              keras.layers.Flatten(), keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="int32"),
+            keras.layers.Embedding(10, 4),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
     model.compile("sgd", "mse")
     with pytest.raises(ValueError, match="needs output channels"):
-        model.fit(np.zeros((4, 3), "int32"), np.zeros((4, 2)), verbose=0,
-                  callbacks=[GradualPruning(0.5, end_step=10, granularity="channel")])
+        model.fit(
+            np.zeros((4, 3), "int32"),
+            np.zeros((4, 2)),
+            verbose=0,
+            callbacks=[GradualPruning(0.5, end_step=10, granularity="channel")],
+        )
     assert all(w.constraint is None for w in model.weights)
 
 
 def test_taylor_channel_pruning_uses_gradients():
     model = _mlp()
     x, y = _data()
-    pruning = GradualPruning(0.5, schedule="constant", granularity="channel",
-                             criterion="taylor", data=(x, y), layers="d1")
+    pruning = GradualPruning(
+        0.5,
+        schedule="constant",
+        granularity="channel",
+        criterion="taylor",
+        data=(x, y),
+        layers="d1",
+    )
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[pruning])
     kernel = keras.ops.convert_to_numpy(model.get_layer("d1").kernel)
     assert np.sum(np.all(kernel == 0, axis=0)) == 16
@@ -230,8 +262,16 @@ def test_taylor_channel_pruning_uses_gradients():
 @pytest.mark.parametrize(
     "callback",
     [
-        GradualPruning(0.5, 1, 9, 2, granularity="block", block_shape=(2, 2), scope="global",
-                       layers=["d1", keras.layers.Dense]),
+        GradualPruning(
+            0.5,
+            1,
+            9,
+            2,
+            granularity="block",
+            block_shape=(2, 2),
+            scope="global",
+            layers=["d1", keras.layers.Dense],
+        ),
         GradualPruning(0.5, schedule=tfc.schedules.ConstantSparsity(0.3), criterion="taylor"),
         GradualPruning(None, granularity="2:4"),
         KeepSparsity(layers=["d1"]),
@@ -261,8 +301,13 @@ def test_prunable_weights_hook_on_a_custom_layer():
     model = keras.Sequential([keras.Input((16,)), TwoKernels(name="two")])
     model.compile("adam", "mse")
     x, _ = _data()
-    model.fit(x, np.zeros((64, 4)), epochs=1, verbose=0,
-              callbacks=[GradualPruning(0.5, schedule="constant")])
+    model.fit(
+        x,
+        np.zeros((64, 4)),
+        epochs=1,
+        verbose=0,
+        callbacks=[GradualPruning(0.5, schedule="constant")],
+    )
     layer = model.get_layer("two")
     assert _zeros(layer.b) == 0.5 and _zeros(layer.a) == 0.0
 
@@ -270,8 +315,9 @@ def test_prunable_weights_hook_on_a_custom_layer():
 def test_dynamic_sparse_training_keeps_sparsity_and_moves_connections():
     model = _mlp()
     x, y = _data()
-    rigl = DynamicSparseTraining(0.8, "erk", update_frequency=3, drop_fraction=0.5,
-                                 end_step=20, data=(x, y))
+    rigl = DynamicSparseTraining(
+        0.8, "erk", update_frequency=3, drop_fraction=0.5, end_step=20, data=(x, y)
+    )
     first = {}
 
     class Snapshot(keras.callbacks.Callback):

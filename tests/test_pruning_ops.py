@@ -24,7 +24,7 @@ def test_unstructured_prunes_exactly_the_smallest(sparsity):
     w = _weight((16, 8))
     (mask,) = compute_masks([w], sparsity)
     assert int((mask == 0).sum()) == round(sparsity * w.size)
-    if 0 < sparsity:
+    if sparsity > 0:
         assert np.abs(w[mask == 0]).max() <= np.abs(w[mask == 1]).min()
 
 
@@ -97,9 +97,7 @@ def test_taylor_channel_score_is_square_of_summed_first_order_terms():
     np.testing.assert_array_equal(mask[0], [1, 0, 0])
 
 
-@pytest.mark.parametrize(
-    "granularity", ["2:2", "0:4", "5:4", "2-4", "a:b", "2:4:8", "", "rows"]
-)
+@pytest.mark.parametrize("granularity", ["2:2", "0:4", "5:4", "2-4", "a:b", "2:4:8", "", "rows"])
 def test_bad_granularity_strings_are_refused(granularity):
     with pytest.raises(ValueError, match="granularity"):
         parse_granularity(granularity)
@@ -150,7 +148,9 @@ def test_polynomial_schedule_matches_zhu_gupta():
     assert ConstantSparsity(0.5, 3)(2) == 0.0 and ConstantSparsity(0.5, 3)(3) == 0.5
 
 
-@pytest.mark.parametrize("schedule", [PolynomialSparsity(0.7, 5, 50, power=2.0), ConstantSparsity(0.4, 7)])
+@pytest.mark.parametrize(
+    "schedule", [PolynomialSparsity(0.7, 5, 50, power=2.0), ConstantSparsity(0.4, 7)]
+)
 def test_schedules_round_trip_through_keras_serialization(schedule):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     assert type(restored) is type(schedule)

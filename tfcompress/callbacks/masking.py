@@ -163,8 +163,10 @@ class MaskedTraining(keras.callbacks.Callback):
 
     def _channel_bias(self, target: PrunableWeight) -> Any:
         bias = getattr(target.layer, "bias", None)
-        if not self.mask_bias or target.channel_axes is None or not isinstance(
-            bias, keras.Variable
+        if (
+            not self.mask_bias
+            or target.channel_axes is None
+            or not isinstance(bias, keras.Variable)
         ):
             return None
         channels = int(np.prod([target.variable.shape[a] for a in target.channel_axes]))

@@ -146,12 +146,16 @@ class GradualPruning(MaskedTraining):
         if target_sparsity is None and not custom:
             raise ValueError("target_sparsity is required (a number in [0, 1))")
         self.target_sparsity = (
-            None if target_sparsity is None else validate_sparsity(target_sparsity, "target_sparsity")
+            None
+            if target_sparsity is None
+            else validate_sparsity(target_sparsity, "target_sparsity")
         )
         if not isinstance(begin_step, int) or begin_step < 0:
             raise ValueError(f"begin_step must be an integer >= 0, got {begin_step!r}")
         if end_step is not None and (not isinstance(end_step, int) or end_step <= begin_step):
-            raise ValueError(f"end_step must be an integer > begin_step={begin_step}, got {end_step!r}")
+            raise ValueError(
+                f"end_step must be an integer > begin_step={begin_step}, got {end_step!r}"
+            )
         if not isinstance(frequency, int) or frequency < 1:
             raise ValueError(f"frequency must be an integer >= 1, got {frequency!r}")
         if not custom and schedule not in ("polynomial", "constant"):

@@ -102,9 +102,7 @@ def prunable_weights(layer: keras.layers.Layer) -> list[PrunableWeight]:
     return []
 
 
-LayerSelector = (
-    str | type | Callable[[keras.layers.Layer], bool] | Sequence[str | type] | None
-)
+LayerSelector = str | type | Callable[[keras.layers.Layer], bool] | Sequence[str | type] | None
 
 
 def _leaf_layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
@@ -157,9 +155,7 @@ def find_prunable(model: keras.Model, layers: LayerSelector = None) -> list[Prun
         chosen = [
             layer
             for layer in leaves
-            if any(
-                layer.name == i if isinstance(i, str) else isinstance(layer, i) for i in items
-            )
+            if any(layer.name == i if isinstance(i, str) else isinstance(layer, i) for i in items)
         ]
     found = [w for layer in chosen for w in prunable_weights(layer)]
     if not found:

@@ -122,7 +122,9 @@ def parse_granularity(
         return Granularity(name)
     if name == "filter":
         return Granularity("channel")
-    raise ValueError(f"granularity={granularity!r} is not supported; expected one of {GRANULARITIES}")
+    raise ValueError(
+        f"granularity={granularity!r} is not supported; expected one of {GRANULARITIES}"
+    )
 
 
 def matrix_view(weight: np.ndarray, channel_axes: Sequence[int] | None) -> np.ndarray:
@@ -271,9 +273,7 @@ def _units(
 
     if granularity.kind == "channel":
         scores = criterion.reduce(view, axis=0)
-        return _Units(
-            scores, np.full(c, k), lambda keep: to_weight(np.broadcast_to(keep, (k, c)))
-        )
+        return _Units(scores, np.full(c, k), lambda keep: to_weight(np.broadcast_to(keep, (k, c))))
 
     if granularity.kind == "block":
         bk, bc = granularity.block_shape

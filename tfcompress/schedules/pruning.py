@@ -13,9 +13,7 @@ def _check_steps(begin_step: int, end_step: int | None) -> None:
     if not isinstance(begin_step, int) or begin_step < 0:
         raise ValueError(f"begin_step must be an integer >= 0, got {begin_step!r}")
     if end_step is not None and (not isinstance(end_step, int) or end_step <= begin_step):
-        raise ValueError(
-            f"end_step must be an integer > begin_step={begin_step}, got {end_step!r}"
-        )
+        raise ValueError(f"end_step must be an integer > begin_step={begin_step}, got {end_step!r}")
 
 
 class SparsitySchedule:
@@ -87,9 +85,10 @@ class PolynomialSparsity(SparsitySchedule):
             progress = 1.0
         else:
             progress = (step - self.begin_step) / (self.end_step - self.begin_step)
-        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (
-            1.0 - progress
-        ) ** self.power
+        return (
+            self.final_sparsity
+            + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** self.power
+        )
 
     def get_config(self) -> dict:
         return {

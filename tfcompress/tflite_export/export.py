@@ -220,11 +220,7 @@ def export(
             "XNNPACK delegate (int8 sparse files fail to delegate on this LiteRT); export with "
             "sparsity='auto' or False"
         )
-    if (
-        sparsity == "auto"
-        and quantization != "int8"
-        and model_sparsity(model) >= AUTO_THRESHOLD
-    ):
+    if sparsity == "auto" and quantization != "int8" and model_sparsity(model) >= AUTO_THRESHOLD:
         sparse = _convert(True)
         if len(sparse) < len(flatbuffer) and runs_with_default_delegate(sparse, num_threads):
             flatbuffer = sparse

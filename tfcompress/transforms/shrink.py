@@ -244,8 +244,11 @@ def shrink_model(model: keras.Model) -> keras.Model:
             for c in range(source.channels):
                 k = source.const[c]
                 exact_fold = not np.isnan(k) and (
-                    k == 0 or (bias is not None and (isinstance(layer, keras.layers.Dense)
-                                                     or padding == "valid"))
+                    k == 0
+                    or (
+                        bias is not None
+                        and (isinstance(layer, keras.layers.Dense) or padding == "valid")
+                    )
                 )
                 if not exact_fold:
                     groups.block((node.inputs[0], c))
@@ -349,7 +352,9 @@ def shrink_model(model: keras.Model) -> keras.Model:
         if layer.name in weights:
             values = weights[layer.name]
             layer.set_weights(
-                [np.asarray(values[v.name], keras.backend.standardize_dtype(v.dtype))
-                 for v in layer.weights]
+                [
+                    np.asarray(values[v.name], keras.backend.standardize_dtype(v.dtype))
+                    for v in layer.weights
+                ]
             )
     return small
