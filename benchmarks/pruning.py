@@ -292,7 +292,7 @@ def main() -> None:
     print(f"wrote {RESULTS / 'pruning.json'}")
 
 
-def GradualPruning_(target, end, frequency, **kwargs):  # noqa: N802
+def GradualPruning_(target, end, frequency, **kwargs):
     from tfcompress.callbacks import GradualPruning
 
     return GradualPruning(target, begin_step=0, end_step=end, frequency=frequency, **kwargs)
