@@ -40,7 +40,15 @@ def test_tflite_export_names():
 
 
 def test_subpackage_all_names_resolve():
-    for package in (tfc.layers, tfc.quantizers, tfc.callbacks, tfc.transforms, tfc.schedules,
-                    tfc.ops, tfc.reporting, tfc.tflite_export):
+    for package in (
+        tfc.layers,
+        tfc.quantizers,
+        tfc.callbacks,
+        tfc.transforms,
+        tfc.schedules,
+        tfc.ops,
+        tfc.reporting,
+        tfc.tflite_export,
+    ):
         for name in package.__all__:
             assert hasattr(package, name), f"{package.__name__}.{name}"
