@@ -16,6 +16,8 @@ EXPECTED_TOP_LEVEL = {
     "summary",
     "tflite_export",
     "transforms",
+    "prune_at_init",
+    "shrink_model",
 }
 
 EXPECTED_EXPORT = {
@@ -52,3 +54,16 @@ def test_subpackage_all_names_resolve():
     ):
         for name in package.__all__:
             assert hasattr(package, name), f"{package.__name__}.{name}"
+
+
+# Pruning (issue 4): subsets, so other branches' names merge freely.
+EXPECTED_PRUNING = {
+    "callbacks": {"GradualPruning", "KeepSparsity", "DynamicSparseTraining"},
+    "schedules": {"PolynomialSparsity", "ConstantSparsity", "SparsitySchedule"},
+    "transforms": {"shrink_model", "prune_at_init"},
+}
+
+
+def test_pruning_names():
+    for package, names in EXPECTED_PRUNING.items():
+        assert names <= set(getattr(tfc, package).__all__), package
