@@ -16,6 +16,8 @@ EXPECTED_TOP_LEVEL = {
     "summary",
     "tflite_export",
     "transforms",
+    "prune_at_init",
+    "shrink_model",
 }
 
 EXPECTED_EXPORT = {
@@ -72,3 +74,14 @@ def test_ops_tf_names():
     assert set(tfc.ops.tf.__all__) == EXPECTED_OPS_TF
     for name in tfc.ops.tf.__all__:
         assert hasattr(tfc.ops.tf, name), name
+# Pruning (issue 4): subsets, so other branches' names merge freely.
+EXPECTED_PRUNING = {
+    "callbacks": {"GradualPruning", "KeepSparsity", "DynamicSparseTraining"},
+    "schedules": {"PolynomialSparsity", "ConstantSparsity", "SparsitySchedule"},
+    "transforms": {"shrink_model", "prune_at_init"},
+}
+
+
+def test_pruning_names():
+    for package, names in EXPECTED_PRUNING.items():
+        assert names <= set(getattr(tfc, package).__all__), package
