@@ -16,6 +16,8 @@ EXPECTED_TOP_LEVEL = {
     "summary",
     "tflite_export",
     "transforms",
+    "prune_at_init",
+    "shrink_model",
 }
 
 EXPECTED_EXPORT = {
@@ -79,3 +81,32 @@ def test_distillation_and_lr_schedule_names():
     assert set(tfc.callbacks.__all__) >= EXPECTED_DISTILLATION_CALLBACKS
     assert set(tfc.schedules.__all__) >= EXPECTED_LR_SCHEDULES
     assert set(tfc.ops.__all__) >= EXPECTED_DISTILLATION_OPS
+EXPECTED_OPS_TF = {
+    "binary_conv2d",
+    "binary_conv2d_inference",
+    "binary_dense_inference",
+    "binary_matmul",
+    "has_compiled_kernels",
+    "kernel_isa",
+    "pack_bits",
+    "pack_conv2d_kernel",
+    "pack_dense_kernel",
+    "unpack_bits",
+}
+
+
+def test_ops_tf_names():
+    assert set(tfc.ops.tf.__all__) == EXPECTED_OPS_TF
+    for name in tfc.ops.tf.__all__:
+        assert hasattr(tfc.ops.tf, name), name
+# Pruning (issue 4): subsets, so other branches' names merge freely.
+EXPECTED_PRUNING = {
+    "callbacks": {"GradualPruning", "KeepSparsity", "DynamicSparseTraining"},
+    "schedules": {"PolynomialSparsity", "ConstantSparsity", "SparsitySchedule"},
+    "transforms": {"shrink_model", "prune_at_init"},
+}
+
+
+def test_pruning_names():
+    for package, names in EXPECTED_PRUNING.items():
+        assert names <= set(getattr(tfc, package).__all__), package

@@ -17,6 +17,8 @@ from tfcompress import (
     transforms,
 )
 from tfcompress.reporting import summary
+from tfcompress.transforms.prune_at_init import prune_at_init
+from tfcompress.transforms.shrink import shrink_model
 
 __version__ = "0.1.0"
 
@@ -27,9 +29,11 @@ __all__ = [
     "layers",
     "models",
     "ops",
+    "prune_at_init",
     "quantizers",
     "reporting",
     "schedules",
+    "shrink_model",
     "summary",
     "tflite_export",
     "transforms",

@@ -8,4 +8,11 @@ __all__: list[str] = [
     "DistillationTeacher",
     "LearningRateRewinding",
     "mask_update_steps",
+from tfcompress.callbacks.pruning import GradualPruning, KeepSparsity
+from tfcompress.callbacks.sparse_training import DynamicSparseTraining
+
+__all__ = [
+    "DynamicSparseTraining",
+    "GradualPruning",
+    "KeepSparsity",
 ]

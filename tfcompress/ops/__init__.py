@@ -11,4 +11,8 @@ __all__: list[str] = [
     "blend_losses",
     "hint_loss",
     "soft_target_loss",
+from tfcompress.ops import tf
+
+__all__: list[str] = [
+    "tf",
 ]

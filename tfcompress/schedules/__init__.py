@@ -14,4 +14,10 @@ __all__: list[str] = [
     "one_cycle",
     "rewound_step",
     "warmup_cosine",
+from tfcompress.schedules.pruning import ConstantSparsity, PolynomialSparsity, SparsitySchedule
+
+__all__ = [
+    "ConstantSparsity",
+    "PolynomialSparsity",
+    "SparsitySchedule",
 ]

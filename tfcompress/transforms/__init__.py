@@ -1,3 +1,9 @@
 """Model -> model transforms that keep the trained weights."""
 
-__all__: list[str] = []
+from tfcompress.transforms.prune_at_init import prune_at_init
+from tfcompress.transforms.shrink import shrink_model
+
+__all__ = [
+    "prune_at_init",
+    "shrink_model",
+]
