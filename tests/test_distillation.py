@@ -471,3 +471,27 @@ def test_composes_with_tfcompress_quantizer_layers(batch):
     )
     after = [keras.ops.convert_to_numpy(w) for w in trainable]
     assert all(np.abs(a - b).max() > 0 for a, b in zip(before, after))
+
+
+def test_composes_with_gradual_pruning_and_lr_rewinding(batch):
+    x, y = batch
+    keras.utils.set_random_seed(3)
+    student = compiled(functional_student(), lr=0.05)
+    pruning = tfc.callbacks.GradualPruning(0.8, begin_step=0, end_step=4, frequency=2)
+    rewind = tfc.callbacks.LearningRateRewinding(
+        tfc.schedules.WarmupCosine(0.05, decay_steps=2, warmup_steps=1), pruning=pruning
+    )
+    hist = student.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        callbacks=[pruning, DistillationTeacher(teacher_cnn(), 2.0, 0.5), rewind],
+    )
+    assert rewind.restarts == (2, 4)
+    for name in ("s_hidden", "s_logits"):
+        kernel = keras.ops.convert_to_numpy(student.get_layer(name).kernel)
+        assert abs(np.mean(kernel == 0) - 0.8) < 0.02, name
+    assert np.isfinite(hist.history["loss"]).all()
+    assert "compute_loss" not in student.__dict__

@@ -3,6 +3,7 @@
 TensorFlow-only kernels live in :mod:`tfcompress.ops.tf`.
 """
 
+from tfcompress.ops import tf
 from tfcompress.ops.distillation import blend_losses as blend_losses
 from tfcompress.ops.distillation import hint_loss as hint_loss
 from tfcompress.ops.distillation import soft_target_loss as soft_target_loss
@@ -11,8 +12,5 @@ __all__: list[str] = [
     "blend_losses",
     "hint_loss",
     "soft_target_loss",
-from tfcompress.ops import tf
-
-__all__: list[str] = [
     "tf",
 ]
