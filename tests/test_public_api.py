@@ -56,6 +56,31 @@ def test_subpackage_all_names_resolve():
             assert hasattr(package, name), f"{package.__name__}.{name}"
 
 
+# Issue 5 (distillation + learning-rate schedules): subsets, so other branches' names merge freely.
+EXPECTED_DISTILLATION_CALLBACKS = {
+    "DistillationTeacher",
+    "LearningRateRewinding",
+    "mask_update_steps",
+}
+EXPECTED_LR_SCHEDULES = {
+    "OneCycle",
+    "Rewinding",
+    "WarmupCosine",
+    "one_cycle",
+    "rewound_step",
+    "warmup_cosine",
+}
+EXPECTED_DISTILLATION_OPS = {
+    "blend_losses",
+    "hint_loss",
+    "soft_target_loss",
+}
+
+
+def test_distillation_and_lr_schedule_names():
+    assert set(tfc.callbacks.__all__) >= EXPECTED_DISTILLATION_CALLBACKS
+    assert set(tfc.schedules.__all__) >= EXPECTED_LR_SCHEDULES
+    assert set(tfc.ops.__all__) >= EXPECTED_DISTILLATION_OPS
 EXPECTED_OPS_TF = {
     "binary_conv2d",
     "binary_conv2d_inference",
