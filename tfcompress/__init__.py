@@ -17,6 +17,7 @@ from tfcompress import (
     transforms,
 )
 from tfcompress.reporting import summary
+from tfcompress.transforms.quantize import quantize_model
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "layers",
     "models",
     "ops",
+    "quantize_model",
     "quantizers",
     "reporting",
     "schedules",

@@ -1,3 +1,10 @@
+# ruff: noqa: I001  (one import per line: feature branches append theirs)
 """Model -> model transforms that keep the trained weights."""
 
-__all__: list[str] = []
+from tfcompress.transforms.quantize import QuantizeConfig
+from tfcompress.transforms.quantize import quantize_model
+
+__all__: list[str] = [
+    "QuantizeConfig",
+    "quantize_model",
+]
