@@ -72,3 +72,23 @@ class QuantizeActivation(keras.layers.Layer):
             }
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class FoldedBatchNorm(keras.layers.Layer):
+    """Identity left where ``quantize_model`` folded a BatchNormalization into a convolution.
+
+    Unlike ``keras.layers.Identity`` it accepts the ``training``/``mask``
+    arguments a BatchNormalization call was recorded with, so a Functional
+    model can be rebuilt around it.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

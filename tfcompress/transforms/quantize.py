@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from tfcompress import quantizers as quantizers_module
-from tfcompress.layers.quant_activation import QuantizeActivation
+from tfcompress.layers.quant_activation import FoldedBatchNorm, QuantizeActivation
 from tfcompress.layers.quant_conv import QuantConv1D, QuantConv2D, QuantDepthwiseConv2D
 from tfcompress.layers.quant_dense import QuantDense
 from tfcompress.transforms.rewrite import (
@@ -57,6 +57,7 @@ _PASS_THROUGH = (
     keras.layers.SpatialDropout2D,
     keras.layers.GaussianNoise,
     keras.layers.Identity,
+    FoldedBatchNorm,
     keras.layers.ZeroPadding1D,
     keras.layers.ZeroPadding2D,
     keras.layers.Cropping1D,
@@ -419,7 +420,7 @@ def quantize_model(
 
             return Replacement(new, initialize)
         if key in folds:
-            return Replacement(keras.layers.Identity(name=layer.name))
+            return Replacement(FoldedBatchNorm(name=layer.name))
         if key in activation_layers:
             activation = (
                 "relu" if isinstance(layer, keras.layers.ReLU) else layer.get_config()["activation"]
