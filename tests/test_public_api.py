@@ -17,6 +17,8 @@ EXPECTED_TOP_LEVEL = {
     "tflite_export",
     "transforms",
     "quantize_model",
+    "prune_at_init",
+    "shrink_model",
 }
 
 EXPECTED_EXPORT = {
@@ -72,7 +74,46 @@ def test_tflite_export_names():
 
 
 def test_subpackage_all_names_resolve():
-    for package in (tfc.layers, tfc.quantizers, tfc.callbacks, tfc.transforms, tfc.schedules,
-                    tfc.ops, tfc.reporting, tfc.tflite_export):
+    for package in (
+        tfc.layers,
+        tfc.quantizers,
+        tfc.callbacks,
+        tfc.transforms,
+        tfc.schedules,
+        tfc.ops,
+        tfc.reporting,
+        tfc.tflite_export,
+    ):
         for name in package.__all__:
             assert hasattr(package, name), f"{package.__name__}.{name}"
+
+
+EXPECTED_OPS_TF = {
+    "binary_conv2d",
+    "binary_conv2d_inference",
+    "binary_dense_inference",
+    "binary_matmul",
+    "has_compiled_kernels",
+    "kernel_isa",
+    "pack_bits",
+    "pack_conv2d_kernel",
+    "pack_dense_kernel",
+    "unpack_bits",
+}
+
+
+def test_ops_tf_names():
+    assert set(tfc.ops.tf.__all__) == EXPECTED_OPS_TF
+    for name in tfc.ops.tf.__all__:
+        assert hasattr(tfc.ops.tf, name), name
+# Pruning (issue 4): subsets, so other branches' names merge freely.
+EXPECTED_PRUNING = {
+    "callbacks": {"GradualPruning", "KeepSparsity", "DynamicSparseTraining"},
+    "schedules": {"PolynomialSparsity", "ConstantSparsity", "SparsitySchedule"},
+    "transforms": {"shrink_model", "prune_at_init"},
+}
+
+
+def test_pruning_names():
+    for package, names in EXPECTED_PRUNING.items():
+        assert names <= set(getattr(tfc, package).__all__), package

@@ -18,6 +18,8 @@ from tfcompress import (
 )
 from tfcompress.reporting import summary
 from tfcompress.transforms.quantize import quantize_model
+from tfcompress.transforms.prune_at_init import prune_at_init
+from tfcompress.transforms.shrink import shrink_model
 
 __version__ = "0.1.0"
 
@@ -29,9 +31,11 @@ __all__ = [
     "models",
     "ops",
     "quantize_model",
+    "prune_at_init",
     "quantizers",
     "reporting",
     "schedules",
+    "shrink_model",
     "summary",
     "tflite_export",
     "transforms",

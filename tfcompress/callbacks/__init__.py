@@ -1,3 +1,10 @@
 """Callbacks for ``model.fit``: pruning, sparse training, distillation, schedules."""
 
-__all__: list[str] = []
+from tfcompress.callbacks.pruning import GradualPruning, KeepSparsity
+from tfcompress.callbacks.sparse_training import DynamicSparseTraining
+
+__all__ = [
+    "DynamicSparseTraining",
+    "GradualPruning",
+    "KeepSparsity",
+]

@@ -1,3 +1,9 @@
 """Pure, typed ``step -> value`` schedules (pruning sparsity, learning rate)."""
 
-__all__: list[str] = []
+from tfcompress.schedules.pruning import ConstantSparsity, PolynomialSparsity, SparsitySchedule
+
+__all__ = [
+    "ConstantSparsity",
+    "PolynomialSparsity",
+    "SparsitySchedule",
+]
