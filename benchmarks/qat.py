@@ -26,12 +26,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tfcompress as tfc  # noqa: E402
-from tfcompress.models import accuracy, digits_cnn, train_classifier  # noqa: E402
-from tfcompress.reporting import format_table  # noqa: E402
+import tfcompress as tfc
+from tfcompress.models import accuracy, digits_cnn, train_classifier
+from tfcompress.reporting import format_table
 
 FLOAT_EPOCHS = 10
 QAT_EPOCHS = 4
@@ -174,7 +174,9 @@ def export_row(name, model, data, tmp, quantization, representative=None, note="
 
 def run_tfmot(data, tmp) -> dict:
     path = os.path.join(tmp, "digits.npz")
-    np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
+    np.savez(
+        path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test
+    )
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     args = [str(a) for a in (FLOAT_EPOCHS, QAT_EPOCHS, TIMING_ROUNDS, EPOCHS_PER_BLOCK)]
     proc = subprocess.run(
@@ -268,7 +270,17 @@ def main() -> dict:
         )
     rows.append(tfmot_row)
 
-    headers = ["arm", "keras acc", "tflite acc", "agree", "bytes", "x float", "step x", "ms", "int8"]
+    headers = [
+        "arm",
+        "keras acc",
+        "tflite acc",
+        "agree",
+        "bytes",
+        "x float",
+        "step x",
+        "ms",
+        "int8",
+    ]
     table = [
         [
             r["arm"],

@@ -17,8 +17,8 @@ from tfcompress import (
     transforms,
 )
 from tfcompress.reporting import summary
-from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
+from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.shrink import shrink_model
 
 __version__ = "0.1.0"
@@ -30,8 +30,8 @@ __all__ = [
     "layers",
     "models",
     "ops",
-    "quantize_model",
     "prune_at_init",
+    "quantize_model",
     "quantizers",
     "reporting",
     "schedules",
