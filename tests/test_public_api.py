@@ -16,6 +16,7 @@ EXPECTED_TOP_LEVEL = {
     "summary",
     "tflite_export",
     "transforms",
+    "quantize_model",
     "prune_at_init",
     "shrink_model",
 }
@@ -29,6 +30,37 @@ EXPECTED_EXPORT = {
     "export",
     "is_quantization_aware",
 }
+
+
+EXPECTED_QUANTIZERS = {
+    "Quantizer",
+    "LSQQuantizer",
+    "PACTQuantizer",
+    "PRESETS",
+    "deserialize",
+    "get",
+    "register_preset",
+    "serialize",
+    "MinMaxQuantizer",
+    "MovingAverageQuantizer",
+}
+
+EXPECTED_QUANT_LAYERS = {
+    "QuantizeActivation",
+    "QuantConv1D",
+    "QuantConv2D",
+    "QuantDepthwiseConv2D",
+    "QuantDense",
+}
+
+
+def test_quantizers_names():
+    assert set(tfc.quantizers.__all__) == EXPECTED_QUANTIZERS
+
+
+def test_quant_layer_names():
+    assert set(tfc.layers.__all__) >= EXPECTED_QUANT_LAYERS
+    assert set(tfc.transforms.__all__) >= {"QuantizeConfig", "quantize_model"}
 
 
 def test_top_level_names():

@@ -18,6 +18,7 @@ from tfcompress import (
 )
 from tfcompress.reporting import summary
 from tfcompress.transforms.prune_at_init import prune_at_init
+from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.shrink import shrink_model
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "models",
     "ops",
     "prune_at_init",
+    "quantize_model",
     "quantizers",
     "reporting",
     "schedules",

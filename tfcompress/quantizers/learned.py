@@ -106,7 +106,9 @@ class LSQQuantizer(Quantizer):
     def _step(self, x, state, training):
         step = state["step"]
         if training:
-            initial = q.lsq_initial_step(ops.stop_gradient(ops.cast(x, "float32")), self.qmax, self._axis(x))
+            initial = q.lsq_initial_step(
+                ops.stop_gradient(ops.cast(x, "float32")), self.qmax, self._axis(x)
+            )
             ready = state["ready"] > 0
             step = ops.where(ready, step, initial)
             state["step"].assign(ops.stop_gradient(step))

@@ -156,7 +156,11 @@ class MovingAverageQuantizer(Quantizer):
             )
 
         # Until the first training batch the range is TFMOT's default [-6, 6].
-        return {"min": variable("min", -6.0), "max": variable("max", 6.0), "ready": variable("ready", 0.0)}
+        return {
+            "min": variable("min", -6.0),
+            "max": variable("max", 6.0),
+            "ready": variable("ready", 0.0),
+        }
 
     def _batch_range(self, x):
         x = ops.stop_gradient(ops.cast(x, "float32"))
