@@ -2,10 +2,12 @@
 
 Pure functions on :mod:`keras.ops` (any backend). Each returns the quantized
 values exactly (``+1``/``-1``, ``0``, or a per-channel scale times those), and
-defines the gradient the paper prescribes through
-:func:`keras.ops.custom_gradient`: the forward value is never perturbed by a
-``stop_gradient`` trick, so a binary kernel is bit-exactly binary (which the
-packed storage and the TFLite export rely on).
+the gradient the paper prescribes, through :func:`with_gradient`:
+``stop_gradient(q) + (t - stop_gradient(t))`` with ``t = x * stop_gradient(slope)``.
+The second term is exactly 0 in the forward pass (a float minus itself), so a
+binary kernel stays bit-exactly binary (the packed storage and the TFLite
+export rely on that), and its gradient is ``slope``. Unlike
+``tf.custom_gradient`` this leaves only ordinary ops in an exported graph.
 
 Conventions:
 
@@ -15,8 +17,6 @@ Conventions:
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import keras
 from keras import ops
@@ -33,28 +33,37 @@ __all__ = [
     "ternarize",
     "ternary_threshold",
     "ttq",
+    "with_gradient",
 ]
 
 
 def _tensor(x):
-    """A plain tensor: variables are read first (tf.custom_gradient rejects them)."""
-    x = ops.convert_to_tensor(x)
-    if isinstance(x, keras.Variable) or hasattr(x, "assign"):
-        x = ops.copy(x)
-    return x
+    return ops.convert_to_tensor(x)
 
 
-def _upstream(args, upstream):
-    # TF passes the upstream gradient positionally, JAX by keyword.
-    if upstream is None:
-        (upstream,) = args
-    return upstream
+def with_gradient(forward, x, slope):
+    """``forward`` exactly in the forward pass, ``d/dx = slope`` in the backward pass.
+
+    Args:
+        forward: The forward values (any function of ``x``; no gradient flows
+            through it).
+        x: The input the gradient flows to.
+        slope: The pseudo-derivative, broadcastable to ``x`` (treated as a
+            constant).
+
+    Returns:
+        A tensor equal to ``forward`` whose gradient with respect to ``x`` is
+        ``upstream * slope``.
+    """
+    t = x * ops.stop_gradient(slope)
+    return ops.stop_gradient(forward) + (t - ops.stop_gradient(t))
 
 
 def sign(x):
     """``+1`` where ``x >= 0``, ``-1`` elsewhere (no gradient defined)."""
     x = ops.convert_to_tensor(x)
-    one = ops.ones_like(x)
+    # Scalar branches keep the exported graph to GREATER_EQUAL + SELECT.
+    one = ops.convert_to_tensor(1, dtype=x.dtype)
     return ops.where(ops.greater_equal(x, 0), one, -one)
 
 
@@ -82,14 +91,8 @@ def ste_sign(x, clip_value: float | None = 1.0):
     """
     _check_clip(clip_value)
 
-    @ops.custom_gradient
-    def _ste_sign(x):
-        def grad(*args, upstream=None):
-            return _upstream(args, upstream) * _pass_mask(x, clip_value)
-
-        return sign(x), grad
-
-    return _ste_sign(_tensor(x))
+    x = _tensor(x)
+    return with_gradient(sign(x), x, _pass_mask(x, clip_value))
 
 
 def approx_sign(x):
@@ -102,17 +105,10 @@ def approx_sign(x):
     References:
         Liu et al., "Bi-Real Net", ECCV 2018 (arXiv:1808.00278).
     """
-
-    @ops.custom_gradient
-    def _approx_sign(x):
-        def grad(*args, upstream=None):
-            abs_x = ops.abs(x)
-            slope = ops.where(ops.less_equal(abs_x, 1.0), 2.0 - 2.0 * abs_x, ops.zeros_like(x))
-            return _upstream(args, upstream) * slope
-
-        return sign(x), grad
-
-    return _approx_sign(_tensor(x))
+    x = _tensor(x)
+    abs_x = ops.abs(x)
+    slope = ops.where(ops.less_equal(abs_x, 1.0), 2.0 - 2.0 * abs_x, ops.zeros_like(x))
+    return with_gradient(sign(x), x, slope)
 
 
 def swish_sign(x, beta: float = 5.0):
@@ -129,16 +125,12 @@ def swish_sign(x, beta: float = 5.0):
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta!r}")
 
-    @ops.custom_gradient
-    def _swish_sign(x):
-        def grad(*args, upstream=None):
-            bx = beta * x
-            slope = beta * (2.0 - bx * ops.tanh(bx / 2.0)) / (1.0 + ops.cosh(bx))
-            return _upstream(args, upstream) * slope
-
-        return sign(x), grad
-
-    return _swish_sign(_tensor(x))
+    x = _tensor(x)
+    bx = beta * x
+    # 1 + cosh overflows to inf for |bx| > ~89, where the slope is 0 anyway.
+    slope = beta * (2.0 - bx * ops.tanh(bx / 2.0)) / (1.0 + ops.cosh(bx))
+    slope = ops.where(ops.isfinite(slope), slope, ops.zeros_like(slope))
+    return with_gradient(sign(x), x, slope)
 
 
 def _reduce_axes(ndim: int, channel_axis: int | None) -> list[int]:
@@ -176,16 +168,9 @@ def magnitude_aware_sign(x, clip_value: float | None = 1.0, channel_axis: int | 
     """
     _check_clip(clip_value)
 
-    @ops.custom_gradient
-    def _mas(x):
-        scale = channel_mean(x, channel_axis)
-
-        def grad(*args, upstream=None):
-            return _upstream(args, upstream) * scale * _pass_mask(x, clip_value)
-
-        return scale * sign(x), grad
-
-    return _mas(_tensor(x))
+    x = _tensor(x)
+    scale = channel_mean(x, channel_axis)
+    return with_gradient(scale * sign(x), x, scale * _pass_mask(x, clip_value))
 
 
 def ternary_threshold(x, threshold: float = 0.7, channel_axis: int | None = -1):
@@ -221,23 +206,15 @@ def ternarize(
     _check_threshold(threshold)
     _check_clip(clip_value)
 
-    @ops.custom_gradient
-    def _tern(x):
-        axes = _reduce_axes(len(x.shape), channel_axis)
-        abs_x = ops.abs(x)
-        delta = threshold * _exact_mean(abs_x, axes)
-        keep = ops.cast(ops.greater(abs_x, delta), x.dtype)
-        kept = ops.cast(abs_x * keep, "float64")
-        count = ops.sum(ops.cast(keep, "float64"), axis=axes, keepdims=True)
-        total = ops.sum(kept, axis=axes, keepdims=True)
-        scale = ops.cast(total / ops.maximum(count, 1.0), x.dtype)
-
-        def grad(*args, upstream=None):
-            return _upstream(args, upstream) * scale * _pass_mask(x, clip_value)
-
-        return scale * sign(x) * keep, grad
-
-    return _tern(_tensor(x))
+    x = _tensor(x)
+    axes = _reduce_axes(len(x.shape), channel_axis)
+    abs_x = ops.abs(x)
+    delta = threshold * _exact_mean(abs_x, axes)
+    keep = ops.cast(ops.greater(abs_x, delta), x.dtype)
+    count = ops.sum(ops.cast(keep, "float64"), axis=axes, keepdims=True)
+    total = ops.sum(ops.cast(abs_x * keep, "float64"), axis=axes, keepdims=True)
+    scale = ops.cast(total / ops.maximum(count, 1.0), x.dtype)
+    return with_gradient(scale * sign(x) * keep, x, scale * _pass_mask(x, clip_value))
 
 
 def ttq(x, positive_scale, negative_scale, threshold: float = 0.05, channel_axis: int | None = -1):
@@ -267,51 +244,23 @@ def ttq(x, positive_scale, negative_scale, threshold: float = 0.05, channel_axis
     _check_threshold(threshold)
     x = _tensor(x)
     axes = _reduce_axes(len(x.shape), channel_axis)
-
-    @ops.custom_gradient
-    def _ttq(x, wp, wn):
-        delta = threshold * ops.max(ops.abs(x), axis=axes, keepdims=True)
-        pos = ops.cast(ops.greater(x, delta), x.dtype)
-        neg = ops.cast(ops.less(x, -delta), x.dtype)
-        wp_b = ops.broadcast_to(wp, ops.shape(delta))
-        wn_b = ops.broadcast_to(wn, ops.shape(delta))
-
-        def grad(*args, upstream=None):
-            up = _upstream(args, upstream)
-            dx = up * (wp_b * pos + wn_b * neg + (1.0 - pos - neg))
-            dwp = _sum_to(ops.sum(up * pos, axis=axes, keepdims=True), wp)
-            dwn = _sum_to(-ops.sum(up * neg, axis=axes, keepdims=True), wn)
-            return dx, dwp, dwn
-
-        return wp_b * pos - wn_b * neg, grad
-
-    return _ttq(x, _tensor(positive_scale), _tensor(negative_scale))
-
-
-def _sum_to(gradient, target):
-    """Reduces a keepdims per-channel gradient to ``target``'s shape (scalar or per channel)."""
-    shape = tuple(target.shape)
-    if _size(shape) != _size(gradient.shape):
-        gradient = ops.sum(gradient)
-    return ops.reshape(gradient, shape)
-
-
-def _size(shape: Sequence[int]) -> int:
-    size = 1
-    for d in shape:
-        size *= int(d)
-    return size
+    delta = threshold * ops.max(ops.abs(x), axis=axes, keepdims=True)
+    pos = ops.cast(ops.greater(x, delta), x.dtype)
+    neg = ops.cast(ops.less(x, -delta), x.dtype)
+    # Per-channel (or scalar) scales broadcast along the channel axis; their
+    # gradients (sums over the positive/negative entries) come from autodiff.
+    shape = [1] * len(x.shape)
+    if channel_axis is not None and len(x.shape):
+        shape[channel_axis % len(x.shape)] = -1
+    wp = ops.reshape(_tensor(positive_scale), shape)
+    wn = ops.reshape(_tensor(negative_scale), shape)
+    value = wp * pos - wn * neg
+    slope = wp * pos + wn * neg + (1.0 - pos - neg)
+    return value + with_gradient(ops.zeros_like(x), x, slope)
 
 
 def _round_ste(x):
-    @ops.custom_gradient
-    def _round(x):
-        def grad(*args, upstream=None):
-            return _upstream(args, upstream)
-
-        return ops.round(x), grad
-
-    return _round(x)
+    return with_gradient(ops.round(x), x, ops.ones_like(x))
 
 
 def dorefa(x, k_bit: int = 2, mode: str = "activations"):
@@ -338,16 +287,10 @@ def dorefa(x, k_bit: int = 2, mode: str = "activations"):
     levels = float(2**k_bit - 1)
     x = _tensor(x)
     if mode == "activations":
-        # Gradient of clip is 1 inside [0, 1] (edges included) and 0 outside.
-        @ops.custom_gradient
-        def _clip01(x):
-            def grad(*args, upstream=None):
-                inside = ops.logical_and(ops.greater_equal(x, 0.0), ops.less_equal(x, 1.0))
-                return _upstream(args, upstream) * ops.cast(inside, x.dtype)
-
-            return ops.clip(x, 0.0, 1.0), grad
-
-        return _round_ste(_clip01(x) * levels) / levels
+        # Gradient of the clip: 1 inside [0, 1] (edges included), 0 outside.
+        inside = ops.logical_and(ops.greater_equal(x, 0.0), ops.less_equal(x, 1.0))
+        clipped = with_gradient(ops.clip(x, 0.0, 1.0), x, ops.cast(inside, x.dtype))
+        return _round_ste(clipped * levels) / levels
     t = ops.tanh(x)
     t = t / (2.0 * ops.maximum(ops.max(ops.abs(t)), 1e-12)) + 0.5
     return 2.0 * (_round_ste(t * levels) / levels) - 1.0

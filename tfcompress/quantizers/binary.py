@@ -21,6 +21,7 @@ import keras
 from tfcompress.ops import binary as binary_ops
 
 __all__ = [
+    "TTQ",
     "ApproxSign",
     "BinaryQuantizer",
     "DoReFa",
@@ -28,7 +29,6 @@ __all__ = [
     "SteSign",
     "SteTern",
     "SwishSign",
-    "TTQ",
     "deserialize",
     "get",
     "names",
