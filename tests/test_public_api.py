@@ -16,6 +16,9 @@ EXPECTED_TOP_LEVEL = {
     "summary",
     "tflite_export",
     "transforms",
+    "binarize_model",
+    "optimizers",
+    "packing",
 }
 
 EXPECTED_EXPORT = {

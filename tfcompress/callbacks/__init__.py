@@ -1,3 +1,7 @@
 """Callbacks for ``model.fit``: pruning, sparse training, distillation, schedules."""
 
-__all__: list[str] = []
+from tfcompress.callbacks.flip_ratio import FlipRatio
+
+__all__ = [
+    "FlipRatio",
+]

@@ -102,6 +102,13 @@ class _BinaryMixin:
     def _build_quantizer(self) -> None:
         if self.kernel_quantizer is not None:
             self.kernel_quantizer.build(self, tuple(self._latent_kernel().shape))
+        self._mark_binary_kernel()
+
+    def _mark_binary_kernel(self) -> None:
+        # Tells Bop (tfcompress.optimizers) which variables are +-1 weights.
+        q = self.kernel_quantizer
+        binary = q is not None and q.pack_kind == "binary" and not q.scaled
+        self._latent_kernel()._tfcompress_binary = binary
 
     def _latent_kernel(self):
         return getattr(self, self._kernel_attr)
@@ -438,6 +445,7 @@ class BinaryDepthwiseConv2D(_BinaryMixin, keras.layers.DepthwiseConv2D):
         if self.kernel_quantizer is not None:
             kh, kw, cin, mult = self.kernel.shape
             self.kernel_quantizer.build(self, (kh, kw, 1, cin * mult))
+        self._mark_binary_kernel()
 
     def _quantize_kernel(self, kernel):
         if self.kernel_quantizer is None:

@@ -62,9 +62,9 @@ def with_gradient(forward, x, slope):
 def sign(x):
     """``+1`` where ``x >= 0``, ``-1`` elsewhere (no gradient defined)."""
     x = ops.convert_to_tensor(x)
-    # Scalar branches keep the exported graph to GREATER_EQUAL + SELECT.
-    one = ops.convert_to_tensor(1, dtype=x.dtype)
-    return ops.where(ops.greater_equal(x, 0), one, -one)
+    # Elementwise ops only: the TFLite converter folds them into a constant
+    # kernel (a scalar-branch select is left unfolded and kept at run time).
+    return ops.cast(ops.greater_equal(x, 0), x.dtype) * 2 - 1
 
 
 def _check_clip(clip_value: float | None) -> None:

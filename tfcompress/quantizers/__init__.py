@@ -1,3 +1,22 @@
+# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Serializable quantizer objects (config + call) with straight-through gradients."""
 
-__all__: list[str] = []
+from tfcompress.quantizers.binary import TTQ
+from tfcompress.quantizers.binary import ApproxSign
+from tfcompress.quantizers.binary import BinaryQuantizer
+from tfcompress.quantizers.binary import DoReFa
+from tfcompress.quantizers.binary import MagnitudeAwareSign
+from tfcompress.quantizers.binary import SteSign
+from tfcompress.quantizers.binary import SteTern
+from tfcompress.quantizers.binary import SwishSign
+
+__all__ = [
+    "ApproxSign",
+    "BinaryQuantizer",
+    "DoReFa",
+    "MagnitudeAwareSign",
+    "SteSign",
+    "SteTern",
+    "SwishSign",
+    "TTQ",
+]

@@ -1,3 +1,7 @@
 """Model -> model transforms that keep the trained weights."""
 
-__all__: list[str] = []
+from tfcompress.transforms.binarize import binarize_model
+
+__all__ = [
+    "binarize_model",
+]
