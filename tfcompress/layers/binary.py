@@ -126,6 +126,27 @@ class _BinaryMixin:
         config["latent_clip"] = self.latent_clip
         return config
 
+    # Keras' Dense/Conv save only kernel and bias; learned quantizer scales follow them.
+    def _base_variable_count(self) -> int:
+        return 1 + (getattr(self, "bias", None) is not None)
+
+    def _quantizer_variables(self) -> list:
+        return [] if self.kernel_quantizer is None else list(self.kernel_quantizer.variables)
+
+    def save_own_variables(self, store) -> None:
+        super().save_own_variables(store)
+        if self.built:
+            base = self._base_variable_count()
+            for i, variable in enumerate(self._quantizer_variables()):
+                store[str(base + i)] = variable
+
+    def load_own_variables(self, store) -> None:
+        super().load_own_variables(store)
+        if self.built:
+            base = self._base_variable_count()
+            for i, variable in enumerate(self._quantizer_variables()):
+                variable.assign(store[str(base + i)])
+
     # ---- inference hooks (packed storage, custom kernels) ----
 
     def quantized_kernel(self) -> np.ndarray:

@@ -55,7 +55,7 @@ def _channel_scales(kernel: np.ndarray, sign: int, name: str, kind: str) -> np.n
         raise ValueError(
             f"{name}: kernel is not {kind}: output channel {c} has "
             f"{'positive' if sign > 0 else 'negative'} values of different magnitudes "
-            f"(from {low[c]!r} to {high[c]!r}); expected one magnitude per channel and sign"
+            f"(from {float(low[c])} to {float(high[c])}); expected one magnitude per channel and sign"
         )
     return np.where(present, high, 0.0).astype(np.float32)
 
@@ -189,8 +189,8 @@ def pack_kernel(kernel: np.ndarray, kind: str | None, *, name: str = "kernel") -
         if asym.size:
             c = int(asym[0])
             raise ValueError(
-                f"{name}: kernel is not binary: output channel {c} has +{positive[c]!r} and "
-                f"-{negative[c]!r}; expected +-one scale per channel"
+                f"{name}: kernel is not binary: output channel {c} has +{float(positive[c])} and "
+                f"-{float(negative[c])}; expected +-one scale per channel"
             )
         bits_in = (columns.T > 0).astype(np.uint8)  # all-zero channels read as +0
         scale = np.maximum(positive, negative)

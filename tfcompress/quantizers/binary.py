@@ -66,6 +66,11 @@ class BinaryQuantizer(keras.quantizers.Quantizer):
     def build(self, layer: keras.layers.Layer, shape: tuple[int, ...]) -> None:
         """Creates the quantizer's variables on ``layer`` (no-op unless stateful)."""
 
+    @property
+    def variables(self) -> list:
+        """The variables :meth:`build` created (empty unless stateful)."""
+        return []
+
     def get_config(self) -> dict[str, Any]:
         return {}
 
@@ -281,6 +286,10 @@ class TTQ(BinaryQuantizer):
         self.negative_scale = layer.add_weight(
             name="ttq_negative_scale", shape=(shape[-1],), initializer=init
         )
+
+    @property
+    def variables(self) -> list:
+        return [] if self.positive_scale is None else [self.positive_scale, self.negative_scale]
 
     def __call__(self, x):
         if self.positive_scale is None:
