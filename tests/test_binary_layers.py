@@ -239,4 +239,6 @@ def test_bop_and_flip_ratio_errors():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="no binary or ternary layers"):
-        model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0, callbacks=[tfc.callbacks.FlipRatio()])
+        model.fit(
+            np.ones((4, 3)), np.ones((4, 2)), verbose=0, callbacks=[tfc.callbacks.FlipRatio()]
+        )

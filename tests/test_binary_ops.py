@@ -55,6 +55,7 @@ def test_swish_sign_matches_numpy():
     bx = beta * x.astype(np.float64)
     slope = beta * (2 - bx * np.tanh(bx / 2)) / (1 + np.cosh(bx))
     np.testing.assert_allclose(g, up * slope, rtol=1e-5, atol=1e-6)
+
     # It is the derivative of 2 sigmoid(bx)(1 + bx(1 - sigmoid(bx))) - 1.
     def smooth(t):
         sig = 1 / (1 + np.exp(-beta * t))
@@ -98,9 +99,7 @@ def test_ttq_matches_numpy_including_scale_gradients():
     wp = np.array([0.5, 1.0, 2.0, 1.5, 0.7, 0.3], np.float32)
     wn = np.array([1.0, 0.2, 0.4, 1.1, 0.9, 2.5], np.float32)
     up = rng.standard_normal(w.shape).astype(np.float32)
-    y, (gx, gp, gn) = _value_and_grad(
-        lambda v, p, n: B.ttq(v, p, n, threshold=0.3), w, up, wp, wn
-    )
+    y, (gx, gp, gn) = _value_and_grad(lambda v, p, n: B.ttq(v, p, n, threshold=0.3), w, up, wp, wn)
     delta = 0.3 * np.abs(w).max(axis=(0, 1), keepdims=True)
     pos, neg = w > delta, w < -delta
     np.testing.assert_array_equal(y, np.where(pos, wp, 0) - np.where(neg, wn, 0))

@@ -382,9 +382,7 @@ class BinaryConv2D(_BinaryMixin, keras.layers.Conv2D):
         self._build_quantizer()
 
     def convolution_op(self, inputs, kernel):
-        return super().convolution_op(
-            self._quantize_inputs(inputs), self._quantize_kernel(kernel)
-        )
+        return super().convolution_op(self._quantize_inputs(inputs), self._quantize_kernel(kernel))
 
     def get_config(self) -> dict[str, Any]:
         return self._binary_config(super().get_config(), "kernel_constraint")

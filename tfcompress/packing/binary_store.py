@@ -368,7 +368,9 @@ def load_packed(path: str | os.PathLike) -> keras.Model:
                     arrays.get(key + "/neg"),
                 )
                 if not _packable(layer):
-                    raise ValueError(f"{path}: layer {name!r} has a packed kernel but is not binary")
+                    raise ValueError(
+                        f"{path}: layer {name!r} has a packed kernel but is not binary"
+                    )
                 values.append(_latent_from_packed(layer, packed))
             elif key in arrays:
                 values.append(arrays[key])

@@ -99,9 +99,7 @@ def binarize_model(
         raise ValueError("kernel_quantizer must name a binary/ternary quantizer, got None")
     binary_quantizers.get(input_quantizer)  # validates before anything is built
     selected = layer_selector(layers, model)
-    eligible = [
-        layer for _, layer in iter_leaf_layers(model) if type(layer) in _TARGETS
-    ]
+    eligible = [layer for _, layer in iter_leaf_layers(model) if type(layer) in _TARGETS]
     skip: dict[int, str] = {}
     if eligible and keep_first:
         skip[id(eligible[0])] = "first layer kept in float (keep_first=True)"
