@@ -21,6 +21,8 @@ from tfcompress.reporting import summary
 from tfcompress import optimizers
 from tfcompress import packing
 from tfcompress.transforms.binarize import binarize_model
+from tfcompress.transforms.prune_at_init import prune_at_init
+from tfcompress.transforms.shrink import shrink_model
 
 __version__ = "0.1.0"
 
@@ -31,9 +33,11 @@ __all__ = [
     "layers",
     "models",
     "ops",
+    "prune_at_init",
     "quantizers",
     "reporting",
     "schedules",
+    "shrink_model",
     "summary",
     "tflite_export",
     "transforms",
