@@ -1,24 +1,6 @@
 # ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Serializable quantizer objects (config + call) with straight-through gradients."""
 
-from tfcompress.quantizers.binary import TTQ
-from tfcompress.quantizers.binary import ApproxSign
-from tfcompress.quantizers.binary import BinaryQuantizer
-from tfcompress.quantizers.binary import DoReFa
-from tfcompress.quantizers.binary import MagnitudeAwareSign
-from tfcompress.quantizers.binary import SteSign
-from tfcompress.quantizers.binary import SteTern
-from tfcompress.quantizers.binary import SwishSign
-
-__all__ = [
-    "ApproxSign",
-    "BinaryQuantizer",
-    "DoReFa",
-    "MagnitudeAwareSign",
-    "SteSign",
-    "SteTern",
-    "SwishSign",
-    "TTQ",
 from tfcompress.quantizers.base import Quantizer
 from tfcompress.quantizers.learned import LSQQuantizer
 from tfcompress.quantizers.learned import PACTQuantizer
@@ -29,6 +11,14 @@ from tfcompress.quantizers.registry import register_preset
 from tfcompress.quantizers.registry import serialize
 from tfcompress.quantizers.uniform import MinMaxQuantizer
 from tfcompress.quantizers.uniform import MovingAverageQuantizer
+from tfcompress.quantizers.binary import TTQ
+from tfcompress.quantizers.binary import ApproxSign
+from tfcompress.quantizers.binary import BinaryQuantizer
+from tfcompress.quantizers.binary import DoReFa
+from tfcompress.quantizers.binary import MagnitudeAwareSign
+from tfcompress.quantizers.binary import SteSign
+from tfcompress.quantizers.binary import SteTern
+from tfcompress.quantizers.binary import SwishSign
 
 __all__: list[str] = [
     "Quantizer",
@@ -41,4 +31,12 @@ __all__: list[str] = [
     "serialize",
     "MinMaxQuantizer",
     "MovingAverageQuantizer",
+    "ApproxSign",
+    "BinaryQuantizer",
+    "DoReFa",
+    "MagnitudeAwareSign",
+    "SteSign",
+    "SteTern",
+    "SwishSign",
+    "TTQ",
 ]

@@ -392,3 +392,15 @@ def deserialize(config: dict | None) -> BinaryQuantizer | None:
     if not isinstance(quantizer, BinaryQuantizer):
         raise TypeError(f"config does not describe a BinaryQuantizer: {config!r}")
     return quantizer
+
+
+def _register_presets() -> None:
+    # Lets tfcompress.quantizers.get (the uniform quantizers' registry) resolve our names too.
+    from tfcompress.quantizers import registry
+
+    for name, cls in _REGISTRY.items():
+        if name not in registry.PRESETS:
+            registry.register_preset(name, cls)
+
+
+_register_presets()
