@@ -126,7 +126,8 @@ def _binary_cnn(ctx: DemoContext) -> TechniqueResult:
     )
 
 
+# The BNN-from-scratch recipe (_binary_cnn) needs ~6 epochs, too slow for a demo row;
+# benchmarks/binary.py measures it.
 TECHNIQUES = [
     Technique("binary weights", _binary_weights, order=70),
-    Technique("binary CNN (BNN)", _binary_cnn, order=71),
 ]
