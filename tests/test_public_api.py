@@ -17,6 +17,9 @@ EXPECTED_TOP_LEVEL = {
     "tflite_export",
     "transforms",
     "quantize_model",
+    "binarize_model",
+    "optimizers",
+    "packing",
     "prune_at_init",
     "shrink_model",
 }

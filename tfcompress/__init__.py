@@ -1,3 +1,4 @@
+# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """tfcompress: model compression for Keras 3 on TensorFlow.
 
 Layers you swap in, callbacks you add to ``model.fit``, model transforms that
@@ -17,6 +18,9 @@ from tfcompress import (
     transforms,
 )
 from tfcompress.reporting import summary
+from tfcompress import optimizers
+from tfcompress import packing
+from tfcompress.transforms.binarize import binarize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.shrink import shrink_model
@@ -39,4 +43,7 @@ __all__ = [
     "summary",
     "tflite_export",
     "transforms",
+    "binarize_model",
+    "optimizers",
+    "packing",
 ]
