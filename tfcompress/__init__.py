@@ -1,4 +1,4 @@
-# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
+# ruff: noqa: RUF022  (one import and one name per line: feature branches append theirs)
 """tfcompress: model compression for Keras 3 on TensorFlow.
 
 Layers you swap in, callbacks you add to ``model.fit``, model transforms that
@@ -11,18 +11,21 @@ from tfcompress import (
     layers,
     models,
     ops,
+    optimizers,
+    packing,
     quantizers,
     reporting,
     schedules,
     tflite_export,
     transforms,
 )
+from tfcompress.packing import pack, unpack
 from tfcompress.reporting import summary
-
-from tfcompress import packing
-from tfcompress.packing import pack
-from tfcompress.packing import unpack
+from tfcompress.transforms.binarize import binarize_model
 from tfcompress.transforms.cluster import cluster_model
+from tfcompress.transforms.prune_at_init import prune_at_init
+from tfcompress.transforms.quantize import quantize_model
+from tfcompress.transforms.shrink import shrink_model
 
 __version__ = "0.1.0"
 
@@ -33,12 +36,17 @@ __all__ = [
     "layers",
     "models",
     "ops",
+    "prune_at_init",
+    "quantize_model",
     "quantizers",
     "reporting",
     "schedules",
+    "shrink_model",
     "summary",
     "tflite_export",
     "transforms",
+    "binarize_model",
+    "optimizers",
     "packing",
     "pack",
     "unpack",
