@@ -46,6 +46,14 @@ EXPECTED_QUANTIZERS = {
     "serialize",
     "MinMaxQuantizer",
     "MovingAverageQuantizer",
+    "ApproxSign",
+    "BinaryQuantizer",
+    "DoReFa",
+    "MagnitudeAwareSign",
+    "SteSign",
+    "SteTern",
+    "SwishSign",
+    "TTQ",
 }
 
 EXPECTED_QUANT_LAYERS = {

@@ -1,4 +1,4 @@
-# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
+# ruff: noqa: RUF022  (one import and one name per line: feature branches append theirs)
 """tfcompress: model compression for Keras 3 on TensorFlow.
 
 Layers you swap in, callbacks you add to ``model.fit``, model transforms that
@@ -11,6 +11,8 @@ from tfcompress import (
     layers,
     models,
     ops,
+    optimizers,
+    packing,
     quantizers,
     reporting,
     schedules,
@@ -18,8 +20,6 @@ from tfcompress import (
     transforms,
 )
 from tfcompress.reporting import summary
-from tfcompress import optimizers
-from tfcompress import packing
 from tfcompress.transforms.binarize import binarize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import quantize_model

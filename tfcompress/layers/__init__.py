@@ -1,6 +1,10 @@
 # ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
 
+from tfcompress.layers.binary import BinaryConv2D
+from tfcompress.layers.binary import BinaryDense
+from tfcompress.layers.binary import BinaryDepthwiseConv2D
+from tfcompress.layers.binary import WeightClip
 from tfcompress.layers.quant_activation import QuantizeActivation
 from tfcompress.layers.quant_conv import QuantConv1D
 from tfcompress.layers.quant_conv import QuantConv2D
@@ -8,22 +12,13 @@ from tfcompress.layers.quant_conv import QuantDepthwiseConv2D
 from tfcompress.layers.quant_dense import QuantDense
 
 __all__: list[str] = [
+    "BinaryConv2D",
+    "BinaryDense",
+    "BinaryDepthwiseConv2D",
+    "WeightClip",
     "QuantizeActivation",
     "QuantConv1D",
     "QuantConv2D",
     "QuantDepthwiseConv2D",
     "QuantDense",
-# ruff: noqa: I001  (one import and one name per line: feature branches append theirs)
-"""Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
-
-from tfcompress.layers.binary import BinaryConv2D
-from tfcompress.layers.binary import BinaryDense
-from tfcompress.layers.binary import BinaryDepthwiseConv2D
-from tfcompress.layers.binary import WeightClip
-
-__all__ = [
-    "BinaryConv2D",
-    "BinaryDense",
-    "BinaryDepthwiseConv2D",
-    "WeightClip",
 ]
