@@ -90,10 +90,10 @@ class DemoRow:
     tflite_bytes: int | None
     gzip_bytes: int | None
     ratio_to_float: float | None
-    gzip_ratio_to_float: float | None = None
     latency_ms: float | None
     note: str = ""
     error: str | None = None
+    gzip_ratio_to_float: float | None = None
 
 
 def discover() -> list[Technique]:
