@@ -20,10 +20,13 @@ from tfcompress.reporting import summary
 
 __version__ = "0.1.0"
 
+from tfcompress.transforms import factorize_model
+
 __all__ = [
     "__version__",
     "callbacks",
     "datasets",
+    "factorize_model",
     "layers",
     "models",
     "ops",

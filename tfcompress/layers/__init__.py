@@ -1,3 +1,9 @@
 """Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
 
-__all__: list[str] = []
+from tfcompress.layers.lowrank import LowRankDense
+from tfcompress.layers.lowrank_conv import LowRankConv2D
+
+__all__ = [
+    "LowRankConv2D",
+    "LowRankDense",
+]

@@ -3,4 +3,8 @@
 TensorFlow-only kernels live in :mod:`tfcompress.ops.tf`.
 """
 
-__all__: list[str] = []
+from tfcompress.ops import lowrank
+
+__all__ = [
+    "lowrank",
+]

@@ -1,3 +1,8 @@
 """Model -> model transforms that keep the trained weights."""
 
-__all__: list[str] = []
+from tfcompress.transforms.factorize import FactorizeReport, factorize_model
+
+__all__ = [
+    "FactorizeReport",
+    "factorize_model",
+]
