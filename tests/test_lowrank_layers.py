@@ -93,9 +93,9 @@ def _low_rank_kernel(shape, rank, decomposition, seed=0):
     kh, kw, cin, f = shape
     rng = np.random.default_rng(seed)
     if decomposition == "channel":
-        return (rng.standard_normal((kh * kw * cin, rank)) @ rng.standard_normal((rank, f))).reshape(
-            shape
-        )
+        return (
+            rng.standard_normal((kh * kw * cin, rank)) @ rng.standard_normal((rank, f))
+        ).reshape(shape)
     m = rng.standard_normal((kh * cin, rank)) @ rng.standard_normal((rank, kw * f))
     return m.reshape(kh, cin, kw, f).transpose(0, 2, 1, 3)
 
