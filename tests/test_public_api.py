@@ -16,6 +16,7 @@ EXPECTED_TOP_LEVEL = {
     "summary",
     "tflite_export",
     "transforms",
+    "factorize_model",
 }
 
 EXPECTED_EXPORT = {
@@ -44,3 +45,10 @@ def test_subpackage_all_names_resolve():
                     tfc.ops, tfc.reporting, tfc.tflite_export):
         for name in package.__all__:
             assert hasattr(package, name), f"{package.__name__}.{name}"
+
+
+def test_lowrank_names():
+    assert {"LowRankDense", "LowRankConv2D"} <= set(tfc.layers.__all__)
+    assert {"factorize_model", "FactorizeReport"} <= set(tfc.transforms.__all__)
+    assert "lowrank" in tfc.ops.__all__
+    assert tfc.factorize_model is tfc.transforms.factorize_model

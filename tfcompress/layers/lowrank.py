@@ -124,14 +124,14 @@ class LowRankDense(keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = True
-        self._input_shape: tuple | None = None
+        self._built_input_shape: tuple | None = None
 
     def build(self, input_shape: tuple) -> None:
         input_dim = input_shape[-1]
         if input_dim is None:
             raise ValueError(f"{self.name}: the last input dimension must be known")
         lr._check_rank(self.rank, input_dim, self.units)
-        self._input_shape = tuple(input_shape)
+        self._built_input_shape = tuple(input_shape)
         self.kernel_a = self.add_weight(
             name="kernel_a",
             shape=(input_dim, self.rank),
@@ -208,7 +208,7 @@ class LowRankDense(keras.layers.Layer):
         input_dim = int(self.kernel_a.shape[0])
         kernel = self.rank * (input_dim + self.units)
         stats: dict[str, Any] = {"params": kernel + (self.units if self.use_bias else 0)}
-        leading = self._input_shape[1:-1] if self._input_shape else ()
+        leading = self._built_input_shape[1:-1] if self._built_input_shape else ()
         if all(d is not None for d in leading):
             stats["macs"] = kernel * math.prod(leading)
         return stats

@@ -223,7 +223,7 @@ class LowRankConv2D(keras.layers.Layer):
             else None
         )
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={axis: cin})
-        self._input_shape = tuple(input_shape)
+        self._built_input_shape = tuple(input_shape)
 
     def call(self, inputs: Any) -> Any:
         x = inputs
@@ -301,7 +301,7 @@ class LowRankConv2D(keras.layers.Layer):
             return {}
         sizes = [math.prod(k.shape) for k in self._kernels]
         stats: dict[str, Any] = {"params": sum(sizes) + (self.filters if self.use_bias else 0)}
-        shape = self._input_shape
+        shape = self._built_input_shape
         if all(d is not None for d in shape[1:]):
             # Each stage's MACs: its kernel size times its output positions.
             macs = 0
