@@ -20,7 +20,7 @@ def _factorized(ctx: DemoContext) -> keras.Model:
         _cache.clear()
         model = factorize_model(ctx.float_model, target_ratio=TARGET_RATIO, verbose=0)
         if ctx.epochs:
-            train_classifier(model, ctx.data, epochs=ctx.epochs, learning_rate=5e-4)
+            train_classifier(model, ctx.data, epochs=ctx.epochs, batch_size=64, learning_rate=1e-3)
         _cache[key] = model
     return _cache[key]
 
