@@ -98,7 +98,14 @@ def check_layer(
     target = rng.standard_normal(eager.shape).astype("float32")
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     before = [_to_numpy(w).copy() for w in model.trainable_weights]
-    loss = model.train_on_batch(x, target)
+    try:
+        loss = model.train_on_batch(x, target)
+    except ValueError as error:
+        if "gradient" not in str(error).lower():
+            raise
+        raise AssertionError(
+            f"one training step changed no trainable weight (no gradient?): {error}"
+        ) from error
     assert np.isfinite(loss), f"training step gave loss {loss}"
     if expect_trainable:
         assert before, "layer has no trainable weights"

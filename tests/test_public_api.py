@@ -17,6 +17,9 @@ EXPECTED_TOP_LEVEL = {
     "tflite_export",
     "transforms",
     "factorize_model",
+    "quantize_model",
+    "prune_at_init",
+    "shrink_model",
 }
 
 EXPECTED_EXPORT = {
@@ -30,6 +33,37 @@ EXPECTED_EXPORT = {
 }
 
 
+EXPECTED_QUANTIZERS = {
+    "Quantizer",
+    "LSQQuantizer",
+    "PACTQuantizer",
+    "PRESETS",
+    "deserialize",
+    "get",
+    "register_preset",
+    "serialize",
+    "MinMaxQuantizer",
+    "MovingAverageQuantizer",
+}
+
+EXPECTED_QUANT_LAYERS = {
+    "QuantizeActivation",
+    "QuantConv1D",
+    "QuantConv2D",
+    "QuantDepthwiseConv2D",
+    "QuantDense",
+}
+
+
+def test_quantizers_names():
+    assert set(tfc.quantizers.__all__) == EXPECTED_QUANTIZERS
+
+
+def test_quant_layer_names():
+    assert set(tfc.layers.__all__) >= EXPECTED_QUANT_LAYERS
+    assert set(tfc.transforms.__all__) >= {"QuantizeConfig", "quantize_model"}
+
+
 def test_top_level_names():
     assert set(tfc.__all__) == EXPECTED_TOP_LEVEL
     for name in tfc.__all__:
@@ -41,8 +75,16 @@ def test_tflite_export_names():
 
 
 def test_subpackage_all_names_resolve():
-    for package in (tfc.layers, tfc.quantizers, tfc.callbacks, tfc.transforms, tfc.schedules,
-                    tfc.ops, tfc.reporting, tfc.tflite_export):
+    for package in (
+        tfc.layers,
+        tfc.quantizers,
+        tfc.callbacks,
+        tfc.transforms,
+        tfc.schedules,
+        tfc.ops,
+        tfc.reporting,
+        tfc.tflite_export,
+    ):
         for name in package.__all__:
             assert hasattr(package, name), f"{package.__name__}.{name}"
 
@@ -52,3 +94,57 @@ def test_lowrank_names():
     assert {"factorize_model", "FactorizeReport"} <= set(tfc.transforms.__all__)
     assert "lowrank" in tfc.ops.__all__
     assert tfc.factorize_model is tfc.transforms.factorize_model
+# Issue 5 (distillation + learning-rate schedules): subsets, so other branches' names merge freely.
+EXPECTED_DISTILLATION_CALLBACKS = {
+    "DistillationTeacher",
+    "LearningRateRewinding",
+    "mask_update_steps",
+}
+EXPECTED_LR_SCHEDULES = {
+    "OneCycle",
+    "Rewinding",
+    "WarmupCosine",
+    "one_cycle",
+    "rewound_step",
+    "warmup_cosine",
+}
+EXPECTED_DISTILLATION_OPS = {
+    "blend_losses",
+    "hint_loss",
+    "soft_target_loss",
+}
+
+
+def test_distillation_and_lr_schedule_names():
+    assert set(tfc.callbacks.__all__) >= EXPECTED_DISTILLATION_CALLBACKS
+    assert set(tfc.schedules.__all__) >= EXPECTED_LR_SCHEDULES
+    assert set(tfc.ops.__all__) >= EXPECTED_DISTILLATION_OPS
+EXPECTED_OPS_TF = {
+    "binary_conv2d",
+    "binary_conv2d_inference",
+    "binary_dense_inference",
+    "binary_matmul",
+    "has_compiled_kernels",
+    "kernel_isa",
+    "pack_bits",
+    "pack_conv2d_kernel",
+    "pack_dense_kernel",
+    "unpack_bits",
+}
+
+
+def test_ops_tf_names():
+    assert set(tfc.ops.tf.__all__) == EXPECTED_OPS_TF
+    for name in tfc.ops.tf.__all__:
+        assert hasattr(tfc.ops.tf, name), name
+# Pruning (issue 4): subsets, so other branches' names merge freely.
+EXPECTED_PRUNING = {
+    "callbacks": {"GradualPruning", "KeepSparsity", "DynamicSparseTraining"},
+    "schedules": {"PolynomialSparsity", "ConstantSparsity", "SparsitySchedule"},
+    "transforms": {"shrink_model", "prune_at_init"},
+}
+
+
+def test_pruning_names():
+    for package, names in EXPECTED_PRUNING.items():
+        assert names <= set(getattr(tfc, package).__all__), package

@@ -17,6 +17,9 @@ from tfcompress import (
     transforms,
 )
 from tfcompress.reporting import summary
+from tfcompress.transforms.prune_at_init import prune_at_init
+from tfcompress.transforms.quantize import quantize_model
+from tfcompress.transforms.shrink import shrink_model
 
 __version__ = "0.1.0"
 
@@ -30,9 +33,12 @@ __all__ = [
     "layers",
     "models",
     "ops",
+    "prune_at_init",
+    "quantize_model",
     "quantizers",
     "reporting",
     "schedules",
+    "shrink_model",
     "summary",
     "tflite_export",
     "transforms",

@@ -1,3 +1,4 @@
+# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
 
 from tfcompress.layers.lowrank import LowRankDense
@@ -6,4 +7,16 @@ from tfcompress.layers.lowrank_conv import LowRankConv2D
 __all__ = [
     "LowRankConv2D",
     "LowRankDense",
+from tfcompress.layers.quant_activation import QuantizeActivation
+from tfcompress.layers.quant_conv import QuantConv1D
+from tfcompress.layers.quant_conv import QuantConv2D
+from tfcompress.layers.quant_conv import QuantDepthwiseConv2D
+from tfcompress.layers.quant_dense import QuantDense
+
+__all__: list[str] = [
+    "QuantizeActivation",
+    "QuantConv1D",
+    "QuantConv2D",
+    "QuantDepthwiseConv2D",
+    "QuantDense",
 ]

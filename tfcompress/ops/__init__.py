@@ -7,4 +7,14 @@ from tfcompress.ops import lowrank
 
 __all__ = [
     "lowrank",
+from tfcompress.ops import tf
+from tfcompress.ops.distillation import blend_losses as blend_losses
+from tfcompress.ops.distillation import hint_loss as hint_loss
+from tfcompress.ops.distillation import soft_target_loss as soft_target_loss
+
+__all__: list[str] = [
+    "blend_losses",
+    "hint_loss",
+    "soft_target_loss",
+    "tf",
 ]

@@ -28,19 +28,29 @@ def plot_size_vs_accuracy(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     kept = [(label, size, acc) for label, size, acc in points if size and acc is not None]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for label, size, acc in kept:
-        ax.scatter(size / 1024, 100 * acc, s=40)
-        ax.annotate(
-            label, (size / 1024, 100 * acc), textcoords="offset points", xytext=(5, 4), fontsize=8
+    markers = "osD^vP*Xh<>p"
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    for i, (label, size, acc) in enumerate(kept):
+        # A legend rather than text labels: near-equal points would overprint.
+        ax.scatter(
+            size / 1024, 100 * acc, s=55, marker=markers[i % len(markers)], label=label, alpha=0.85
         )
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    if kept:
+        low = min(100 * acc for _, _, acc in kept)
+        ax.set_ylim(max(0.0, low - 2.0), min(100.5, max(100 * a for _, _, a in kept) + 1.0))
     ax.set_xlabel("TFLite file size (KiB, log scale)")
     ax.set_ylabel("test accuracy in TFLite (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    if kept:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)

@@ -171,6 +171,7 @@ def convert(
     signature: Sequence[Any] | None = None,
     calibration_samples: int = 500,
     verbose: int = 1,
+    sparsity: bool = False,
 ) -> bytes:
     """Converts a Keras 3 model to .tflite bytes.
 
@@ -185,6 +186,9 @@ def convert(
         signature: ``tf.TensorSpec``s for models without ``inputs``.
         calibration_samples: At most this many examples calibrate int8.
         verbose: 1 shows a progress bar during calibration, 0 is silent.
+        sparsity: True stores mostly-zero weights in TFLite's sparse encoding
+            (``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``); see
+            :mod:`tfcompress.tflite_export.sparsity` for when that helps.
 
     Returns:
         The flatbuffer bytes.
@@ -208,6 +212,8 @@ def convert(
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     if quantization is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if sparsity:
+        converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":

@@ -20,6 +20,13 @@ from tfcompress.tflite_export.converter import (
     validate_quantization,
 )
 from tfcompress.tflite_export.interpreter import TFLiteModel
+from tfcompress.tflite_export.sparsity import (
+    AUTO_THRESHOLD,
+    file_sparsity,
+    model_sparsity,
+    runs_with_default_delegate,
+    validate_sparsity_mode,
+)
 
 __all__ = ["ExportReport", "export"]
 
@@ -47,6 +54,8 @@ class ExportReport:
         tflite_accuracy: The file's top-1 accuracy, when labels were given.
         latency_ms: Median single-example invoke time, when measured.
         op_counts: ``{"CONV_2D[int8]": 3, ...}`` as found in the file.
+        weight_sparsity: Fraction of zeros in the file's weight tensors.
+        sparse_encoding: Whether weights use TFLite's sparse encoding.
     """
 
     path: str
@@ -63,6 +72,8 @@ class ExportReport:
     tflite_accuracy: float | None = None
     latency_ms: float | None = None
     op_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    weight_sparsity: float | None = None
+    sparse_encoding: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,6 +148,7 @@ def export(
     input_signature: Sequence[Any] | None = None,
     calibration_samples: int = 500,
     verbose: int = 1,
+    sparsity: str | bool = "auto",
 ) -> ExportReport:
     """Converts a Keras 3 model to a .tflite file, runs it in LiteRT and reports.
 
@@ -160,6 +172,12 @@ def export(
         input_signature: ``tf.TensorSpec``s for models without defined inputs.
         calibration_samples: At most this many examples calibrate int8.
         verbose: 1 shows progress bars, 0 is silent.
+        sparsity: ``"auto"`` (default) stores the weights of a pruned model
+            (>= 50% zeros) in TFLite's sparse encoding when that gives a
+            smaller file that still runs with the default XNNPACK delegate
+            (float32/float16/dynamic; never for int8, whose sparse files fail
+            to delegate); True forces it (error if the file does not run);
+            False never.
 
     Returns:
         An :class:`ExportReport`.
@@ -182,15 +200,30 @@ def export(
     specs = signature_specs(model, input_signature)
     if verify_labels is not None and verify_data is None:
         raise ValueError("verify_labels were given without verify_data")
+    sparsity = validate_sparsity_mode(sparsity)
 
-    flatbuffer = convert(
-        model,
-        quantization,
-        representative_data,
-        signature=input_signature,
-        calibration_samples=calibration_samples,
-        verbose=verbose,
-    )
+    def _convert(sparse: bool) -> bytes:
+        return convert(
+            model,
+            quantization,
+            representative_data,
+            signature=input_signature,
+            calibration_samples=calibration_samples,
+            verbose=verbose,
+            sparsity=sparse,
+        )
+
+    flatbuffer = _convert(sparsity is True)
+    if sparsity is True and not runs_with_default_delegate(flatbuffer, num_threads):
+        raise RuntimeError(
+            f"the sparse-encoded {quantization or 'float32'} file does not run with the default "
+            "XNNPACK delegate (int8 sparse files fail to delegate on this LiteRT); export with "
+            "sparsity='auto' or False"
+        )
+    if sparsity == "auto" and quantization != "int8" and model_sparsity(model) >= AUTO_THRESHOLD:
+        sparse = _convert(True)
+        if len(sparse) < len(flatbuffer) and runs_with_default_delegate(sparse, num_threads):
+            flatbuffer = sparse
     target.write_bytes(flatbuffer)
     report = ExportReport(
         path=str(target),
@@ -198,6 +231,9 @@ def export(
         bytes=len(flatbuffer),
         gzip_bytes=len(gzip.compress(flatbuffer, compresslevel=9)),
     )
+    found = file_sparsity(flatbuffer)
+    report.weight_sparsity = found.weight_sparsity
+    report.sparse_encoding = found.sparse_tensors > 0
     lite = TFLiteModel(flatbuffer, num_threads=num_threads)
     report.op_counts = lite.op_counts()
     if not verify and latency_runs <= 0:

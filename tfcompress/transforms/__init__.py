@@ -5,4 +5,13 @@ from tfcompress.transforms.factorize import FactorizeReport, factorize_model
 __all__ = [
     "FactorizeReport",
     "factorize_model",
+from tfcompress.transforms.prune_at_init import prune_at_init
+from tfcompress.transforms.quantize import QuantizeConfig, quantize_model
+from tfcompress.transforms.shrink import shrink_model
+
+__all__ = [
+    "QuantizeConfig",
+    "prune_at_init",
+    "quantize_model",
+    "shrink_model",
 ]

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""One-command entry points that do their own set-up: ``python3 run.py demo|test|bench``.
+
+The first run creates ``.venv`` next to this file and installs tfcompress into
+it (editable, with the ``test`` extra); later runs reuse it and reinstall only
+when ``pyproject.toml`` changes. Needs only Python 3.10+ with pip and venv.
+
+    python3 run.py demo                 # tfcompress demo (extra args are passed on)
+    python3 run.py test                 # the test suite (extra args go to pytest)
+    python3 run.py bench qat            # python benchmarks/qat.py (needs the bench extra)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("TFCOMPRESS_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def _log(message: str) -> None:
+    print(f"[run.py] {message}", flush=True)
+
+
+def _ensure_venv(extras: str) -> None:
+    if sys.version_info < (3, 10):  # noqa: UP036 (run.py must explain, not crash, on old Pythons)
+        sys.exit(f"tfcompress needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    stamp = VENV / f".tfcompress-{extras.replace(',', '-')}"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.is_file() and stamp.read_text() == wanted and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        _log(f"creating a virtual environment in {VENV}")
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    _log(f"installing tfcompress[{extras}] and its dependencies (first run: a few minutes)")
+    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[{extras}]"], check=True)
+    stamp.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test", "bench"):
+        print(__doc__)
+        return 2
+    command, rest = argv[0], argv[1:]
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
+    if command == "demo":
+        _ensure_venv("test")
+        cmd = [str(PYTHON), "-m", "tfcompress", "demo", *rest]
+    elif command == "test":
+        _ensure_venv("test")
+        cmd = [str(PYTHON), "-m", "pytest", *rest]
+    else:
+        _ensure_venv("test,bench")
+        if not rest:
+            print("usage: python3 run.py bench NAME [args]; NAME is a file in benchmarks/")
+            return 2
+        cmd = [str(PYTHON), str(ROOT / "benchmarks" / f"{rest[0]}.py"), *rest[1:]]
+    _log(" ".join(cmd))
+    return subprocess.call(cmd, cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,233 @@
+"""Masks enforced inside the compiled train step, without wrapper layers.
+
+Each pruned weight gets a non-trainable 0/1 mask variable, chained into the
+weight's ``constraint``: Keras 3 optimizers apply a variable's constraint right
+after its update inside the compiled step, so the mask costs one multiply per
+weight per step and no Python per batch. Callbacks only assign new mask values
+on their schedule.
+
+Resuming needs no extra state in checkpoints: pruned weights are exactly zero
+in the model (the constraint guarantees it), so the masks are re-derived from
+the zeros of the restored weights, and the step is ``optimizer.iterations``;
+both are what ``BackupAndRestore`` and a ``.keras`` save restore. Derivation
+waits for the first batch, after every callback's ``on_train_begin`` (so
+``BackupAndRestore`` may come before or after in the list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfcompress.ops.prunable import LayerSelector, PrunableWeight, find_prunable
+from tfcompress.ops.pruning import matrix_view
+
+__all__ = ["MaskConstraint", "MaskedTraining", "serialize_layers"]
+
+
+class MaskConstraint(keras.constraints.Constraint):
+    """``w -> inner(w) * mask``: keeps pruned weights at zero after every update.
+
+    Not serialized with the model: it lives only on the variable during ``fit``
+    (the layer's own ``kernel_constraint`` config is untouched).
+    """
+
+    def __init__(self, mask: keras.Variable, inner: Any = None):
+        self.mask = mask
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return w * keras.ops.cast(self.mask, w.dtype)
+
+
+def serialize_layers(layers: LayerSelector) -> Any:
+    """A config-safe form of a layer selection (names and registered classes)."""
+    if layers is None or isinstance(layers, str):
+        return layers
+    if isinstance(layers, type):
+        return {"class": keras.saving.get_registered_name(layers)}
+    if callable(layers):
+        raise ValueError(
+            "a predicate in layers= cannot be serialized; select layers by names or classes "
+            "to get a config"
+        )
+    return [serialize_layers(item) for item in layers]
+
+
+def deserialize_layers(config: Any) -> LayerSelector:
+    if config is None or isinstance(config, str):
+        return config
+    if isinstance(config, dict):
+        name = config["class"]
+        found = keras.saving.get_registered_object(name)
+        if found is None:
+            found = getattr(keras.layers, name.split(">")[-1], None)
+        if found is None:
+            raise ValueError(f"unknown layer class {name!r} in the layers config")
+        return found
+    return [deserialize_layers(item) for item in config]
+
+
+class MaskedTraining(keras.callbacks.Callback):
+    """Base callback: attaches masks for the length of a ``fit`` and reports sparsity.
+
+    Subclasses implement :meth:`initial_masks` (masks at the first batch of a
+    ``fit``, given the step) and :meth:`on_step` (called before every train
+    step; may call :meth:`set_masks`).
+
+    Per-layer sparsity goes into the epoch logs as ``sparsity/<layer>`` and the
+    overall sparsity of the masked weights as ``sparsity`` (TensorBoard and
+    CSVLogger record them when listed after this callback).
+    """
+
+    def __init__(self, layers: LayerSelector = None, verbose: int = 0):
+        super().__init__()
+        self.layers = layers
+        self.verbose = verbose
+        self.targets: list[PrunableWeight] = []
+        self.masks: list[keras.Variable] = []
+        self._saved_constraints: list[Any] = []
+        self._constrained: list[Any] = []
+        self._synced = False
+        self._sparsities: list[float] = []
+        # Channel pruning also masks the bias of removed channels, so a pruned
+        # channel outputs exactly activation(0) and shrink_model can drop it.
+        self.mask_bias = False
+        self._bias_masks: list[tuple[Any, keras.Variable, int] | None] = []
+
+    # --- hooks for subclasses
+    def validate_targets(self, targets: list[PrunableWeight]) -> None:
+        """Raise before anything changes if these weights cannot be handled."""
+
+    def initial_masks(self, step: int) -> list[np.ndarray] | None:
+        """Masks at the first batch of a fit; None keeps the masks derived from zeros."""
+        return None
+
+    def on_step(self, step: int) -> None:
+        """Called before the train step ``step`` (``optimizer.iterations``)."""
+
+    # --- machinery
+    def weight_values(self) -> list[np.ndarray]:
+        return [np.asarray(keras.ops.convert_to_numpy(t.variable)) for t in self.targets]
+
+    def zero_masks(self) -> list[np.ndarray]:
+        """Masks that keep exactly the non-zero weights."""
+        return [(w != 0).astype(np.float32) for w in self.weight_values()]
+
+    def set_masks(self, masks: Sequence[np.ndarray]) -> None:
+        """Assigns new masks and zeroes the newly pruned weights at once."""
+        self._sparsities = []
+        for target, variable, mask in zip(self.targets, self.masks, masks):
+            mask = np.asarray(mask, np.float32)
+            variable.assign(mask.astype(keras.backend.standardize_dtype(variable.dtype)))
+            value = np.asarray(keras.ops.convert_to_numpy(target.variable))
+            target.variable.assign((value * mask).astype(value.dtype))
+            self._sparsities.append(float(1.0 - mask.mean()) if mask.size else 0.0)
+        for index, entry in enumerate(self._bias_masks):
+            if entry is None:
+                continue
+            bias, bias_mask, _ = entry
+            target = self.targets[index]
+            keep = matrix_view(np.asarray(masks[index]), target.channel_axes).any(axis=0)
+            bias_mask.assign(keep.astype(keras.backend.standardize_dtype(bias_mask.dtype)))
+            value = np.asarray(keras.ops.convert_to_numpy(bias))
+            bias.assign((value * keep).astype(value.dtype))
+
+    def current_step(self) -> int:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError(f"{type(self).__name__} needs a compiled model (an optimizer)")
+        return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+    def sparsity_logs(self) -> dict[str, float]:
+        """``{"sparsity": overall, "sparsity/<layer>": ...}`` for the masked weights."""
+        if not self._sparsities:
+            return {}
+        logs: dict[str, float] = {}
+        per_layer: dict[str, int] = {}
+        for target in self.targets:
+            per_layer[target.layer.name] = per_layer.get(target.layer.name, 0) + 1
+        sizes = [int(np.prod(t.variable.shape)) for t in self.targets]
+        for target, sparsity in zip(self.targets, self._sparsities):
+            key = f"sparsity/{target.layer.name}"
+            if per_layer[target.layer.name] > 1:
+                key += f"/{target.variable.name}"
+            logs[key] = sparsity
+        logs["sparsity"] = float(np.dot(self._sparsities, sizes) / max(1, sum(sizes)))
+        return logs
+
+    def _channel_bias(self, target: PrunableWeight) -> Any:
+        bias = getattr(target.layer, "bias", None)
+        if (
+            not self.mask_bias
+            or target.channel_axes is None
+            or not isinstance(bias, keras.Variable)
+        ):
+            return None
+        channels = int(np.prod([target.variable.shape[a] for a in target.channel_axes]))
+        return bias if tuple(bias.shape) == (channels,) else None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        targets = find_prunable(self.model, self.layers)
+        self.validate_targets(targets)
+        self.targets = targets
+        self.masks = []
+        self._saved_constraints = []
+        self._bias_masks = []
+        self._constrained = []
+        attach = [(t.variable, t) for t in targets]
+        for index, target in enumerate(targets):
+            bias = self._channel_bias(target)
+            self._bias_masks.append(None)
+            if bias is not None:
+                attach.append((bias, index))
+        for variable, owner in attach:
+            mask = keras.Variable(
+                np.ones(tuple(variable.shape), np.float32),
+                trainable=False,
+                dtype=variable.dtype,
+                name=f"{variable.name}_mask",
+            )
+            if not isinstance(owner, int):
+                self.masks.append(mask)
+            self._constrained.append(variable)
+            inner = variable.constraint
+            # A fit that died (no on_train_end) leaves its mask attached: drop it.
+            while isinstance(inner, MaskConstraint):
+                inner = inner.inner
+            self._saved_constraints.append(inner)
+            variable.constraint = MaskConstraint(mask, inner)
+            if isinstance(owner, int):
+                self._bias_masks[owner] = (variable, mask, owner)
+        # The optimizer reads constraints when the step is traced: trace anew once.
+        self.model.make_train_function(force=True)
+        self._synced = False
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        step = self.current_step()
+        if not self._synced:
+            # After every on_train_begin: BackupAndRestore has restored weights.
+            masks = self.initial_masks(step)
+            self.set_masks(self.zero_masks() if masks is None else masks)
+            self._synced = True
+        self.on_step(step)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs.update(self.sparsity_logs())
+        if self.verbose:
+            overall = self.sparsity_logs().get("sparsity", 0.0)
+            print(f"{type(self).__name__}: epoch {epoch + 1} sparsity {overall:.4f}")
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        # Hand the layers back as they were: a later fit without this callback
+        # trains densely (the pruned weights stay zero until then).
+        for variable, constraint in zip(self._constrained, self._saved_constraints):
+            variable.constraint = constraint
+        self._saved_constraints = []
+        self.model.make_train_function(force=True)
