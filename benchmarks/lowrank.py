@@ -37,6 +37,7 @@ from tfcompress.datasets import load_digits
 from tfcompress.models import accuracy, digits_cnn, digits_mlp, train_classifier
 from tfcompress.reporting.table import format_table
 from tfcompress.tflite_export import TFLiteModel, convert
+from tfcompress.transforms.factorize import expand_lowrank
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -66,7 +67,7 @@ def _ops(content: bytes) -> dict[str, int]:
     return TFLiteModel(content).op_counts()
 
 
-def run_model(name, build, data, epochs, ratios, fine_tune, batch, rounds, runs, lr):
+def run_model(name, build, data, epochs, ratios, fine_tune, batch, rounds, runs, lr, qat=False):
     keras.utils.set_random_seed(0)
     model = build()
     print(f"\n== {name}: training the float model ({model.count_params():,} params, {epochs} ep)")
@@ -127,6 +128,8 @@ def run_model(name, build, data, epochs, ratios, fine_tune, batch, rounds, runs,
             row["int8_bytes"] = len(int8)
             row["int8_acc"] = _tflite_accuracy(int8, data)
             row["int8_ops"] = _ops(int8)
+            if qat:
+                row.update(_qat_int8(arms[arm][0], data, epochs=2))
     for size in sorted({1, batch}):
         x = data.x_test[:size]
         lat = _latencies(files, x, rounds, runs)
@@ -139,6 +142,20 @@ def run_model(name, build, data, epochs, ratios, fine_tune, batch, rounds, runs,
         row["mac_ratio"] = row["macs"] / base["macs"]
         row["bytes_ratio"] = row["tflite_bytes"] / base["tflite_bytes"]
     return list(rows.values())
+
+
+def _qat_int8(small, data, epochs):
+    """Low-rank + QAT: the factors as stock layers, quantize_model, fine-tune, int8 export."""
+    keras.utils.set_random_seed(0)
+    qat = tfc.quantize_model(expand_lowrank(small))
+    train_classifier(qat, data, epochs=epochs, learning_rate=5e-4)
+    content = convert(qat, "int8", verbose=0)  # no representative data: QAT ranges
+    return {
+        "qat_int8_keras_acc": accuracy(qat, data.x_test, data.y_test),
+        "qat_int8_acc": _tflite_accuracy(content, data),
+        "qat_int8_bytes": len(content),
+        "qat_int8_ops": _ops(content),
+    }
 
 
 def _plot(rows, path):
@@ -177,7 +194,7 @@ def main() -> None:
     start = time.perf_counter()
     rows += run_model(
         "digits_cnn", digits_cnn, load_digits(), 2 if quick else 12, ratios,
-        1 if quick else 3, args.batch, rounds, runs, 5e-4,
+        1 if quick else 3, args.batch, rounds, runs, 5e-4, qat=True,
     )  # fmt: skip
     rows += run_model(
         "mlp_1024x3", lambda: digits_mlp(hidden=(1024, 1024, 1024)), load_digits(flatten=True),
@@ -193,7 +210,9 @@ def main() -> None:
         [
             r["model"], r["arm"], r["params"], round(r["param_ratio"], 3), round(r["mac_ratio"], 3),
             pct(r["acc_before"]), pct(r["acc_after"]), pct(r["tflite_acc"]),
-            pct(r["int8_acc"]) if "int8_acc" in r else None, r["tflite_bytes"],
+            pct(r["int8_acc"]) if "int8_acc" in r else None,
+            pct(r["qat_int8_acc"]) if "qat_int8_acc" in r else None,
+            r.get("int8_bytes"), r["tflite_bytes"],
             round(r["latency_ms_b1"] * 1000, 1), round(r["speedup_b1"], 2),
             round(r[f"latency_ms_b{b}"] * 1000, 1), round(r[f"speedup_b{b}"], 2),
         ]
@@ -201,7 +220,7 @@ def main() -> None:
     ]  # fmt: skip
     headers = [
         "model", "arm", "params", "params x", "MACs x", "acc SVD %", "acc tuned %",
-        "TFLite acc %", "int8 acc %", "TFLite bytes", "lat b1 us", "speedup b1",
+        "TFLite acc %", "PTQ int8 acc %", "QAT int8 acc %", "PTQ int8 bytes", "TFLite bytes", "lat b1 us", "speedup b1",
         f"lat b{b} us", f"speedup b{b}",
     ]  # fmt: skip
     print()
@@ -216,6 +235,8 @@ def main() -> None:
     for r in rows:
         if "int8_ops" in r:
             print(f"  {r['model']} {r['arm']}: {r['int8_ops']}")
+        if "qat_int8_ops" in r:
+            print(f"  {r['model']} {r['arm']} QAT: {r['qat_int8_ops']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "lowrank.json"
     meta = {"batch": b, "rounds": rounds, "runs": runs, "quick": quick, "seconds": elapsed}

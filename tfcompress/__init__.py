@@ -17,13 +17,12 @@ from tfcompress import (
     transforms,
 )
 from tfcompress.reporting import summary
+from tfcompress.transforms.factorize import factorize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.shrink import shrink_model
 
 __version__ = "0.1.0"
-
-from tfcompress.transforms import factorize_model
 
 __all__ = [
     "__version__",

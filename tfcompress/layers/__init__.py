@@ -1,17 +1,13 @@
 # ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
 
-from tfcompress.layers.lowrank import LowRankDense
-from tfcompress.layers.lowrank_conv import LowRankConv2D
-
-__all__ = [
-    "LowRankConv2D",
-    "LowRankDense",
 from tfcompress.layers.quant_activation import QuantizeActivation
 from tfcompress.layers.quant_conv import QuantConv1D
 from tfcompress.layers.quant_conv import QuantConv2D
 from tfcompress.layers.quant_conv import QuantDepthwiseConv2D
 from tfcompress.layers.quant_dense import QuantDense
+from tfcompress.layers.lowrank import LowRankDense
+from tfcompress.layers.lowrank_conv import LowRankConv2D
 
 __all__: list[str] = [
     "QuantizeActivation",
@@ -19,4 +15,6 @@ __all__: list[str] = [
     "QuantConv2D",
     "QuantDepthwiseConv2D",
     "QuantDense",
+    "LowRankDense",
+    "LowRankConv2D",
 ]

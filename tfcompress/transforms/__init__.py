@@ -1,16 +1,14 @@
 """Model -> model transforms that keep the trained weights."""
 
 from tfcompress.transforms.factorize import FactorizeReport, factorize_model
-
-__all__ = [
-    "FactorizeReport",
-    "factorize_model",
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import QuantizeConfig, quantize_model
 from tfcompress.transforms.shrink import shrink_model
 
 __all__ = [
+    "FactorizeReport",
     "QuantizeConfig",
+    "factorize_model",
     "prune_at_init",
     "quantize_model",
     "shrink_model",

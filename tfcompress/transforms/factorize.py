@@ -21,7 +21,7 @@ from tfcompress.transforms.rewrite import (
     rewrite_model,
 )
 
-__all__ = ["FactorizeReport", "FactorizedLayer", "factorize_model"]
+__all__ = ["FactorizeReport", "FactorizedLayer", "expand_lowrank", "factorize_model"]
 
 # Config keys of keras.layers.Dense that a LowRankDense does not take.
 _DENSE_ONLY_KEYS = ("lora_rank", "lora_alpha", "quantization_config")
@@ -396,3 +396,73 @@ def _choose_ranks(
         c.rank = r
         chosen[id(c.layer)] = c
     return chosen
+
+
+def _stock_stages(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """Stock Keras layers computing the same chain as a LowRank* layer (bias/activation last)."""
+    common = {"dtype": layer.dtype_policy, "trainable": layer.trainable}
+    if isinstance(layer, LowRankDense):
+        return [
+            keras.layers.Dense(layer.rank, use_bias=False, name=f"{layer.name}_a", **common),
+            keras.layers.Dense(
+                layer.units, activation=layer.activation, use_bias=layer.use_bias,
+                name=f"{layer.name}_b", **common,
+            ),
+        ]  # fmt: skip
+    stages = layer._stages(layer._cin)
+    out = []
+    for i, (suffix, shape, strides, dilation) in enumerate(stages):
+        last = i == len(stages) - 1
+        out.append(
+            keras.layers.Conv2D(
+                shape[3], shape[:2], strides=strides, padding=layer.padding,
+                data_format=layer.data_format, dilation_rate=dilation,
+                activation=layer.activation if last else None,
+                use_bias=layer.use_bias if last else False,
+                name=f"{layer.name}_{suffix.removeprefix('kernel_')}", **common,
+            )
+        )  # fmt: skip
+    return out
+
+
+def expand_lowrank(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` where each LowRank* layer is a nested Sequential of stock layers.
+
+    ``LowRankDense`` becomes ``Dense(rank, use_bias=False)`` then
+    ``Dense(units, activation)``; ``LowRankConv2D`` its chain of ``Conv2D``
+    layers; the weights are the factors. The outputs are unchanged. This lets
+    transforms that know only stock layers act on the factors, e.g.
+    ``tfc.quantize_model(expand_lowrank(small))`` for low-rank + QAT int8.
+
+    Args:
+        model: A built Sequential or Functional model.
+
+    Returns:
+        The expanded model (uncompiled).
+
+    Raises:
+        ValueError: If the model has no LowRankDense/LowRankConv2D layer.
+        TypeError: For subclassed models.
+
+    Example:
+        >>> small = tfc.factorize_model(model, target_ratio=0.5)
+        >>> qat = tfc.quantize_model(tfc.transforms.expand_lowrank(small))
+    """
+    if not any(isinstance(x, (LowRankDense, LowRankConv2D)) for _, x in iter_leaf_layers(model)):
+        raise ValueError(f"model {model.name!r} has no LowRankDense or LowRankConv2D layer")
+
+    def replace(layer: keras.layers.Layer) -> Replacement | None:
+        if not isinstance(layer, (LowRankDense, LowRankConv2D)):
+            return None
+        chain = keras.Sequential(_stock_stages(layer), name=layer.name)
+
+        def initialize(new, old):
+            stages = new.layers
+            for stage, kernel in zip(stages, [v for v in old.weights if v is not old.bias]):
+                stage.kernel.assign(kernel)
+            if old.bias is not None:
+                stages[-1].bias.assign(old.bias)
+
+        return Replacement(chain, initialize)
+
+    return rewrite_model(model, replace)[0]
