@@ -230,3 +230,38 @@ def test_subclassed_model_is_refused():
     net(np.zeros((1, 16), "float32"))
     with pytest.raises(TypeError, match="subclassed"):
         tfc.factorize_model(net, rank=2, verbose=0)
+
+
+def test_expand_lowrank_gives_stock_layers_that_quantize_model_takes(
+    tmp_path, digits, trained_digits_cnn
+):
+    small = tfc.factorize_model(trained_digits_cnn, target_ratio=0.5, verbose=0)
+    expanded = tfc.transforms.expand_lowrank(small)
+    x = digits.x_test[:64]
+    np.testing.assert_allclose(
+        expanded.predict(x, verbose=0), small.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
+    leaf_types = {type(layer) for _, layer in tfc.transforms.rewrite.iter_leaf_layers(expanded)}
+    assert not leaf_types & {LowRankDense, LowRankConv2D}
+    assert expanded.count_params() == small.count_params()
+
+    qat, log = tfc.quantize_model(expanded, return_log=True)
+    assert len(log.replaced) == 10  # 3 convs x 2 factors + 2 Dense x 2 factors
+    train_classifier(qat, digits, epochs=1, learning_rate=5e-4)
+    report = tfc.tflite_export.export(
+        qat,
+        tmp_path / "lr_qat.tflite",
+        quantization="int8",  # no representative data: the QAT ranges
+        verify_data=digits.x_test,
+        verify_labels=digits.y_test,
+        verbose=0,
+    )
+    assert report.op_counts["CONV_2D[int8]"] == 6
+    assert report.op_counts["FULLY_CONNECTED[int8]"] == 4
+    assert report.top1_agreement >= 0.97
+    assert report.tflite_accuracy >= 0.93
+
+
+def test_expand_lowrank_needs_lowrank_layers():
+    with pytest.raises(ValueError, match="has no LowRankDense or LowRankConv2D layer"):
+        tfc.transforms.expand_lowrank(_small_model())

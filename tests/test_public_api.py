@@ -91,7 +91,7 @@ def test_subpackage_all_names_resolve():
 
 def test_lowrank_names():
     assert {"LowRankDense", "LowRankConv2D"} <= set(tfc.layers.__all__)
-    assert {"factorize_model", "FactorizeReport"} <= set(tfc.transforms.__all__)
+    assert {"factorize_model", "FactorizeReport", "expand_lowrank"} <= set(tfc.transforms.__all__)
     assert "lowrank" in tfc.ops.__all__
     assert tfc.factorize_model is tfc.transforms.factorize_model
 # Issue 5 (distillation + learning-rate schedules): subsets, so other branches' names merge freely.

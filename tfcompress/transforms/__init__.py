@@ -1,6 +1,6 @@
 """Model -> model transforms that keep the trained weights."""
 
-from tfcompress.transforms.factorize import FactorizeReport, factorize_model
+from tfcompress.transforms.factorize import FactorizeReport, expand_lowrank, factorize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import QuantizeConfig, quantize_model
 from tfcompress.transforms.shrink import shrink_model
@@ -8,6 +8,7 @@ from tfcompress.transforms.shrink import shrink_model
 __all__ = [
     "FactorizeReport",
     "QuantizeConfig",
+    "expand_lowrank",
     "factorize_model",
     "prune_at_init",
     "quantize_model",
