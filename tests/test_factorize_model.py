@@ -121,6 +121,10 @@ def test_nested_model_and_layer_selection_by_type():
     assert {f.name for f in report.factorized} == {"inner/a", "inner/b"}
     x = np.random.default_rng(0).standard_normal((3, 32)).astype("float32")
     assert small(x).shape == (3, 4)
+    by_name = tfc.factorize_model(model, rank={"a": 3, "inner/b": 5, "head": 2}, verbose=0)
+    inner_copy = by_name.get_layer("inner")
+    assert inner_copy.get_layer("a").rank == 3 and inner_copy.get_layer("b").rank == 5
+    assert by_name.get_layer("head").rank == 2
 
 
 def test_tflite_has_only_ordinary_ops_and_int8_works(tmp_path, digits):
@@ -181,6 +185,7 @@ def test_digits_cnn_at_half_parameters_recovers_after_fine_tuning(trained_digits
         ({"rank": 2, "conv_decomposition": "cp"}, "conv_decomposition must be one of"),
         ({"target_ratio": 0.5, "conv_decomposition": "tucker2"}, "got 'tucker2'"),
         ({"rank": 2, "layers": "nope"}, "layers='nope' matches no layer"),
+        ({"rank": {"nope": 2}}, r"rank names layers that model 'small' does not have: \['nope'\]"),
         ({"rank": 500}, "found no layer that factorizing would make smaller"),
     ],
 )

@@ -239,7 +239,15 @@ def factorize_model(
     """
     mode = _check_arguments(rank, energy, target_ratio, conv_decomposition)
     if isinstance(rank, Mapping) and layers is None:
-        layers = list(rank)
+        leaves = list(iter_leaf_layers(model))
+        unknown = [k for k in rank if not any(k in (q, x.name) for q, x in leaves)]
+        if unknown:
+            raise ValueError(
+                f"rank names layers that model {model.name!r} does not have: {unknown}; "
+                f"its layers are: {', '.join(q for q, _ in leaves)}"
+            )
+        named = {id(x) for q, x in leaves if q in rank or x.name in rank}
+        layers = lambda layer: id(layer) in named  # noqa: E731
     selector = layer_selector(layers, model)
     explicit = layers is not None
 
@@ -331,6 +339,13 @@ def _factor_params(cand: _Candidate, decomposition: str) -> int:
     return lr.factor_params(cand.rows, cand.cols, cand.rank)
 
 
+def _rank_for(rank: int | Mapping[str, int], cand: _Candidate) -> int | None:
+    """The fixed rank of a layer; a dict may name it by qualified ("outer/inner") or own name."""
+    if not isinstance(rank, Mapping):
+        return rank
+    return rank.get(cand.name, rank.get(cand.layer.name))
+
+
 def _choose_ranks(
     model, candidates, skipped, mode, rank, energy, target_ratio, decomposition
 ) -> dict[int, _Candidate]:
@@ -368,7 +383,7 @@ def _choose_ranks(
     for c in candidates:
         kind = type(c.layer).__name__
         if isinstance(c.layer, keras.layers.Conv2D) and decomposition == "tucker2":
-            value = rank.get(c.name) if isinstance(rank, Mapping) else rank
+            value = _rank_for(rank, c)
             c.rank = _tucker_ranks(c, value, energy)
             after = _tucker_params(c.layer, c.rank)
             if after >= c.dense_params:
@@ -379,7 +394,7 @@ def _choose_ranks(
             continue
         limit = min(c.rows, c.cols)
         if mode == "rank":
-            r = rank.get(c.name) if isinstance(rank, Mapping) else rank
+            r = _rank_for(rank, c)
             if r is None:
                 continue
             if r >= limit:
