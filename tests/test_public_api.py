@@ -18,6 +18,9 @@ EXPECTED_TOP_LEVEL = {
     "transforms",
     "factorize_model",
     "quantize_model",
+    "binarize_model",
+    "optimizers",
+    "packing",
     "prune_at_init",
     "shrink_model",
 }
@@ -44,6 +47,14 @@ EXPECTED_QUANTIZERS = {
     "serialize",
     "MinMaxQuantizer",
     "MovingAverageQuantizer",
+    "ApproxSign",
+    "BinaryQuantizer",
+    "DoReFa",
+    "MagnitudeAwareSign",
+    "SteSign",
+    "SteTern",
+    "SwishSign",
+    "TTQ",
 }
 
 EXPECTED_QUANT_LAYERS = {

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF022  (one import and one name per line: feature branches append theirs)
 """tfcompress: model compression for Keras 3 on TensorFlow.
 
 Layers you swap in, callbacks you add to ``model.fit``, model transforms that
@@ -10,6 +11,8 @@ from tfcompress import (
     layers,
     models,
     ops,
+    optimizers,
+    packing,
     quantizers,
     reporting,
     schedules,
@@ -18,6 +21,7 @@ from tfcompress import (
 )
 from tfcompress.reporting import summary
 from tfcompress.transforms.factorize import factorize_model
+from tfcompress.transforms.binarize import binarize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.shrink import shrink_model
@@ -41,4 +45,7 @@ __all__ = [
     "summary",
     "tflite_export",
     "transforms",
+    "binarize_model",
+    "optimizers",
+    "packing",
 ]

@@ -1,6 +1,10 @@
 # ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
 
+from tfcompress.layers.binary import BinaryConv2D
+from tfcompress.layers.binary import BinaryDense
+from tfcompress.layers.binary import BinaryDepthwiseConv2D
+from tfcompress.layers.binary import WeightClip
 from tfcompress.layers.quant_activation import QuantizeActivation
 from tfcompress.layers.quant_conv import QuantConv1D
 from tfcompress.layers.quant_conv import QuantConv2D
@@ -10,6 +14,10 @@ from tfcompress.layers.lowrank import LowRankDense
 from tfcompress.layers.lowrank_conv import LowRankConv2D
 
 __all__: list[str] = [
+    "BinaryConv2D",
+    "BinaryDense",
+    "BinaryDepthwiseConv2D",
+    "WeightClip",
     "QuantizeActivation",
     "QuantConv1D",
     "QuantConv2D",
