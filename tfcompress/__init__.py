@@ -20,8 +20,8 @@ from tfcompress import (
     transforms,
 )
 from tfcompress.reporting import summary
-from tfcompress.transforms.factorize import factorize_model
 from tfcompress.transforms.binarize import binarize_model
+from tfcompress.transforms.factorize import factorize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.shrink import shrink_model
