@@ -10,6 +10,8 @@ from tfcompress.layers.quant_conv import QuantConv1D
 from tfcompress.layers.quant_conv import QuantConv2D
 from tfcompress.layers.quant_conv import QuantDepthwiseConv2D
 from tfcompress.layers.quant_dense import QuantDense
+from tfcompress.layers.lowrank import LowRankDense
+from tfcompress.layers.lowrank_conv import LowRankConv2D
 
 __all__: list[str] = [
     "BinaryConv2D",
@@ -21,4 +23,6 @@ __all__: list[str] = [
     "QuantConv2D",
     "QuantDepthwiseConv2D",
     "QuantDense",
+    "LowRankDense",
+    "LowRankConv2D",
 ]
