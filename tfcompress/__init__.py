@@ -21,6 +21,7 @@ from tfcompress import (
 )
 from tfcompress.reporting import summary
 from tfcompress.transforms.binarize import binarize_model
+from tfcompress.transforms.factorize import factorize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.shrink import shrink_model
@@ -31,6 +32,7 @@ __all__ = [
     "__version__",
     "callbacks",
     "datasets",
+    "factorize_model",
     "layers",
     "models",
     "ops",

@@ -12,6 +12,8 @@ from tfcompress.layers.quant_conv import QuantDepthwiseConv2D
 from tfcompress.layers.quant_dense import QuantDense
 from tfcompress.layers.binary_packed import freeze_binary
 from tfcompress.layers.binary_packed import unfreeze_binary
+from tfcompress.layers.lowrank import LowRankDense
+from tfcompress.layers.lowrank_conv import LowRankConv2D
 
 __all__: list[str] = [
     "BinaryConv2D",
@@ -25,4 +27,6 @@ __all__: list[str] = [
     "QuantDense",
     "freeze_binary",
     "unfreeze_binary",
+    "LowRankDense",
+    "LowRankConv2D",
 ]

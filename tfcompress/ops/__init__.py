@@ -3,6 +3,7 @@
 TensorFlow-only kernels live in :mod:`tfcompress.ops.tf`.
 """
 
+from tfcompress.ops import lowrank as lowrank
 from tfcompress.ops import tf
 from tfcompress.ops.distillation import blend_losses as blend_losses
 from tfcompress.ops.distillation import hint_loss as hint_loss
@@ -11,6 +12,7 @@ from tfcompress.ops.distillation import soft_target_loss as soft_target_loss
 __all__: list[str] = [
     "blend_losses",
     "hint_loss",
+    "lowrank",
     "soft_target_loss",
     "tf",
 ]
