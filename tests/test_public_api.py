@@ -159,3 +159,15 @@ EXPECTED_PRUNING = {
 def test_pruning_names():
     for package, names in EXPECTED_PRUNING.items():
         assert names <= set(getattr(tfc, package).__all__), package
+
+
+# Packed binary inference (issues 7 + 9).
+EXPECTED_BINARY_INFERENCE = {
+    "layers": {"freeze_binary", "unfreeze_binary"},
+    "models": {"digits_binary_cnn"},
+}
+
+
+def test_binary_inference_names():
+    for package, names in EXPECTED_BINARY_INFERENCE.items():
+        assert names <= set(getattr(tfc, package).__all__), package

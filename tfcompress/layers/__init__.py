@@ -10,6 +10,8 @@ from tfcompress.layers.quant_conv import QuantConv1D
 from tfcompress.layers.quant_conv import QuantConv2D
 from tfcompress.layers.quant_conv import QuantDepthwiseConv2D
 from tfcompress.layers.quant_dense import QuantDense
+from tfcompress.layers.binary_packed import freeze_binary
+from tfcompress.layers.binary_packed import unfreeze_binary
 from tfcompress.layers.lowrank import LowRankDense
 from tfcompress.layers.lowrank_conv import LowRankConv2D
 
@@ -23,6 +25,8 @@ __all__: list[str] = [
     "QuantConv2D",
     "QuantDepthwiseConv2D",
     "QuantDense",
+    "freeze_binary",
+    "unfreeze_binary",
     "LowRankDense",
     "LowRankConv2D",
 ]
