@@ -25,8 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 
 from tfcompress.datasets import load_digits
-from tfcompress.demo.techniques.binary import digits_binary_cnn, digits_float_twin
-from tfcompress.models import accuracy, train_classifier
+from tfcompress.demo.techniques.binary import digits_float_twin
+from tfcompress.models import accuracy, digits_binary_cnn, train_classifier
 from tfcompress.packing import save_packed
 from tfcompress.reporting.table import format_table
 from tfcompress.tflite_export import export

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.demo.techniques.binary import digits_binary_cnn
+from tfcompress.models import digits_binary_cnn
 from tfcompress.packing import load_packed, pack_kernel, save_packed, unpack_kernel
 
 

@@ -23,6 +23,7 @@ from tfcompress.packing import pack, unpack
 from tfcompress.reporting import summary
 from tfcompress.transforms.binarize import binarize_model
 from tfcompress.transforms.cluster import cluster_model
+from tfcompress.transforms.factorize import factorize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.shrink import shrink_model
@@ -33,6 +34,7 @@ __all__ = [
     "__version__",
     "callbacks",
     "datasets",
+    "factorize_model",
     "layers",
     "models",
     "ops",

@@ -13,6 +13,10 @@ from tfcompress.layers.quant_dense import QuantDense
 from tfcompress.layers.clustered import ClusteredConv1D
 from tfcompress.layers.clustered import ClusteredConv2D
 from tfcompress.layers.clustered import ClusteredDense
+from tfcompress.layers.binary_packed import freeze_binary
+from tfcompress.layers.binary_packed import unfreeze_binary
+from tfcompress.layers.lowrank import LowRankDense
+from tfcompress.layers.lowrank_conv import LowRankConv2D
 
 __all__: list[str] = [
     "BinaryConv2D",
@@ -27,4 +31,8 @@ __all__: list[str] = [
     "ClusteredConv1D",
     "ClusteredConv2D",
     "ClusteredDense",
+    "freeze_binary",
+    "unfreeze_binary",
+    "LowRankDense",
+    "LowRankConv2D",
 ]

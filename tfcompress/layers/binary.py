@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfcompress.layers.binary_packed import PackedInferenceMixin
 from tfcompress.quantizers import binary as binary_quantizers
 
 __all__ = ["BinaryConv2D", "BinaryDense", "BinaryDepthwiseConv2D", "WeightClip"]
@@ -217,7 +218,7 @@ _BINARY_ARGS_DOC = """
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class BinaryDense(_BinaryMixin, keras.layers.Dense):
+class BinaryDense(PackedInferenceMixin, _BinaryMixin, keras.layers.Dense):
     """``keras.layers.Dense`` with a binary (or ternary) kernel and optionally binary inputs.
 
     Args:
@@ -231,12 +232,17 @@ class BinaryDense(_BinaryMixin, keras.layers.Dense):
         input_quantizer: Quantizer of the inputs (None keeps them float).
         latent_clip: Latent weights are clipped to ``[-latent_clip,
             latent_clip]`` after each optimizer step (None: no clipping).
+        inference: ``"default"``, or ``"packed"``: XNOR-popcount inference on
+            the packed kernel when kernel and inputs are binary (TensorFlow
+            only; see :meth:`freeze` and :mod:`tfcompress.layers.binary_packed`).
 
     Returns:
         ``activation(input_quantizer(x) @ kernel_quantizer(kernel) + bias)``.
 
     Raises:
-        ValueError: For an unknown quantizer name or a bad ``latent_clip``.
+        ValueError: For an unknown quantizer name, a bad ``latent_clip`` or
+            ``inference``.
+        RuntimeError: ``inference="packed"`` on a backend other than TensorFlow.
 
     Example:
         >>> layer = BinaryDense(64, kernel_quantizer="ste_sign", input_quantizer="ste_sign")
@@ -265,9 +271,11 @@ class BinaryDense(_BinaryMixin, keras.layers.Dense):
         kernel_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
         input_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
         latent_clip: float | None = 1.0,
+        inference: str = "default",
         **kwargs,
     ) -> None:
         self._init_binary(kernel_quantizer, input_quantizer, latent_clip)
+        self._init_inference(inference)
         super().__init__(
             units,
             activation=activation,
@@ -288,8 +296,11 @@ class BinaryDense(_BinaryMixin, keras.layers.Dense):
     def build(self, input_shape) -> None:
         super().build(input_shape)
         self._build_quantizer()
+        self._repack()
 
     def call(self, inputs, training=None):
+        if self._packed is not None:
+            return self._packed_forward(inputs, training)
         x = ops.matmul(self._quantize_inputs(inputs), self._quantize_kernel(self.kernel))
         if self.bias is not None:
             x = ops.add(x, self.bias)
@@ -297,12 +308,20 @@ class BinaryDense(_BinaryMixin, keras.layers.Dense):
             x = self.activation(x)
         return x
 
+    def _packed_op(self, x, bias):
+        from tfcompress.ops import tf as tops
+
+        return tops.binary_dense_inference(
+            x, self._packed.kernel, self._packed.scale, bias, use_kernels=self._use_kernels
+        )
+
     def get_config(self) -> dict[str, Any]:
-        return self._binary_config(super().get_config(), "kernel_constraint")
+        config = self._binary_config(super().get_config(), "kernel_constraint")
+        return self._inference_config(config)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class BinaryConv2D(_BinaryMixin, keras.layers.Conv2D):
+class BinaryConv2D(PackedInferenceMixin, _BinaryMixin, keras.layers.Conv2D):
     """``keras.layers.Conv2D`` with a binary (or ternary) kernel and optionally binary inputs.
 
     Args:
@@ -318,12 +337,17 @@ class BinaryConv2D(_BinaryMixin, keras.layers.Conv2D):
             the binary +-1 (as in larq's default).
         latent_clip: Latent weights are clipped to ``[-latent_clip,
             latent_clip]`` after each optimizer step (None: no clipping).
+        inference: ``"default"``, or ``"packed"``: XNOR-popcount inference on
+            the packed kernel when kernel and inputs are binary (TensorFlow
+            only; see :meth:`freeze` and :mod:`tfcompress.layers.binary_packed`).
 
     Returns:
         ``activation(conv(input_quantizer(x), kernel_quantizer(kernel)) + bias)``.
 
     Raises:
-        ValueError: For an unknown quantizer name or a bad ``latent_clip``.
+        ValueError: For an unknown quantizer name, a bad ``latent_clip`` or
+            ``inference``.
+        RuntimeError: ``inference="packed"`` on a backend other than TensorFlow.
 
     Example:
         >>> layer = BinaryConv2D(64, 3, padding="same", use_bias=False)
@@ -354,9 +378,11 @@ class BinaryConv2D(_BinaryMixin, keras.layers.Conv2D):
         kernel_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
         input_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
         latent_clip: float | None = 1.0,
+        inference: str = "default",
         **kwargs,
     ) -> None:
         self._init_binary(kernel_quantizer, input_quantizer, latent_clip)
+        self._init_inference(inference)
         super().__init__(
             filters,
             kernel_size,
@@ -380,12 +406,40 @@ class BinaryConv2D(_BinaryMixin, keras.layers.Conv2D):
     def build(self, input_shape) -> None:
         super().build(input_shape)
         self._build_quantizer()
+        self._repack()
 
     def convolution_op(self, inputs, kernel):
         return super().convolution_op(self._quantize_inputs(inputs), self._quantize_kernel(kernel))
 
+    def call(self, inputs, training=None):
+        if self._packed is not None:
+            return self._packed_forward(inputs, training)
+        return super().call(inputs)
+
+    def _conv_unsupported_reason(self) -> str | None:
+        if self.data_format != "channels_last":
+            return f"data_format={self.data_format!r} (the packed conv is NHWC only)"
+        if self.groups != 1:
+            return f"groups={self.groups} (the packed conv has no grouped form)"
+        return None
+
+    def _packed_op(self, x, bias):
+        from tfcompress.ops import tf as tops
+
+        return tops.binary_conv2d_inference(
+            x,
+            self._packed.kernel,
+            self._packed.scale,
+            bias,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            use_kernels=self._use_kernels,
+        )
+
     def get_config(self) -> dict[str, Any]:
-        return self._binary_config(super().get_config(), "kernel_constraint")
+        config = self._binary_config(super().get_config(), "kernel_constraint")
+        return self._inference_config(config)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")

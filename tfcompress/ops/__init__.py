@@ -3,6 +3,7 @@
 TensorFlow-only kernels live in :mod:`tfcompress.ops.tf`.
 """
 
+from tfcompress.ops import lowrank as lowrank
 from tfcompress.ops import tf
 from tfcompress.ops.distillation import blend_losses as blend_losses
 from tfcompress.ops.distillation import hint_loss as hint_loss
@@ -14,6 +15,7 @@ __all__: list[str] = [
     "blend_losses",
     "hint_loss",
     "kmeans_1d",
+    "lowrank",
     "soft_target_loss",
     "tf",
 ]
