@@ -23,6 +23,9 @@ EXPECTED_TOP_LEVEL = {
     "packing",
     "prune_at_init",
     "shrink_model",
+    "pack",
+    "unpack",
+    "cluster_model",
 }
 
 EXPECTED_EXPORT = {

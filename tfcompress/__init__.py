@@ -19,8 +19,10 @@ from tfcompress import (
     tflite_export,
     transforms,
 )
+from tfcompress.packing import pack, unpack
 from tfcompress.reporting import summary
 from tfcompress.transforms.binarize import binarize_model
+from tfcompress.transforms.cluster import cluster_model
 from tfcompress.transforms.factorize import factorize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import quantize_model
@@ -48,4 +50,7 @@ __all__ = [
     "binarize_model",
     "optimizers",
     "packing",
+    "pack",
+    "unpack",
+    "cluster_model",
 ]

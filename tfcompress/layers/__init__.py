@@ -10,6 +10,9 @@ from tfcompress.layers.quant_conv import QuantConv1D
 from tfcompress.layers.quant_conv import QuantConv2D
 from tfcompress.layers.quant_conv import QuantDepthwiseConv2D
 from tfcompress.layers.quant_dense import QuantDense
+from tfcompress.layers.clustered import ClusteredConv1D
+from tfcompress.layers.clustered import ClusteredConv2D
+from tfcompress.layers.clustered import ClusteredDense
 from tfcompress.layers.binary_packed import freeze_binary
 from tfcompress.layers.binary_packed import unfreeze_binary
 from tfcompress.layers.lowrank import LowRankDense
@@ -25,6 +28,9 @@ __all__: list[str] = [
     "QuantConv2D",
     "QuantDepthwiseConv2D",
     "QuantDense",
+    "ClusteredConv1D",
+    "ClusteredConv2D",
+    "ClusteredDense",
     "freeze_binary",
     "unfreeze_binary",
     "LowRankDense",
