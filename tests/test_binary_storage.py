@@ -106,3 +106,26 @@ def test_binary_cnn_tflite_export_matches_keras(binary_cnn, digits, tmp_path):
     assert int8.bytes < plain.bytes / 3.5
     assert int8.op_counts.get("CONV_2D[float32/int8]") == 2
     assert int8.top1_agreement >= 0.97, int8.top1_agreement
+
+
+def test_unipolar_export_gives_int8_weights_and_exact_predictions(binary_cnn, digits, tmp_path):
+    from tfcompress.layers.binary import unipolar_inputs
+
+    expected = binary_cnn.predict(digits.x_test, verbose=0)
+    with unipolar_inputs():
+        # Same values up to float rounding when traced this way.
+        traced = np.asarray(binary_cnn(digits.x_test[:64], training=False))
+        report = tfc.tflite_export.export(
+            binary_cnn, tmp_path / "u.tflite", quantization="dynamic", verbose=0
+        )
+    np.testing.assert_allclose(traced, expected[:64], atol=1e-4)
+    # Binary layers are hybrid int8 kernels (conv1 has < 1024 weights: float).
+    assert report.op_counts.get("CONV_2D[float32/int8]") == 2
+    assert report.op_counts.get("CONV_2D[float32]") == 1
+    assert report.op_counts.get("FULLY_CONNECTED[float32/int8]") == 2
+    plain = tfc.tflite_export.convert(binary_cnn, verbose=0)
+    assert report.bytes < len(plain) / 3
+    tflite = tfc.tflite_export.TFLiteModel(report.path).predict(digits.x_test)
+    np.testing.assert_array_equal(tflite.argmax(-1), expected.argmax(-1))
+    # Outside the context the Keras forward pass is the bipolar one again.
+    np.testing.assert_array_equal(binary_cnn.predict(digits.x_test, verbose=0), expected)

@@ -20,6 +20,9 @@ storage (:mod:`tfcompress.packing`) and for XNOR-popcount kernels.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -29,7 +32,39 @@ from keras import ops
 from tfcompress.layers.binary_packed import PackedInferenceMixin
 from tfcompress.quantizers import binary as binary_quantizers
 
-__all__ = ["BinaryConv2D", "BinaryDense", "BinaryDepthwiseConv2D", "WeightClip"]
+__all__ = [
+    "BinaryConv2D",
+    "BinaryDense",
+    "BinaryDepthwiseConv2D",
+    "WeightClip",
+    "unipolar_inputs",
+]
+
+_UNIPOLAR = contextvars.ContextVar("tfcompress_binary_unipolar", default=False)
+
+
+@contextlib.contextmanager
+def unipolar_inputs() -> Iterator[None]:
+    """Traces binary layers with ``{0, 1}`` inputs instead of ``{-1, +1}`` (TFLite export).
+
+    Inside this context a layer whose inputs are binarized to +-1 computes
+    ``x @ W`` as ``2 * (b @ W) - 1 @ W`` with ``b = (x + 1) / 2`` in ``{0, 1}``
+    (the second term is a constant the converter folds). The result is the
+    same up to float rounding, but LiteRT's hybrid int8 kernels quantize a
+    ``{0, 1}`` input exactly (range [0, 1], zero point -128), whereas they map
+    +-1 asymmetrically to -0.9961/+1.0039 and can flip signs downstream.
+    :func:`tfcompress.tflite_export.convert` traces models in this context;
+    the Keras model's own forward pass never changes.
+
+    Example:
+        >>> with unipolar_inputs():
+        ...     concrete = tf.function(model).get_concrete_function(spec)
+    """
+    token = _UNIPOLAR.set(True)
+    try:
+        yield
+    finally:
+        _UNIPOLAR.reset(token)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -79,6 +114,18 @@ def _layer_quantizer(identifier, argument: str):
     return quantizer
 
 
+def _valid_taps(size: int, kernel: int, stride: int, dilation: int, padding: str) -> np.ndarray:
+    """``(outputs, kernel)`` bools: which kernel taps of each output read real input."""
+    span = (kernel - 1) * dilation + 1
+    if padding == "same":
+        out = -(-size // stride)
+        pad = max((out - 1) * stride + span - size, 0) // 2
+    else:
+        out, pad = (size - span) // stride + 1, 0
+    pos = np.arange(out)[:, None] * stride - pad + np.arange(kernel)[None, :] * dilation
+    return (pos >= 0) & (pos < size)
+
+
 class _BinaryMixin:
     """What the binary layers share: quantizers, clipping, export hooks, stats."""
 
@@ -119,6 +166,46 @@ class _BinaryMixin:
 
     def _quantize_inputs(self, inputs):
         return inputs if self.input_quantizer is None else self.input_quantizer(inputs)
+
+    def _unipolar(self, inputs) -> bool:
+        """True when tracing for export with +-1 inputs of a fully known shape."""
+        q = self.input_quantizer
+        return (
+            _UNIPOLAR.get()
+            and q is not None
+            and q.pack_kind == "binary"
+            and not q.scaled
+            and all(d is not None for d in inputs.shape[1:])
+        )
+
+    def _bipolar_product(self, op, inputs, kernel):
+        """``op(sign inputs, kernel)`` computed as ``2 op(b, kernel) - op(1, kernel)``."""
+        if not self._unipolar(inputs):
+            return op(self._quantize_inputs(inputs), kernel)
+        unipolar = (self._quantize_inputs(inputs) + 1.0) * 0.5
+        return op(unipolar, kernel) * 2.0 - self._ones_product(op, inputs, kernel)
+
+    def _ones_product(self, op, inputs, kernel):
+        # op(ones, kernel) as a product of constants, which the converter folds
+        # (it keeps a CONV_2D of constants as a run-time op).
+        if kernel.ndim == 2:
+            return ops.sum(kernel, axis=0)
+        if self.data_format != "channels_last" or getattr(self, "groups", 1) != 1:
+            return op(ops.ones((1, *inputs.shape[1:]), dtype=kernel.dtype), kernel)
+        kh, kw, cin, mult = kernel.shape
+        taps_h = _valid_taps(inputs.shape[1], kh, *self._tap_args(0))
+        taps_w = _valid_taps(inputs.shape[2], kw, *self._tap_args(1))
+        mask = (taps_h[:, None, :, None] & taps_w[None, :, None, :]).astype("float32")
+        oh, ow = mask.shape[:2]
+        # Depthwise: one column per (input channel, multiplier); else sum over inputs.
+        taps = ops.reshape(kernel, (kh * kw, cin * mult)) if self._depthwise else None
+        if taps is None:
+            taps = ops.reshape(ops.sum(kernel, axis=2), (kh * kw, mult))
+        product = ops.matmul(ops.convert_to_tensor(mask.reshape(oh * ow, kh * kw)), taps)
+        return ops.reshape(product, (1, oh, ow, -1))
+
+    def _tap_args(self, axis: int) -> tuple[int, int, str]:
+        return self.strides[axis], self.dilation_rate[axis], self.padding
 
     def _binary_config(self, config: dict[str, Any], constraint_key: str) -> dict[str, Any]:
         config[constraint_key] = keras.constraints.serialize(self._user_kernel_constraint)
@@ -301,7 +388,7 @@ class BinaryDense(PackedInferenceMixin, _BinaryMixin, keras.layers.Dense):
     def call(self, inputs, training=None):
         if self._packed is not None:
             return self._packed_forward(inputs, training)
-        x = ops.matmul(self._quantize_inputs(inputs), self._quantize_kernel(self.kernel))
+        x = self._bipolar_product(ops.matmul, inputs, self._quantize_kernel(self.kernel))
         if self.bias is not None:
             x = ops.add(x, self.bias)
         if self.activation is not None:
@@ -409,7 +496,8 @@ class BinaryConv2D(PackedInferenceMixin, _BinaryMixin, keras.layers.Conv2D):
         self._repack()
 
     def convolution_op(self, inputs, kernel):
-        return super().convolution_op(self._quantize_inputs(inputs), self._quantize_kernel(kernel))
+        conv = super().convolution_op
+        return self._bipolar_product(conv, inputs, self._quantize_kernel(kernel))
 
     def call(self, inputs, training=None):
         if self._packed is not None:
@@ -535,14 +623,17 @@ class BinaryDepthwiseConv2D(_BinaryMixin, keras.layers.DepthwiseConv2D):
         return kernel.reshape(kh, kw, 1, cin * mult)
 
     def call(self, inputs):
-        outputs = ops.depthwise_conv(
-            self._quantize_inputs(inputs),
-            self._quantize_kernel(self.kernel),
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-        )
+        def conv(x, kernel):
+            return ops.depthwise_conv(
+                x,
+                kernel,
+                strides=self.strides,
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=self.data_format,
+            )
+
+        outputs = self._bipolar_product(conv, inputs, self._quantize_kernel(self.kernel))
         if self.use_bias:
             channels = self.depth_multiplier * self._get_input_channel(inputs.shape)
             if self.data_format == "channels_last":
