@@ -5,6 +5,7 @@ from tfcompress.layers.binary import BinaryConv2D
 from tfcompress.layers.binary import BinaryDense
 from tfcompress.layers.binary import BinaryDepthwiseConv2D
 from tfcompress.layers.binary import WeightClip
+from tfcompress.layers.binary import unipolar_inputs
 from tfcompress.layers.quant_activation import QuantizeActivation
 from tfcompress.layers.quant_conv import QuantConv1D
 from tfcompress.layers.quant_conv import QuantConv2D
@@ -23,6 +24,7 @@ __all__: list[str] = [
     "BinaryDense",
     "BinaryDepthwiseConv2D",
     "WeightClip",
+    "unipolar_inputs",
     "QuantizeActivation",
     "QuantConv1D",
     "QuantConv2D",
