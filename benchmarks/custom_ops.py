@@ -5,11 +5,11 @@ from (256, 1024) x (1024, 1024) up to (1024, 4096) x (4096, 4096). The packed ar
 pre-packed operands (the weight is packed once offline; packing the activations is timed as its
 own arm too). Arms are interleaved in one process; each figure is the minimum over repeats.
 
-Part 2: a binary digits CNN (first conv and logits float, conv2/conv3/dense1 binary with
-per-channel scales, the usual BNN recipe) run through ``binary_*_inference`` with the compiled
-kernels and with the pure-TF fallback, next to the float digits CNN. It uses the packed ops
-directly because the Binary* layers (issue 7) are not on main yet; its weights are the float
-model's signs, so it measures speed, not accuracy (both binary arms are checked to agree).
+Part 2: the binary digits CNN (``tfcompress.models.digits_binary_cnn``: conv1 and logits float,
+conv2/conv3/dense1 BinaryConv2D/BinaryDense with binary weights and inputs), trained 2 epochs,
+run on its normal Keras path and frozen (``tfc.layers.freeze_binary``) on the compiled ops and
+on the pure-TF fallback, next to its float twin; every arm is checked to give the same
+predictions as the Keras path.
 
 Run: ``PYTHONPATH=. python benchmarks/custom_ops.py [--quick]``; writes
 ``benchmarks/results/custom_ops.json``.
@@ -26,11 +26,14 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from tfcompress.datasets import load_digits
-from tfcompress.models import digits_cnn
+from tfcompress.demo.techniques.binary import digits_float_twin
+from tfcompress.layers import freeze_binary
+from tfcompress.models import digits_binary_cnn, train_classifier
 from tfcompress.ops import tf as tops
 from tfcompress.reporting import format_table
 
@@ -93,67 +96,43 @@ def bench_matmul(repeats: int) -> list[dict]:
     return rows
 
 
-def binary_cnn_fns(model, use_kernels: bool):
-    """Inference function of the binary digits CNN built from the float model's weights."""
-    layers = {layer.name: layer for layer in model.layers}
-    conv1, logits = layers["conv1"], layers["logits"]
-    packed, scales, biases = {}, {}, {}
-    for name in ("conv2", "conv3", "dense1"):
-        kernel, bias = layers[name].kernel, layers[name].bias
-        axes = list(range(len(kernel.shape) - 1))
-        scales[name] = tf.reduce_mean(tf.abs(kernel), axis=axes)
-        biases[name] = tf.identity(bias)
-        pack = tops.pack_conv2d_kernel if name != "dense1" else tops.pack_dense_kernel
-        packed[name] = pack(kernel, 32, use_kernels=use_kernels)
+def _inference_fn(model):
+    spec = [tf.TensorSpec([None, 8, 8, 1], tf.float32)]
+    return tf.function(lambda x: model(x, training=False), input_signature=spec)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
-    def run(x):
-        h = conv1(x)  # float first layer; binary layers see sign(h - mean) style inputs
-        h = h - tf.reduce_mean(h, axis=-1, keepdims=True)
-        h = tops.binary_conv2d_inference(
-            h,
-            packed["conv2"],
-            scales["conv2"],
-            biases["conv2"],
-            padding="same",
-            use_kernels=use_kernels,
-        )
-        h = tf.nn.max_pool2d(h, 2, 2, "VALID")
-        h = tops.binary_conv2d_inference(
-            h,
-            packed["conv3"],
-            scales["conv3"],
-            biases["conv3"],
-            padding="same",
-            use_kernels=use_kernels,
-        )
-        h = tf.nn.max_pool2d(h, 2, 2, "VALID")
-        h = tf.reshape(h, [-1, int(np.prod(h.shape[1:]))])
-        h = tops.binary_dense_inference(
-            h, packed["dense1"], scales["dense1"], biases["dense1"], use_kernels=use_kernels
-        )
-        return logits(tf.nn.relu(h))
 
-    return run
+def _copy(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def bench_cnn(repeats: int) -> list[dict]:
+    """The real binary digits CNN (BinaryConv2D/BinaryDense) with and without the packed ops."""
     data = load_digits()
-    model = digits_cnn()
-    model(data.x_test[:1])
-    float_fn = tf.function(model, input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
-    compiled = binary_cnn_fns(model, use_kernels=True)
-    fallback = binary_cnn_fns(model, use_kernels=False)
+    keras.utils.set_random_seed(0)
+    binary = digits_binary_cnn()
+    train_classifier(binary, data, epochs=2, learning_rate=1e-2)  # realistic BN statistics
+    float_twin = digits_float_twin()
+    float_twin(data.x_test[:1])
+    compiled, fallback = _copy(binary), _copy(binary)
+    assert set(freeze_binary(compiled, use_kernels=True).values()) == {"packed"}
+    assert set(freeze_binary(fallback, use_kernels=False).values()) == {"packed"}
+    fns = {
+        "float twin CNN (Keras)": _inference_fn(float_twin),
+        "binary CNN, Keras float path": _inference_fn(binary),
+        "binary CNN, frozen, compiled ops": _inference_fn(compiled),
+        "binary CNN, frozen, pure-TF fallback": _inference_fn(fallback),
+    }
     rows = []
     for batch in (359, 1):
         x = tf.constant(data.x_test[:batch])
-        a, b = compiled(x).numpy(), fallback(x).numpy()
-        assert np.allclose(a, b, atol=1e-4), np.abs(a - b).max()
-        arms = {
-            "float digits CNN": lambda x=x: float_fn(x).numpy(),
-            "binary CNN, compiled ops": lambda x=x: compiled(x).numpy(),
-            "binary CNN, pure-TF fallback": lambda x=x: fallback(x).numpy(),
-        }
+        ref = fns["binary CNN, Keras float path"](x).numpy()
+        for name in ("binary CNN, frozen, compiled ops", "binary CNN, frozen, pure-TF fallback"):
+            out = fns[name](x).numpy()
+            assert np.allclose(out, ref, rtol=1e-4, atol=1e-4), (name, np.abs(out - ref).max())
+            assert np.array_equal(out.argmax(-1), ref.argmax(-1)), name
+        arms = {name: (lambda fn=fn, x=x: fn(x).numpy()) for name, fn in fns.items()}
         t = interleaved_min(arms, repeats * 5)
         for name, sec in t.items():
             rows.append(
@@ -161,8 +140,8 @@ def bench_cnn(repeats: int) -> list[dict]:
                     "shape": f"batch {batch}",
                     "arm": name,
                     "ms": 1e3 * sec,
-                    "speedup_vs_float32": t["float digits CNN"] / sec,
-                    "speedup_vs_fallback": t["binary CNN, pure-TF fallback"] / sec,
+                    "speedup_vs_keras_binary": t["binary CNN, Keras float path"] / sec,
+                    "speedup_vs_fallback": t["binary CNN, frozen, pure-TF fallback"] / sec,
                 }
             )
     return rows
@@ -172,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small shapes only, 3 repeats")
+    parser.add_argument("--cnn-only", action="store_true", help="only the binary CNN part")
     parser.add_argument("--largest", action="store_true", help="only the largest matmul shape")
     args = parser.parse_args()
     if args.largest:
@@ -188,23 +168,24 @@ def main() -> None:
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
         "loadavg_before": os.getloadavg()[0],
     }
-    mm = bench_matmul(args.repeats)
+    mm = [] if args.cnn_only else bench_matmul(args.repeats)
     cnn = bench_cnn(args.repeats)
     conditions["loadavg_after"] = os.getloadavg()[0]
     headers = ["shape", "arm", "ms", "speedup_vs_float32"]
-    print(
-        format_table(
-            [[r[h] for h in headers] for r in mm],
-            headers,
-            "Packed binary matmul vs float32 tf.linalg.matmul",
+    if mm:
+        print(
+            format_table(
+                [[r[h] for h in headers] for r in mm],
+                headers,
+                "Packed binary matmul vs float32 tf.linalg.matmul",
+            )
         )
-    )
-    headers_cnn = [*headers, "speedup_vs_fallback"]
+    headers_cnn = ["shape", "arm", "ms", "speedup_vs_keras_binary", "speedup_vs_fallback"]
     print(
         format_table(
             [[r[h] for h in headers_cnn] for r in cnn],
             headers_cnn,
-            "Binary digits CNN inference (stand-in, see docstring)",
+            "Binary digits CNN inference: packed ops (freeze_binary) vs the Keras path",
         )
     )
     print("conditions:", conditions)

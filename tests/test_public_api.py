@@ -16,9 +16,16 @@ EXPECTED_TOP_LEVEL = {
     "summary",
     "tflite_export",
     "transforms",
+    "factorize_model",
     "quantize_model",
+    "binarize_model",
+    "optimizers",
+    "packing",
     "prune_at_init",
     "shrink_model",
+    "pack",
+    "unpack",
+    "cluster_model",
 }
 
 EXPECTED_EXPORT = {
@@ -43,6 +50,14 @@ EXPECTED_QUANTIZERS = {
     "serialize",
     "MinMaxQuantizer",
     "MovingAverageQuantizer",
+    "ApproxSign",
+    "BinaryQuantizer",
+    "DoReFa",
+    "MagnitudeAwareSign",
+    "SteSign",
+    "SteTern",
+    "SwishSign",
+    "TTQ",
 }
 
 EXPECTED_QUANT_LAYERS = {
@@ -88,6 +103,11 @@ def test_subpackage_all_names_resolve():
             assert hasattr(package, name), f"{package.__name__}.{name}"
 
 
+def test_lowrank_names():
+    assert {"LowRankDense", "LowRankConv2D"} <= set(tfc.layers.__all__)
+    assert {"factorize_model", "FactorizeReport", "expand_lowrank"} <= set(tfc.transforms.__all__)
+    assert "lowrank" in tfc.ops.__all__
+    assert tfc.factorize_model is tfc.transforms.factorize_model
 # Issue 5 (distillation + learning-rate schedules): subsets, so other branches' names merge freely.
 EXPECTED_DISTILLATION_CALLBACKS = {
     "DistillationTeacher",
@@ -141,4 +161,16 @@ EXPECTED_PRUNING = {
 
 def test_pruning_names():
     for package, names in EXPECTED_PRUNING.items():
+        assert names <= set(getattr(tfc, package).__all__), package
+
+
+# Packed binary inference (issues 7 + 9).
+EXPECTED_BINARY_INFERENCE = {
+    "layers": {"freeze_binary", "unfreeze_binary"},
+    "models": {"digits_binary_cnn"},
+}
+
+
+def test_binary_inference_names():
+    for package, names in EXPECTED_BINARY_INFERENCE.items():
         assert names <= set(getattr(tfc, package).__all__), package

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF022  (one import and one name per line: feature branches append theirs)
 """tfcompress: model compression for Keras 3 on TensorFlow.
 
 Layers you swap in, callbacks you add to ``model.fit``, model transforms that
@@ -10,13 +11,19 @@ from tfcompress import (
     layers,
     models,
     ops,
+    optimizers,
+    packing,
     quantizers,
     reporting,
     schedules,
     tflite_export,
     transforms,
 )
+from tfcompress.packing import pack, unpack
 from tfcompress.reporting import summary
+from tfcompress.transforms.binarize import binarize_model
+from tfcompress.transforms.cluster import cluster_model
+from tfcompress.transforms.factorize import factorize_model
 from tfcompress.transforms.prune_at_init import prune_at_init
 from tfcompress.transforms.quantize import quantize_model
 from tfcompress.transforms.shrink import shrink_model
@@ -27,6 +34,7 @@ __all__ = [
     "__version__",
     "callbacks",
     "datasets",
+    "factorize_model",
     "layers",
     "models",
     "ops",
@@ -39,4 +47,10 @@ __all__ = [
     "summary",
     "tflite_export",
     "transforms",
+    "binarize_model",
+    "optimizers",
+    "packing",
+    "pack",
+    "unpack",
+    "cluster_model",
 ]

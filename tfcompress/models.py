@@ -11,7 +11,7 @@ import numpy as np
 
 from tfcompress.datasets import Split
 
-__all__ = ["accuracy", "digits_cnn", "digits_mlp", "train_classifier"]
+__all__ = ["accuracy", "digits_binary_cnn", "digits_cnn", "digits_mlp", "train_classifier"]
 
 
 def digits_cnn(input_shape: tuple[int, ...] = (8, 8, 1), num_classes: int = 10) -> keras.Model:
@@ -38,6 +38,58 @@ def digits_cnn(input_shape: tuple[int, ...] = (8, 8, 1), num_classes: int = 10) 
             keras.layers.Dense(num_classes, name="logits"),
         ],
         name="digits_cnn",
+    )
+
+
+def digits_binary_cnn(
+    input_shape: tuple[int, ...] = (8, 8, 1),
+    num_classes: int = 10,
+    kernel_quantizer: str = "magnitude_aware_sign",
+    input_quantizer: str = "ste_sign",
+) -> keras.Model:
+    """The digits CNN with binary weights and activations in its hidden layers.
+
+    Same shape as :func:`digits_cnn` (conv 32/64/128,
+    dense 128, logits); conv2, conv3 and dense1 are binary (weights and
+    inputs), conv1 and the logits stay float. Each layer is followed by
+    BatchNormalization (no bias), the usual recipe for binary nets.
+
+    Example:
+        >>> model = tfcompress.models.digits_binary_cnn()
+        >>> tfcompress.models.train_classifier(model, data, epochs=15, learning_rate=1e-2)
+    """
+    from tfcompress.layers.binary import BinaryConv2D, BinaryDense
+
+    binary = {
+        "padding": "same",
+        "use_bias": False,
+        "kernel_quantizer": kernel_quantizer,
+        "input_quantizer": input_quantizer,
+    }
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.Conv2D(32, 3, padding="same", use_bias=False, name="conv1"),
+            layers.BatchNormalization(name="bn1"),
+            BinaryConv2D(64, 3, name="conv2", **binary),
+            layers.BatchNormalization(name="bn2"),
+            layers.MaxPooling2D(2, name="pool1"),
+            BinaryConv2D(128, 3, name="conv3", **binary),
+            layers.BatchNormalization(name="bn3"),
+            layers.MaxPooling2D(2, name="pool2"),
+            layers.Flatten(name="flatten"),
+            BinaryDense(
+                128,
+                use_bias=False,
+                kernel_quantizer=kernel_quantizer,
+                input_quantizer=input_quantizer,
+                name="dense1",
+            ),
+            layers.BatchNormalization(name="bn4"),
+            layers.Dense(num_classes, name="logits"),
+        ],
+        name="digits_binary_cnn",
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import pkgutil
 import time
 import traceback
@@ -92,6 +93,7 @@ class DemoRow:
     latency_ms: float | None
     note: str = ""
     error: str | None = None
+    gzip_ratio_to_float: float | None = None
 
 
 def discover() -> list[Technique]:
@@ -185,6 +187,8 @@ def run_demo(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Many small models are traced in one process; TensorFlow's retracing advice is noise here.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     data = load_digits()
     float_model = _train_float_model(data, epochs, seed)
     ctx = DemoContext(
@@ -210,12 +214,11 @@ def run_demo(
                 )
             )
 
-    baseline = next(
-        (r.tflite_bytes for r in rows if r.technique == "float32" and r.tflite_bytes), None
-    )
+    baseline = next((r for r in rows if r.technique == "float32" and r.tflite_bytes), None)
     for row in rows:
         if baseline and row.tflite_bytes:
-            row.ratio_to_float = row.tflite_bytes / baseline
+            row.ratio_to_float = row.tflite_bytes / baseline.tflite_bytes
+            row.gzip_ratio_to_float = row.gzip_bytes / baseline.gzip_bytes
 
     _print_table(rows)
     (out / "results.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
@@ -243,6 +246,7 @@ def _print_table(rows: list[DemoRow]) -> None:
             r.tflite_bytes,
             r.gzip_bytes,
             None if r.ratio_to_float is None else round(r.ratio_to_float, 3),
+            None if r.gzip_ratio_to_float is None else round(r.gzip_ratio_to_float, 3),
             None if r.latency_ms is None else round(r.latency_ms * 1000, 1),
             r.error or r.note,
         ]
@@ -255,6 +259,7 @@ def _print_table(rows: list[DemoRow]) -> None:
         "bytes",
         "gzip bytes",
         "ratio",
+        "gzip ratio",
         "latency us",
         "note",
     ]

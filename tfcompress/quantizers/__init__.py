@@ -11,6 +11,14 @@ from tfcompress.quantizers.registry import register_preset
 from tfcompress.quantizers.registry import serialize
 from tfcompress.quantizers.uniform import MinMaxQuantizer
 from tfcompress.quantizers.uniform import MovingAverageQuantizer
+from tfcompress.quantizers.binary import TTQ
+from tfcompress.quantizers.binary import ApproxSign
+from tfcompress.quantizers.binary import BinaryQuantizer
+from tfcompress.quantizers.binary import DoReFa
+from tfcompress.quantizers.binary import MagnitudeAwareSign
+from tfcompress.quantizers.binary import SteSign
+from tfcompress.quantizers.binary import SteTern
+from tfcompress.quantizers.binary import SwishSign
 
 __all__: list[str] = [
     "Quantizer",
@@ -23,4 +31,12 @@ __all__: list[str] = [
     "serialize",
     "MinMaxQuantizer",
     "MovingAverageQuantizer",
+    "ApproxSign",
+    "BinaryQuantizer",
+    "DoReFa",
+    "MagnitudeAwareSign",
+    "SteSign",
+    "SteTern",
+    "SwishSign",
+    "TTQ",
 ]

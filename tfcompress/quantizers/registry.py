@@ -49,6 +49,14 @@ def register_preset(name: str, factory: Callable[[], Quantizer]) -> None:
     PRESETS[key] = factory
 
 
+def _quantizer_types() -> tuple[type, ...]:
+    # Binary quantizers (keras.quantizers.Quantizer subclasses) share this registry; imported
+    # late because tfcompress.quantizers.binary registers its presets here on import.
+    from tfcompress.quantizers.binary import BinaryQuantizer
+
+    return (Quantizer, BinaryQuantizer)
+
+
 def serialize(quantizer: Quantizer | None) -> dict[str, Any] | None:
     """A quantizer's Keras-serializable config (``None`` stays ``None``)."""
     if quantizer is None:
@@ -57,11 +65,11 @@ def serialize(quantizer: Quantizer | None) -> dict[str, Any] | None:
 
 
 def deserialize(config: dict[str, Any] | None) -> Quantizer | None:
-    """Rebuilds a quantizer from :func:`serialize`'s output."""
+    """Rebuilds a quantizer (uniform or binary) from :func:`serialize`'s output."""
     if config is None:
         return None
     quantizer = keras.saving.deserialize_keras_object(config)
-    if not isinstance(quantizer, Quantizer):
+    if not isinstance(quantizer, _quantizer_types()):
         raise ValueError(f"config does not describe a tfcompress quantizer: {config!r}")
     return quantizer
 
@@ -70,9 +78,10 @@ def get(identifier: QuantizerLike, argument: str = "quantizer") -> Quantizer | N
     """Resolves a quantizer from a preset name, a config dict or an instance.
 
     Args:
-        identifier: ``None``, a :class:`Quantizer`, a preset name such as
+        identifier: ``None``, a :class:`Quantizer` or binary quantizer
+            (:mod:`tfcompress.quantizers.binary`), a preset name such as
             ``"int8"``, ``"int8_per_channel"``, ``"int4"``, ``"int8_activation"``,
-            ``"int4_lsq"``, ``"int8_pact"`` (see ``PRESETS``), a quantizer class
+            ``"int4_lsq"``, ``"int8_pact"``, ``"ste_sign"`` (see ``PRESETS``), a quantizer class
             name (default arguments), or a dict from :func:`serialize`.
         argument: The argument's name, for error messages.
 
@@ -87,7 +96,7 @@ def get(identifier: QuantizerLike, argument: str = "quantizer") -> Quantizer | N
         >>> tfcompress.quantizers.get("int4_per_channel")
         MinMaxQuantizer(bits=4, symmetric=True, axis=-1, narrow_range=True, power_of_two=False)
     """
-    if identifier is None or isinstance(identifier, Quantizer):
+    if identifier is None or isinstance(identifier, _quantizer_types()):
         return identifier
     if isinstance(identifier, dict):
         return deserialize(identifier)
@@ -96,7 +105,7 @@ def get(identifier: QuantizerLike, argument: str = "quantizer") -> Quantizer | N
         if key in PRESETS:
             return PRESETS[key]()
         cls = keras.saving.get_registered_object(f"tfcompress>{identifier}")
-        if isinstance(cls, type) and issubclass(cls, Quantizer):
+        if isinstance(cls, type) and issubclass(cls, _quantizer_types()):
             return cls()
         raise ValueError(
             f"{argument}={identifier!r} is not a known quantizer; expected one of the presets "

@@ -208,7 +208,8 @@ def convert(
     if calibration_samples < 1:
         raise ValueError(f"calibration_samples must be >= 1, got {calibration_samples}")
 
-    function = _concrete_function(model, specs)
+    with _native_log_capture():  # freezing runs Grappler, which logs to stderr too
+        function = _concrete_function(model, specs)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     if quantization is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

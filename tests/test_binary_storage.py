@@ -1,0 +1,108 @@
+"""Packed 1-bit/2-bit storage, and the binary digits CNN end to end (train, pack, TFLite)."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress as tfc
+from tfcompress.models import digits_binary_cnn
+from tfcompress.packing import load_packed, pack_kernel, save_packed, unpack_kernel
+
+
+def _sign(a):
+    return np.where(a >= 0, 1.0, -1.0).astype(np.float32)
+
+
+def test_pack_binary_round_trips_exactly_at_one_bit():
+    rng = np.random.default_rng(0)
+    scales = rng.uniform(0.01, 2, 16).astype(np.float32)
+    kernel = _sign(rng.standard_normal((3, 3, 32, 16))) * scales
+    packed = pack_kernel(kernel, "binary")
+    assert packed.bits.shape == (16, 36) and packed.bits.dtype == np.uint8
+    np.testing.assert_array_equal(unpack_kernel(packed), kernel)
+    # 288 bits + one float32 scale per channel.
+    assert packed.nbytes == 16 * 36 + 16 * 4
+    assert packed.bits_per_weight == pytest.approx((288 + 32) / 288)
+    # Bit layout: channel c's row holds its weights in C order, LSB first.
+    np.testing.assert_array_equal(
+        np.unpackbits(packed.bits[5], bitorder="little"), (kernel[..., 5].ravel() > 0)
+    )
+
+
+def test_pack_ternary_round_trips_including_asymmetric_scales():
+    rng = np.random.default_rng(1)
+    t = rng.integers(-1, 2, (7, 5)).astype(np.float32)
+    t[:, 0] = 0  # an all-zero channel
+    sym = t * rng.uniform(0.1, 1, 5).astype(np.float32)
+    packed = pack_kernel(sym, "ternary")
+    assert packed.negative_scales is None and packed.bits.shape == (5, 2)
+    np.testing.assert_array_equal(unpack_kernel(packed), sym)
+    asym = np.where(t > 0, 0.5, np.where(t < 0, -1.25, 0.0)).astype(np.float32)
+    packed = pack_kernel(asym, "ternary")
+    assert packed.negative_scales is not None
+    np.testing.assert_array_equal(unpack_kernel(packed), asym)
+
+
+def test_packing_a_kernel_that_is_not_binary_raises():
+    kernel = np.array([[0.5, -1.0], [-0.5, 1.0], [0.25, 1.0]], np.float32)
+    with pytest.raises(ValueError, match=r"not binary: output channel 0 has positive values"):
+        pack_kernel(kernel, "binary")
+    with pytest.raises(ValueError, match=r"not binary: output channel 1 has zeros"):
+        pack_kernel(np.array([[1.0, 0.0], [-1.0, 1.0]], np.float32), "binary")
+    with pytest.raises(ValueError, match=r"not binary: output channel 0 has \+1.0 and -2.0"):
+        pack_kernel(np.array([[1.0], [-2.0]], np.float32), "binary")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        pack_kernel(kernel, "quaternary")
+    with pytest.raises(ValueError, match="non-finite"):
+        pack_kernel(np.array([[np.nan]], np.float32), "binary")
+    # A layer whose kernel quantizer is not binary cannot hand out a binary kernel.
+    layer = tfc.layers.BinaryDense(2, kernel_quantizer=None)
+    layer.build((None, 3))
+    with pytest.raises(ValueError, match="does not give a binary or ternary kernel"):
+        layer.binary_kernel()
+
+
+def test_load_packed_rejects_other_files(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, a=np.ones(3))
+    with pytest.raises(ValueError, match="not a tfcompress packed model"):
+        load_packed(path)
+
+
+@pytest.fixture(scope="module")
+def binary_cnn(digits):
+    keras.utils.set_random_seed(0)
+    model = digits_binary_cnn()
+    tfc.models.train_classifier(model, digits, epochs=5, learning_rate=1e-2)
+    return model
+
+
+def test_binary_cnn_trains_and_packs_to_about_one_bit(binary_cnn, digits, tmp_path):
+    acc = tfc.models.accuracy(binary_cnn, digits.x_test, digits.y_test)
+    assert acc >= 0.85, acc  # 5 epochs here; benchmarks/binary.py trains the >= 90% model
+    report = save_packed(binary_cnn, tmp_path / "bnn")
+    assert report.layers == ["conv2", "conv3", "dense1"]
+    assert report.binarized_weights == 3 * 3 * 32 * 64 + 3 * 3 * 64 * 128 + 512 * 128
+    assert report.bits_per_binarized_weight <= 1.1
+    loaded = load_packed(report.path)
+    expected = binary_cnn.predict(digits.x_test, verbose=0)
+    np.testing.assert_array_equal(loaded.predict(digits.x_test, verbose=0), expected)
+    for name in report.layers:
+        np.testing.assert_array_equal(
+            loaded.get_layer(name).quantized_kernel(), binary_cnn.get_layer(name).quantized_kernel()
+        )
+    summary = tfc.summary(binary_cnn, print_fn=None)
+    assert summary["conv2"].bits_per_weight == 1.0
+
+
+def test_binary_cnn_tflite_export_matches_keras(binary_cnn, digits, tmp_path):
+    kwargs = {"verify_data": digits.x_test, "verify_labels": digits.y_test, "verbose": 0}
+    plain = tfc.tflite_export.export(binary_cnn, tmp_path / "f.tflite", **kwargs)
+    assert plain.top1_agreement == 1.0 and plain.max_abs_diff < 1e-4
+    int8 = tfc.tflite_export.export(
+        binary_cnn, tmp_path / "d.tflite", quantization="dynamic", **kwargs
+    )
+    # Binary kernels become int8 +-127 x scale: about 4x smaller than float.
+    assert int8.bytes < plain.bytes / 3.5
+    assert int8.op_counts.get("CONV_2D[float32/int8]") == 2
+    assert int8.top1_agreement >= 0.97, int8.top1_agreement

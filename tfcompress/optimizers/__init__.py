@@ -1,0 +1,10 @@
+# ruff: noqa: I001  (one import and one name per line: feature branches append theirs)
+"""Optimizers for compressed layers: Bop for binary weights."""
+
+from tfcompress.optimizers.bop import Bop
+from tfcompress.optimizers.bop import is_binary_variable
+
+__all__ = [
+    "Bop",
+    "is_binary_variable",
+]
