@@ -1,19 +1,36 @@
 """Does a teacher help a small or compressed student on digits? Mean over 3 seeds.
 
-Arms (same seeds, same data, same epochs, same optimizer):
-  (a) a small CNN student trained alone,
-  (b) the same student with ``DistillationTeacher`` (teacher: the digits CNN),
-  (c) a compressed student, alone and with the teacher. The compressed student
-      is a 4x-narrower CNN; when ``tfc.callbacks.GradualPruning`` exists (issue
-      4) the small CNN pruned to 80% during training is added, alone and with
-      the teacher, in the same ``fit``.
-A last arm adds the warm-up + cosine schedule to (b).
+Protocol (the test split is used for the final numbers only):
 
-Prints a table (mean, std, min, max accuracy over seeds) and writes
-``benchmarks/results/distillation.json``. The training-time ratio of (b) to (a)
-is the minimum epoch time of each, measured in this run (noisy on shared cores).
+1. Selection. The training split is cut into a fit part (80%) and a validation
+   part (20%), stratified. A teacher (the digits CNN) is trained on the fit
+   part; for each candidate ``(temperature, alpha)`` of a small grid the
+   selection student (``--select-arm``, default the 80%-pruned small CNN) is
+   trained on the fit part with that teacher, and also alone, over
+   ``--select-seeds``. The candidate with the best mean validation accuracy
+   wins (``alpha = 0``, i.e. no teacher, is not a candidate: we report what
+   the best teacher setting does, not whether to use one).
+2. Test. The teacher is retrained on the whole training split; every arm is
+   trained on the whole training split with the chosen setting, seeds
+   ``--seeds``, and scored once on the test split.
 
-Run: ``PYTHONPATH=. python benchmarks/distillation.py [--epochs 20] [--seeds 0 1 2]``
+Arms (same seeds, data, epochs, optimizer and schedule for every arm):
+  (a) small CNN alone, (b) small CNN + teacher,
+  (c) the small CNN pruned to 80% during training (``GradualPruning``), alone
+      and + teacher, and the small CNN with 4-bit weights (``quantize_model(...,
+      "int4")``, quantization-aware from scratch) alone and + teacher.
+
+Every arm trains with the same recipe: Adam with a warm-up + cosine rate
+(``tfc.schedules.WarmupCosine``, peak 3e-3), ``--epochs`` epochs, batch
+``--batch``. ``--shift 1`` adds random +-1 pixel shifts of the training images
+(the teacher then sees the same shifted batch as the student); it lowered every
+arm's validation accuracy when tried, so it is off by default.
+
+Prints the selection table and the test table (mean, std, min, max over seeds,
+and the teacher's gain as the mean of per-seed differences) and writes
+``benchmarks/results/distillation.json``.
+
+Run: ``PYTHONPATH=. python benchmarks/distillation.py [--epochs 50] [--seeds 0 1 2]``
 """
 
 from __future__ import annotations
@@ -28,225 +45,295 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import tfcompress as tfc
-from tfcompress.callbacks import DistillationTeacher
-from tfcompress.datasets import load_digits
-from tfcompress.models import accuracy, digits_cnn, train_classifier
+from tfcompress.callbacks import DistillationTeacher, GradualPruning
+from tfcompress.datasets import Split, load_digits
+from tfcompress.models import accuracy, digits_cnn
 from tfcompress.reporting.table import format_table
 
-BATCH = 32
+GRID = [(2.0, 0.5), (4.0, 0.5), (4.0, 0.9)]
 
 
-def small_cnn(width: int = 8, dense: int = 32) -> keras.Model:
+def small_cnn() -> keras.Model:
     return keras.Sequential(
         [
             keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="conv"),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv"),
             keras.layers.MaxPooling2D(2),
             keras.layers.Flatten(),
-            keras.layers.Dense(dense, activation="relu", name="hidden"),
+            keras.layers.Dense(32, activation="relu", name="hidden"),
             keras.layers.Dense(10, name="logits"),
         ],
-        name=f"cnn_w{width}_d{dense}",
+        name="small_cnn",
     )
 
 
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
+def int4_cnn() -> keras.Model:
+    return tfc.quantize_model(small_cnn(), "int4")
 
 
-def _pruning_callback(steps: int):
-    cls = getattr(tfc.callbacks, "GradualPruning", None)
-    if cls is None:
-        return None
-    return cls(0.8, begin_step=0, end_step=int(steps * 0.7), frequency=max(steps // 20, 1))
+# name -> (builder, prune to 80%)
+STUDENTS = {
+    "small CNN": (small_cnn, False),
+    "small CNN pruned 80%": (small_cnn, True),
+    "small CNN 4-bit weights": (int4_cnn, False),
+}
 
 
-def _sparsity(model: keras.Model) -> float:
-    kernels = [w for w in model.trainable_weights if "kernel" in w.path]
-    zeros = sum(int(np.sum(keras.ops.convert_to_numpy(k) == 0)) for k in kernels)
-    return zeros / sum(int(np.prod(k.shape)) for k in kernels)
+def split_off_validation(data: Split, fraction: float = 0.2, seed: int = 0) -> Split:
+    """Stratified fit/validation split of the TRAINING data (the test split is not touched)."""
+    rng = np.random.default_rng(seed)
+    fit_idx, val_idx = [], []
+    for label in np.unique(data.y_train):
+        idx = rng.permutation(np.flatnonzero(data.y_train == label))
+        cut = round(fraction * len(idx))
+        val_idx.extend(idx[:cut])
+        fit_idx.extend(idx[cut:])
+    fit_idx, val_idx = np.sort(fit_idx), np.sort(val_idx)
+    return Split(
+        data.x_train[fit_idx], data.y_train[fit_idx], data.x_train[val_idx], data.y_train[val_idx]
+    )
 
 
-def run_arm(
-    name,
-    build,
-    data,
-    teacher,
-    seed,
-    epochs,
-    *,
-    distill,
-    pruning=False,
-    schedule=False,
-    temperature=2.0,
-    alpha=0.5,
-):
-    keras.utils.set_random_seed(seed)
-    model = build()
-    steps = epochs * int(np.ceil(len(data.x_train) / BATCH))
-    lr = (
-        tfc.schedules.WarmupCosine(3e-3, decay_steps=steps - steps // 10, warmup_steps=steps // 10)
-        if schedule
-        else 1e-3
+def _shift(x, y):
+    # Random shift by -1, 0 or +1 pixel on each axis, zero fill.
+    n, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
+    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    rows = tf.random.uniform([n], 0, 3, tf.int32)[:, None] + tf.range(h)[None]
+    cols = tf.random.uniform([n], 0, 3, tf.int32)[:, None] + tf.range(w)[None]
+    padded = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(padded, cols, axis=2, batch_dims=1), y
+
+
+def dataset(x, y, batch: int, shift: bool, seed: int) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch)
+    return (ds.map(_shift) if shift else ds).prefetch(2)
+
+
+def train(model, data: Split, args, seed: int, callbacks=(), peak_lr=None) -> float:
+    steps = args.epochs * int(np.ceil(len(data.x_train) / args.batch))
+    lr = tfc.schedules.WarmupCosine(
+        peak_lr or args.lr, decay_steps=steps - steps // 20, warmup_steps=steps // 20
     )
     model.compile(
         optimizer=keras.optimizers.Adam(lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    timer = EpochTimer()
-    callbacks = [timer]
-    if distill:
-        callbacks.append(DistillationTeacher(teacher, temperature=temperature, alpha=alpha))
-    if pruning:
-        callbacks.append(_pruning_callback(steps))
-    train_classifier(
-        model, data, epochs=epochs, batch_size=BATCH, callbacks=callbacks, compile_model=False
+    start = time.perf_counter()
+    model.fit(
+        dataset(data.x_train, data.y_train, args.batch, args.shift, seed),
+        epochs=args.epochs,
+        verbose=0,
+        callbacks=list(callbacks),
     )
+    return time.perf_counter() - start
+
+
+def train_teacher(data: Split, args) -> keras.Model:
+    keras.utils.set_random_seed(100)
+    teacher = digits_cnn()
+    train(teacher, data, args, seed=100)
+    return teacher
+
+
+def run_arm(student, teacher, data, args, seed, temperature, alpha) -> dict:
+    build, prune = STUDENTS[student]
+    keras.utils.set_random_seed(seed)
+    model = build()
+    steps = args.epochs * int(np.ceil(len(data.x_train) / args.batch))
+    callbacks = []
+    if prune:
+        callbacks.append(
+            GradualPruning(0.8, begin_step=0, end_step=int(steps * 0.7), frequency=steps // 40)
+        )
+    if teacher is not None:
+        callbacks.append(DistillationTeacher(teacher, temperature=temperature, alpha=alpha))
+    seconds = train(model, data, args, seed, callbacks)
     return {
-        "arm": name,
+        "student": student,
+        "teacher": teacher is not None,
         "seed": seed,
         "accuracy": accuracy(model, data.x_test, data.y_test),
         "params": model.count_params(),
         "sparsity": _sparsity(model),
-        "min_epoch_s": min(timer.times[1:] or timer.times),
+        "seconds": seconds,
     }
+
+
+def _sparsity(model: keras.Model) -> float:
+    kernels = [w for w in model.trainable_weights if w.path.endswith("kernel")]
+    zeros = sum(int(np.sum(keras.ops.convert_to_numpy(k) == 0)) for k in kernels)
+    return zeros / sum(int(np.prod(k.shape)) for k in kernels)
+
+
+def _stats(values) -> dict:
+    a = np.asarray(values, dtype=float)
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "per_seed": a.tolist(),
+    }
+
+
+def select(data: Split, args) -> tuple[tuple[float, float], list[dict], float]:
+    """Chooses (temperature, alpha) on a validation split carved from the training data."""
+    val = split_off_validation(data)
+    teacher = train_teacher(val, args)
+    teacher_val = accuracy(teacher, val.x_test, val.y_test)
+    print(
+        f"Selection: teacher trained on {len(val.x_train)} images, val accuracy {teacher_val:.2%}"
+    )
+    candidates = [(None, None)] + [tuple(c) for c in args.grid]
+    results = []
+    for temperature, alpha in candidates:
+        accs = [
+            run_arm(
+                args.select_arm,
+                None if alpha is None else teacher,
+                val,
+                args,
+                seed,
+                temperature,
+                alpha,
+            )["accuracy"]
+            for seed in args.select_seeds
+        ]
+        label = "alone" if alpha is None else f"T={temperature:g}, alpha={alpha:g}"
+        print(f"  {label:22s} val {np.mean(accs):.4f}  {np.round(accs, 4).tolist()}", flush=True)
+        results.append({"temperature": temperature, "alpha": alpha, **_stats(accs)})
+    best = max((r for r in results if r["alpha"] is not None), key=lambda r: r["mean"])
+    return (best["temperature"], best["alpha"]), results, teacher_val
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--teacher-epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak of the warm-up + cosine")
+    parser.add_argument("--shift", type=int, default=0, help="random +-1 pixel shifts (1/0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--only", nargs="*", default=None, help="run only these arm names")
+    parser.add_argument("--select-seeds", type=int, nargs="+", default=[10, 11])
+    parser.add_argument("--select-arm", default="small CNN pruned 80%", choices=list(STUDENTS))
+    parser.add_argument(
+        "--grid",
+        type=float,
+        nargs=2,
+        action="append",
+        metavar=("T", "ALPHA"),
+        help=f"candidate (temperature, alpha); repeat (default {GRID})",
+    )
+    parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
     parser.add_argument("--out", default="benchmarks/results/distillation.json")
     args = parser.parse_args()
+    args.grid = args.grid or GRID
+    start = time.perf_counter()
 
     data = load_digits()
-    keras.utils.set_random_seed(100)
-    teacher = digits_cnn()
-    train_classifier(teacher, data, epochs=args.teacher_epochs)
-    teacher_acc = accuracy(teacher, data.x_test, data.y_test)
-    print(
-        f"Teacher: digits CNN, {teacher.count_params():,} params, test accuracy {teacher_acc:.2%}"
-    )
+    (temperature, alpha), selection, teacher_val = select(data, args)
+    print(f"Chosen on validation: T={temperature:g}, alpha={alpha:g}")
 
-    arms = [
-        ("small CNN alone", lambda: small_cnn(8, 32), {}),
-        ("small CNN + teacher", lambda: small_cnn(8, 32), {"distill": True}),
-        (
-            "small CNN + teacher + warm-up cosine",
-            lambda: small_cnn(8, 32),
-            {"distill": True, "schedule": True},
-        ),
-        ("narrow CNN (4x fewer) alone", lambda: small_cnn(2, 8), {}),
-        ("narrow CNN (4x fewer) + teacher", lambda: small_cnn(2, 8), {"distill": True}),
-    ]
-    pruning_available = hasattr(tfc.callbacks, "GradualPruning")
-    if pruning_available:
-        arms += [
-            ("small CNN pruned 80% alone", lambda: small_cnn(8, 32), {"pruning": True}),
-            (
-                "small CNN pruned 80% + teacher",
-                lambda: small_cnn(8, 32),
-                {"pruning": True, "distill": True},
-            ),
-        ]
-    if args.only:
-        arms = [a for a in arms if a[0] in args.only]
+    teacher = train_teacher(data, args)
+    teacher_acc = accuracy(teacher, data.x_test, data.y_test)
+    teacher_train = accuracy(teacher, data.x_train, data.y_train)
+    print(
+        f"Teacher: digits CNN, {teacher.count_params():,} params, "
+        f"test {teacher_acc:.2%}, train {teacher_train:.2%}"
+    )
     runs = []
     for seed in args.seeds:  # arms interleaved within each seed
-        for name, build, kw in arms:
-            kw = {"distill": False, "temperature": args.temperature, "alpha": args.alpha, **kw}
-            result = run_arm(name, build, data, teacher, seed, args.epochs, **kw)
-            print(f"  seed {seed}  {name:40s} {result['accuracy']:.4f}")
-            runs.append(result)
+        for student in args.students:
+            for taught in (False, True):
+                r = run_arm(
+                    student, teacher if taught else None, data, args, seed, temperature, alpha
+                )
+                name = f"{student}{' + teacher' if taught else ' alone'}"
+                print(f"  seed {seed}  {name:36s} {r['accuracy']:.4f}  ({r['seconds']:.0f}s)")
+                runs.append(r)
 
-    rows, summary = [], []
-    for name, _, _ in arms:
-        accs = np.array([r["accuracy"] for r in runs if r["arm"] == name])
-        first = next(r for r in runs if r["arm"] == name)
-        epoch_s = min(r["min_epoch_s"] for r in runs if r["arm"] == name)
-        entry = {
-            "arm": name,
-            "params": first["params"],
-            "sparsity": first["sparsity"],
-            "mean": float(accs.mean()),
-            "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-            "min": float(accs.min()),
-            "max": float(accs.max()),
-            "per_seed": accs.tolist(),
-            "min_epoch_s": epoch_s,
-        }
-        summary.append(entry)
-    base = {e["arm"]: e for e in summary}
-    gains = {}
-    for alone, taught in [
-        ("small CNN alone", "small CNN + teacher"),
-        ("narrow CNN (4x fewer) alone", "narrow CNN (4x fewer) + teacher"),
-        ("small CNN pruned 80% alone", "small CNN pruned 80% + teacher"),
-    ]:
-        if alone in base and taught in base:
-            per_seed = np.array(base[taught]["per_seed"]) - np.array(base[alone]["per_seed"])
-            gains[taught] = {"mean_gain": float(per_seed.mean()), "per_seed": per_seed.tolist()}
-    step_ratio = (
-        base["small CNN + teacher"]["min_epoch_s"] / base["small CNN alone"]["min_epoch_s"]
-        if "small CNN + teacher" in base and "small CNN alone" in base
-        else None
-    )
-    for e in summary:
-        gain = gains.get(e["arm"], {}).get("mean_gain")
-        rows.append(
-            [
-                e["arm"],
-                e["params"],
-                e["sparsity"],
-                e["mean"],
-                e["std"],
-                e["min"],
-                e["max"],
-                None if gain is None else gain * 100,
-            ]
-        )
+    rows, arms = [], []
+    for student in args.students:
+        alone = [r for r in runs if r["student"] == student and not r["teacher"]]
+        taught = [r for r in runs if r["student"] == student and r["teacher"]]
+        gains = np.array([t["accuracy"] - a["accuracy"] for a, t in zip(alone, taught)])
+        for label, group in (("alone", alone), ("+ teacher", taught)):
+            s = _stats([r["accuracy"] for r in group])
+            gain = _stats(gains) if label == "+ teacher" else None
+            arms.append(
+                {
+                    "student": student,
+                    "teacher": label != "alone",
+                    "params": group[0]["params"],
+                    "sparsity": group[0]["sparsity"],
+                    **s,
+                    "gain": gain,
+                }
+            )
+            rows.append(
+                [
+                    f"{student} {label}",
+                    group[0]["params"],
+                    group[0]["sparsity"],
+                    s["mean"],
+                    s["std"] * 100,
+                    s["min"],
+                    s["max"],
+                    None if gain is None else gain["mean"] * 100,
+                    None if gain is None else int(np.sum(gains > 0)),
+                ]
+            )
     print()
     print(
         format_table(
             rows,
-            ["student", "params", "sparsity", "mean acc", "std", "min", "max", "gain (pts)"],
-            title=f"Distillation on digits, {len(args.seeds)} seeds, {args.epochs} epochs, "
-            f"T={args.temperature}, alpha={args.alpha} (teacher {teacher_acc:.2%})",
+            [
+                "student",
+                "params",
+                "sparsity",
+                "mean acc",
+                "std (pts)",
+                "min",
+                "max",
+                "gain (pts)",
+                "seeds up",
+            ],
+            title=f"Distillation on digits (test split), seeds {args.seeds}, {args.epochs} epochs, "
+            f"T={temperature:g}, alpha={alpha:g} chosen on validation "
+            f"(teacher {teacher_acc:.2%})",
         )
     )
-    if step_ratio is not None:
-        print(f"Epoch-time ratio, teacher vs alone (min epoch, same run): {step_ratio:.2f}x")
-    if not pruning_available:
-        print("GradualPruning is not available in this checkout: pruned arms skipped.")
+    total = time.perf_counter() - start
+    print(f"Total time {total:.0f}s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
-                "teacher": {"params": teacher.count_params(), "accuracy": teacher_acc},
-                "epochs": args.epochs,
-                "seeds": args.seeds,
-                "temperature": args.temperature,
-                "alpha": args.alpha,
-                "arms": summary,
-                "gains": gains,
-                "epoch_time_ratio_teacher_vs_alone": step_ratio,
-                "pruning_available": pruning_available,
+                "protocol": {
+                    "epochs": args.epochs,
+                    "batch": args.batch,
+                    "peak_lr": args.lr,
+                    "shift": bool(args.shift),
+                    "seeds": args.seeds,
+                    "select_seeds": args.select_seeds,
+                    "select_arm": args.select_arm,
+                    "grid": [list(c) for c in args.grid],
+                },
+                "selection": {"teacher_val_accuracy": teacher_val, "candidates": selection},
+                "chosen": {"temperature": temperature, "alpha": alpha},
+                "teacher": {
+                    "params": teacher.count_params(),
+                    "test_accuracy": teacher_acc,
+                    "train_accuracy": teacher_train,
+                },
+                "arms": arms,
                 "runs": runs,
+                "total_seconds": total,
             },
             indent=2,
         )
