@@ -108,6 +108,8 @@ def test_lowrank_names():
     assert {"factorize_model", "FactorizeReport", "expand_lowrank"} <= set(tfc.transforms.__all__)
     assert "lowrank" in tfc.ops.__all__
     assert tfc.factorize_model is tfc.transforms.factorize_model
+
+
 # Issue 5 (distillation + learning-rate schedules): subsets, so other branches' names merge freely.
 EXPECTED_DISTILLATION_CALLBACKS = {
     "DistillationTeacher",
@@ -133,6 +135,8 @@ def test_distillation_and_lr_schedule_names():
     assert set(tfc.callbacks.__all__) >= EXPECTED_DISTILLATION_CALLBACKS
     assert set(tfc.schedules.__all__) >= EXPECTED_LR_SCHEDULES
     assert set(tfc.ops.__all__) >= EXPECTED_DISTILLATION_OPS
+
+
 EXPECTED_OPS_TF = {
     "binary_conv2d",
     "binary_conv2d_inference",
@@ -151,6 +155,8 @@ def test_ops_tf_names():
     assert set(tfc.ops.tf.__all__) == EXPECTED_OPS_TF
     for name in tfc.ops.tf.__all__:
         assert hasattr(tfc.ops.tf, name), name
+
+
 # Pruning (issue 4): subsets, so other branches' names merge freely.
 EXPECTED_PRUNING = {
     "callbacks": {"GradualPruning", "KeepSparsity", "DynamicSparseTraining"},
