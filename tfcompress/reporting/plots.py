@@ -12,6 +12,7 @@ def plot_size_vs_accuracy(
     points: Sequence[tuple[str, float | None, float | None]],
     path: str | Path,
     title: str = "Size vs accuracy",
+    size_label: str = "TFLite file size",
 ) -> Path:
     """Writes a scatter plot of (bytes, accuracy) points, one labelled dot each, to a PNG.
 
@@ -20,6 +21,7 @@ def plot_size_vs_accuracy(
             missing value are skipped.
         path: Output file (.png).
         title: Plot title.
+        size_label: What the sizes are, for the x-axis label.
 
     Returns:
         The path written.
@@ -45,7 +47,7 @@ def plot_size_vs_accuracy(
     if kept:
         low = min(100 * acc for _, _, acc in kept)
         ax.set_ylim(max(0.0, low - 2.0), min(100.5, max(100 * a for _, _, a in kept) + 1.0))
-    ax.set_xlabel("TFLite file size (KiB, log scale)")
+    ax.set_xlabel(f"{size_label} (KiB, log scale)")
     ax.set_ylabel("test accuracy in TFLite (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
