@@ -28,3 +28,29 @@ def trained_digits_cnn(digits):
     model = digits_cnn()
     train_classifier(model, digits, epochs=8)
     return model
+
+
+@pytest.fixture(scope="session")
+def compiled_available():
+    """Builds the packed-binary kernels once (cached on disk across runs); False without a compiler."""
+    from tfcompress.ops.tf import _build
+
+    if _build.kernels_disabled():
+        return False
+    return _build.load() is not None
+
+
+@pytest.fixture(params=["compiled", "fallback"])
+def kernel_path(request, compiled_available, monkeypatch):
+    """Runs a test on the compiled kernels and on the pure-TF fallback (forced by env variable)."""
+    from tfcompress.ops import tf as tops
+    from tfcompress.ops.tf import _build
+
+    if request.param == "compiled":
+        if not compiled_available:
+            pytest.skip(f"compiled kernels unavailable: {_build.failure_reason()}")
+        assert tops.has_compiled_kernels()
+    else:
+        monkeypatch.setenv(_build.ENV_DISABLE, "1")
+        assert not tops.has_compiled_kernels()
+    return request.param

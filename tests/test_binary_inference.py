@@ -19,30 +19,9 @@ from tfcompress.layers import (
 )
 from tfcompress.models import digits_binary_cnn
 from tfcompress.ops import tf as tops
-from tfcompress.ops.tf import _build
 
 RNG = np.random.default_rng(7)
 TOL = {"rtol": 1e-5, "atol": 1e-5}
-
-
-@pytest.fixture(scope="module")
-def compiled_available():
-    if _build.kernels_disabled():
-        return False
-    return _build.load() is not None
-
-
-@pytest.fixture(params=["compiled", "fallback"])
-def path(request, compiled_available, monkeypatch):
-    """Each test runs on the compiled kernels and on the pure-TF fallback (env variable)."""
-    if request.param == "compiled":
-        if not compiled_available:
-            pytest.skip(f"compiled kernels unavailable: {_build.failure_reason()}")
-        assert tops.has_compiled_kernels()
-    else:
-        monkeypatch.setenv(_build.ENV_DISABLE, "1")
-        assert not tops.has_compiled_kernels()
-    return request.param
 
 
 def _np(x):
@@ -50,7 +29,7 @@ def _np(x):
 
 
 @pytest.mark.parametrize("kernel_quantizer", ["ste_sign", "magnitude_aware_sign"])
-def test_dense_frozen_equals_default(path, kernel_quantizer):
+def test_dense_frozen_equals_default(kernel_path, kernel_quantizer):
     layer = BinaryDense(
         37, activation="tanh", bias_initializer="random_normal", kernel_quantizer=kernel_quantizer
     )
@@ -70,7 +49,7 @@ def test_dense_frozen_equals_default(path, kernel_quantizer):
     ("strides", "padding", "dilation"),
     [(1, "same", 1), (2, "same", 1), (2, "valid", 1), ((1, 2), "same", 1), (1, "valid", 2)],
 )
-def test_conv_frozen_equals_default(path, strides, padding, dilation):
+def test_conv_frozen_equals_default(kernel_path, strides, padding, dilation):
     layer = BinaryConv2D(
         6,
         3,
@@ -86,7 +65,7 @@ def test_conv_frozen_equals_default(path, strides, padding, dilation):
     np.testing.assert_allclose(_np(layer(x)), expected, **TOL)
 
 
-def test_frozen_digits_cnn_predicts_the_same(path, monkeypatch):
+def test_frozen_digits_cnn_predicts_the_same(kernel_path, monkeypatch):
     model = digits_binary_cnn()
     for bn in [
         layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)

@@ -5,30 +5,8 @@ import pytest
 import tensorflow as tf
 
 from tfcompress.ops import tf as tops
-from tfcompress.ops.tf import _build
 
 RNG = np.random.default_rng(1234)
-
-
-@pytest.fixture(scope="session")
-def compiled_available():
-    """Builds the kernels once (cached on disk across runs); False if no compiler here."""
-    if _build.kernels_disabled():
-        return False
-    return _build.load() is not None
-
-
-@pytest.fixture(params=["compiled", "fallback"])
-def path(request, compiled_available, monkeypatch):
-    """Runs a test on each code path; the fallback is forced through the env variable."""
-    if request.param == "compiled":
-        if not compiled_available:
-            pytest.skip(f"compiled kernels unavailable: {_build.failure_reason()}")
-        assert tops.has_compiled_kernels()
-    else:
-        monkeypatch.setenv(_build.ENV_DISABLE, "1")
-        assert not tops.has_compiled_kernels()
-    return request.param
 
 
 def pm1(*shape):
@@ -74,7 +52,7 @@ def np_conv(x, f, strides, padding, dilation):
 @pytest.mark.parametrize(
     "shape", [(5, 37), (1, 64), (0, 70), (3, 2, 100), (4, 1), (2, 0), (1, 129)]
 )
-def test_pack_unpack_match_numpy(path, bits, shape):
+def test_pack_unpack_match_numpy(kernel_path, bits, shape):
     x = pm1(*shape)
     packed = tops.pack_bits(x, bits)
     assert packed.dtype == (tf.int32 if bits == 32 else tf.int64)
@@ -82,7 +60,7 @@ def test_pack_unpack_match_numpy(path, bits, shape):
     np.testing.assert_array_equal(tops.unpack_bits(packed, shape[-1]).numpy(), x)
 
 
-def test_pack_signs_and_axis(path):
+def test_pack_signs_and_axis(kernel_path):
     x = np.array([[0.0, -0.0, 0.3, -2.0, 1e-30, -1e-30, 5.0]], np.float32)
     # sign(0) = +1, only strictly negative values set a bit.
     np.testing.assert_array_equal(tops.pack_bits(x).numpy(), np_pack(x, 32))
@@ -99,7 +77,7 @@ def test_pack_signs_and_axis(path):
 @pytest.mark.parametrize(
     "m,k,n", [(7, 37, 5), (1, 100, 9), (0, 65, 3), (5, 64, 0), (6, 1, 4), (13, 333, 11), (4, 0, 2)]
 )
-def test_binary_matmul_matches_numpy(path, bits, m, k, n):
+def test_binary_matmul_matches_numpy(kernel_path, bits, m, k, n):
     a, b = pm1(m, k), pm1(n, k)
     ref = a.astype(np.int64) @ b.T.astype(np.int64)
     pa, pb = tops.pack_bits(a, bits), tops.pack_bits(b, bits)
@@ -111,7 +89,7 @@ def test_binary_matmul_matches_numpy(path, bits, m, k, n):
     np.testing.assert_array_equal(out_int.numpy(), ref)
 
 
-def test_binary_matmul_batched_leading_dims_and_padding_bits_ignored(path):
+def test_binary_matmul_batched_leading_dims_and_padding_bits_ignored(kernel_path):
     a, b = pm1(2, 3, 45), pm1(6, 45)
     ref = np.einsum("ijk,nk->ijn", a.astype(np.int64), b.astype(np.int64))
     pa, pb = tops.pack_bits(a), tops.pack_bits(b)
@@ -136,7 +114,9 @@ def test_binary_matmul_batched_leading_dims_and_padding_bits_ignored(path):
     ],
 )
 @pytest.mark.parametrize("bits", [32, 64])
-def test_binary_conv2d_matches_numpy(path, bits, b, h, w, c, o, kh, kw, strides, padding, dilation):
+def test_binary_conv2d_matches_numpy(
+    kernel_path, bits, b, h, w, c, o, kh, kw, strides, padding, dilation
+):
     x, f = pm1(b, h, w, c), pm1(o, kh, kw, c)
     ref = np_conv(x, f, strides, padding, dilation)
     out = tops.binary_conv2d(
@@ -164,7 +144,7 @@ def test_compiled_isa_paths_agree(compiled_available):
             )
 
 
-def test_paths_agree_inside_tf_function_with_unknown_batch(path):
+def test_paths_agree_inside_tf_function_with_unknown_batch(kernel_path):
     x, w = RNG.normal(size=(5, 50)).astype(np.float32), RNG.normal(size=(50, 7)).astype(np.float32)
     packed = tops.pack_dense_kernel(w)
 
@@ -178,7 +158,7 @@ def test_paths_agree_inside_tf_function_with_unknown_batch(path):
     np.testing.assert_array_equal(run(x[:0]).numpy(), ref[:0])
 
 
-def test_dense_inference_matches_float_reference(path):
+def test_dense_inference_matches_float_reference(kernel_path):
     x = RNG.normal(size=(4, 3, 77)).astype(np.float32)
     w = RNG.normal(size=(77, 10)).astype(np.float32)
     scale = np.abs(w).mean(axis=0).astype(np.float32)
@@ -189,7 +169,7 @@ def test_dense_inference_matches_float_reference(path):
         np.testing.assert_array_equal(out.numpy(), dots * scale + bias)
 
 
-def test_conv_inference_matches_keras_conv_on_signs(path):
+def test_conv_inference_matches_keras_conv_on_signs(kernel_path):
     import keras
 
     x = RNG.normal(size=(2, 9, 9, 40)).astype(np.float32)
@@ -206,7 +186,7 @@ def test_conv_inference_matches_keras_conv_on_signs(path):
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5)
 
 
-def test_no_gradient_through_packed_ops(path):
+def test_no_gradient_through_packed_ops(kernel_path):
     x = tf.Variable(RNG.normal(size=(2, 40)).astype(np.float32))
     packed = tops.pack_dense_kernel(RNG.normal(size=(40, 3)).astype(np.float32))
     with tf.GradientTape() as tape:

@@ -15,24 +15,7 @@ from tfcompress.ops.tf import _build
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="session")
-def compiled_available():
-    if _build.kernels_disabled():
-        return False
-    return _build.load() is not None
-
-
-@pytest.fixture(params=["compiled", "fallback"])
-def path(request, compiled_available, monkeypatch):
-    if request.param == "compiled":
-        if not compiled_available:
-            pytest.skip(f"compiled kernels unavailable: {_build.failure_reason()}")
-    else:
-        monkeypatch.setenv(_build.ENV_DISABLE, "1")
-    return request.param
-
-
-def test_strict_pack_rejects_non_binary(path):
+def test_strict_pack_rejects_non_binary(kernel_path):
     x = np.array([[1.0, -1.0, 0.5, 1.0]], np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match="only -1 and \\+1"):
         tops.pack_bits(x, strict=True)
@@ -43,7 +26,7 @@ def test_strict_pack_rejects_non_binary(path):
     assert tops.pack_bits(ok, strict=True).numpy()[0, 0] == 6
 
 
-def test_mismatched_packed_widths_static(path):
+def test_mismatched_packed_widths_static(kernel_path):
     a = tops.pack_bits(np.ones((2, 40), np.float32))  # 2 words
     b = tops.pack_bits(np.ones((3, 70), np.float32))  # 3 words
     with pytest.raises(ValueError, match=r"packed widths differ.*a_packed has 2.*b_packed has 3"):
@@ -60,7 +43,7 @@ def test_mismatched_packed_widths_static(path):
         tops.unpack_bits(a, 100)
 
 
-def test_mismatched_packed_widths_at_run_time(path):
+def test_mismatched_packed_widths_at_run_time(kernel_path):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
     def matmul(a, b):
         return tops.binary_matmul(a, b, 40)
