@@ -235,6 +235,12 @@ def unfreeze_binary(model: keras.layers.Layer) -> None:
 
     Args:
         model: A Keras model (or layer).
+
+    Example:
+        >>> tfc.layers.freeze_binary(model)     # packed XNOR-popcount inference
+        >>> model.predict(x)
+        >>> tfc.layers.unfreeze_binary(model)   # back to the trainable path before fit()
+        >>> model.fit(x, y)
     """
     for layer in _binary_layers(model):
         layer.unfreeze()

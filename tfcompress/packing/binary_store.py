@@ -213,7 +213,13 @@ def pack_kernel(kernel: np.ndarray, kind: str | None, *, name: str = "kernel") -
 
 
 def unpack_kernel(packed: PackedKernel) -> np.ndarray:
-    """The float32 kernel :func:`pack_kernel` packed (identical values)."""
+    """The float32 kernel :func:`pack_kernel` packed (identical values).
+
+    Example:
+        >>> packed = tfc.packing.pack_kernel(binary_kernel, "binary")  # 1 bit each + scales
+        >>> np.array_equal(tfc.packing.unpack_kernel(packed), binary_kernel)
+        True
+    """
     values = packed.values().astype(np.float32)
     if packed.negative_scales is None:
         return values * packed.positive_scales
@@ -343,6 +349,10 @@ def load_packed(path: str | os.PathLike) -> keras.Model:
     Raises:
         ValueError: If the file is not a tfcompress packed model or does not
             match the model its config describes.
+
+    Example:
+        >>> tfc.packing.save_packed(binary_model, "bnn.npz")
+        >>> restored = tfc.packing.load_packed("bnn.npz")
     """
     path = Path(path)
     with np.load(path, allow_pickle=False) as data:

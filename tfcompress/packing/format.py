@@ -153,7 +153,12 @@ def _dtype_code(dtype: np.dtype) -> int:
 
 
 def dumps(model: keras.Model) -> tuple[bytes, PackReport]:
-    """Serializes ``model`` to archive bytes; returns ``(bytes, report)``."""
+    """Serializes ``model`` to archive bytes; returns ``(bytes, report)``.
+
+    Example:
+        >>> data, report = tfc.packing.dumps(clustered_model)
+        >>> restored = tfc.packing.loads(data)
+    """
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
     if not model.built:
@@ -407,7 +412,11 @@ def _ghost_shapes(config: dict) -> tuple[list[tuple[int, ...]], list[str]]:
 
 
 def loads(data: bytes) -> keras.Model:
-    """Rebuilds a model from archive bytes (see :func:`unpack`)."""
+    """Rebuilds a model from archive bytes (see :func:`unpack`).
+
+    Example:
+        >>> restored = tfc.packing.loads(open("model.tfcp", "rb").read())
+    """
     import tfcompress.layers  # noqa: F401  (registers the tfcompress classes)
 
     config, tensors = _parse(bytes(data))

@@ -36,6 +36,12 @@ class Quantizer:
 
     Raises:
         ValueError: If ``bits`` is outside ``[min_bits, max_bits]``.
+
+    Example:
+        >>> q = tfc.quantizers.get("int8")          # a Quantizer preset
+        >>> layer = tfc.layers.QuantDense(16, kernel_quantizer=q)
+        >>> tfc.quantizers.deserialize(tfc.quantizers.serialize(q)).get_config() == q.get_config()
+        True
     """
 
     min_bits: int = 1

@@ -53,6 +53,11 @@ class BinaryQuantizer(keras.quantizers.Quantizer):
     Subclasses implement ``__call__`` and ``get_config``. Stateful quantizers
     (learned scales) also implement ``build(layer, shape)``, which creates
     their variables on the layer that uses them.
+
+    Example:
+        >>> q = tfc.quantizers.get("ste_sign")
+        >>> keras.ops.convert_to_numpy(q(keras.ops.array([-0.3, 0.0, 2.0])))
+        array([-1.,  1.,  1.], dtype=float32)
     """
 
     bits: int = 1

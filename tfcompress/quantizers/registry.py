@@ -42,6 +42,11 @@ def register_preset(name: str, factory: Callable[[], Quantizer]) -> None:
 
     Raises:
         ValueError: If ``name`` is already a preset.
+
+    Example:
+        >>> tfc.quantizers.register_preset(
+        ...     "int6_lsq", lambda: tfc.quantizers.LSQQuantizer(bits=6))
+        >>> layer = tfc.layers.QuantDense(8, kernel_quantizer="int6_lsq")
     """
     key = name.lower()
     if key in PRESETS:
@@ -58,14 +63,24 @@ def _quantizer_types() -> tuple[type, ...]:
 
 
 def serialize(quantizer: Quantizer | None) -> dict[str, Any] | None:
-    """A quantizer's Keras-serializable config (``None`` stays ``None``)."""
+    """A quantizer's Keras-serializable config (``None`` stays ``None``).
+
+    Example:
+        >>> config = tfc.quantizers.serialize(tfc.quantizers.get("int4"))
+        >>> quantizer = tfc.quantizers.deserialize(config)
+    """
     if quantizer is None:
         return None
     return keras.saving.serialize_keras_object(quantizer)
 
 
 def deserialize(config: dict[str, Any] | None) -> Quantizer | None:
-    """Rebuilds a quantizer (uniform or binary) from :func:`serialize`'s output."""
+    """Rebuilds a quantizer (uniform or binary) from :func:`serialize`'s output.
+
+    Example:
+        >>> quantizer = tfc.quantizers.deserialize(
+        ...     tfc.quantizers.serialize(tfc.quantizers.get("int8_per_channel")))
+    """
     if config is None:
         return None
     quantizer = keras.saving.deserialize_keras_object(config)

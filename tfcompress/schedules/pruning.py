@@ -17,7 +17,13 @@ def _check_steps(begin_step: int, end_step: int | None) -> None:
 
 
 class SparsitySchedule:
-    """Base class: ``schedule(step) -> sparsity`` in [0, 1), plus a config."""
+    """Base class: ``schedule(step) -> sparsity`` in [0, 1), plus a config.
+
+    Example:
+        >>> schedule = tfc.schedules.PolynomialSparsity(0.8, begin_step=0, end_step=100)
+        >>> round(float(schedule(50)), 3)   # Zhu & Gupta: 0.8 * (1 - (1 - 0.5) ** 3)
+        0.7
+    """
 
     def __call__(self, step: int) -> float:
         raise NotImplementedError

@@ -48,6 +48,10 @@ def is_quantization_aware(model: keras.Model) -> bool:
 
     Such layers set ``is_quantization_aware = True``; their fake-quant ops give
     the converter every range, so int8 export needs no representative data.
+
+    Example:
+        >>> tfc.tflite_export.is_quantization_aware(tfc.quantize_model(model))
+        True
     """
     return any(getattr(layer, "is_quantization_aware", False) for layer in iter_layers(model))
 
@@ -192,6 +196,11 @@ def convert(
 
     Returns:
         The flatbuffer bytes.
+
+    Example:
+        >>> flatbuffer = tfc.tflite_export.convert(model, quantization="dynamic")
+        >>> len(flatbuffer) < 0.3 * len(tfc.tflite_export.convert(model))
+        True
     """
     require_tensorflow_backend("TFLite export")
     import tensorflow as tf
