@@ -1,6 +1,6 @@
 """Binary digits CNN (trained from scratch) vs its float twin: accuracy, packed bytes, TFLite bytes.
 
-Run: PYTHONPATH=. /work/venv/bin/python benchmarks/binary.py [--epochs 15]
+Run: python3 run.py bench binary [--epochs 15]
 
 Both models have the same layers (conv 32/64/128, dense 128, logits, with
 BatchNormalization); in the binary one conv2, conv3 and dense1 have binary

@@ -14,7 +14,7 @@ Prints and writes ``benchmarks/results/deep_compression.json``:
 Pruning: tfc.callbacks.GradualPruning when it is available; otherwise a plain
 magnitude mask re-applied after every batch (defined only in this file).
 
-Run: ``PYTHONPATH=. /work/venv/bin/python benchmarks/deep_compression.py [--quick]``
+Run: ``python3 run.py bench deep_compression [--quick]``
 """
 
 from __future__ import annotations

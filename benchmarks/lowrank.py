@@ -13,7 +13,7 @@ minimum over ``--rounds`` rounds, at batch 1 (and the batch given by
 ``--batch``). Also an int8 (post-training, calibrated) export of each
 factorized model: op kinds and TFLite accuracy.
 
-Run: ``PYTHONPATH=. /work/venv/bin/python benchmarks/lowrank.py``
+Run: ``python3 run.py bench lowrank``
 (``--quick`` for a smoke run). Writes ``benchmarks/results/lowrank.json`` and
 ``benchmarks/results/lowrank.png``.
 """

@@ -6,7 +6,7 @@ Columns: Keras accuracy, gzip bytes of the float and int8 TFLite files, the
 train-step time ratio to the plain float step (the compiled steps timed
 interleaved, min over rounds), MACs/params and single-thread interpreter latency.
 
-Run: PYTHONPATH=. /work/venv/bin/python benchmarks/pruning.py
+Run: python3 run.py bench pruning
 """
 
 from __future__ import annotations
@@ -299,4 +299,10 @@ def GradualPruning_(target, end, frequency, **kwargs):
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # No options: the arms are fixed so runs compare; --help says what it measures.
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     main()

@@ -11,7 +11,7 @@ Arms (same data, same architecture, one run):
 Train-step ratio: float and QAT fits are interleaved in blocks of epochs inside one process;
 each arm's figure is its minimum per-epoch time (noise on a shared 2-core machine is large).
 
-Run: PYTHONPATH=. /work/venv/bin/python benchmarks/qat.py
+Run: python3 run.py bench qat
 """
 
 from __future__ import annotations
@@ -314,4 +314,10 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # No options: the arms are fixed so runs compare; --help says what it measures.
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     main()
