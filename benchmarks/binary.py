@@ -5,8 +5,9 @@ Run: python3 run.py bench binary [--epochs 15]
 Both models have the same layers (conv 32/64/128, dense 128, logits, with
 BatchNormalization); in the binary one conv2, conv3 and dense1 have binary
 weights (XNOR-Net per-channel scales) and binary inputs. Every figure of
-both arms is measured in this run. If larq is importable in /tmp/larqenv
-(tf_keras), the same binary model is trained there in a subprocess.
+both arms is measured in this run. If TFCOMPRESS_LARQ_PYTHON names a Python with
+larq and tf_keras installed (larq needs legacy Keras, so keep it in its own venv), the
+same binary model is trained there in a subprocess.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from tfcompress.reporting.table import format_table
 from tfcompress.tflite_export import export
 
 RESULTS = Path(__file__).parent / "results" / "binary.json"
-LARQ_PYTHON = Path("/tmp/larqenv/bin/python")
+_LARQ_ENV = os.environ.get("TFCOMPRESS_LARQ_PYTHON")
+LARQ_PYTHON = Path(_LARQ_ENV) if _LARQ_ENV else None
 
 LARQ_SCRIPT = r"""
 import json, os, sys
@@ -57,8 +59,8 @@ print(json.dumps({"larq_accuracy": float(m.evaluate(d["x_test"], d["y_test"], ve
 
 
 def _larq(data, epochs: int) -> dict:
-    if not LARQ_PYTHON.exists():
-        return {"larq": "not installed (no /tmp/larqenv)"}
+    if LARQ_PYTHON is None or not LARQ_PYTHON.exists():
+        return {"larq": "not measured (set TFCOMPRESS_LARQ_PYTHON to a Python with larq)"}
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
