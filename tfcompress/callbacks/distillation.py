@@ -23,12 +23,16 @@ from keras import ops
 from tfcompress.ops.distillation import blend_losses, hint_loss, soft_target_loss
 from tfcompress.schedules.learning_rate import _deserialize_schedule, _serialize_schedule
 
-try:  # Same per-replica scaling Keras applies to the compiled loss.
-    from keras.src.losses.loss import scale_loss_for_distribution as _scale_for_replicas
-except ImportError:  # pragma: no cover - older Keras: single replica only
 
-    def _scale_for_replicas(value: Any) -> Any:
-        return value
+def _scale_for_replicas(value: Any) -> Any:
+    """Divides by the replica count, as Keras scales its compiled loss under tf.distribute."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            value = ops.multiply(value, ops.cast(1.0 / replicas, value.dtype))
+    return value
 
 
 __all__ = ["DistillationTeacher"]

@@ -96,7 +96,11 @@ def _concrete_function(model: keras.Model, specs: list):
 
     # Freeze variables into constants: the converter otherwise keeps them as
     # resource variables (VAR_HANDLE/READ_VARIABLE) that nothing initialises in
-    # the interpreter.
+    # the interpreter. This is the one TF-internal import at run time, kept on
+    # purpose: the public SavedModel route (tf.saved_model.save +
+    # from_saved_model) was tried and does not fold weight-only subgraphs
+    # (e.g. a binary kernel's float64 per-channel mean), so binary and
+    # quantized layers then fail conversion with ERROR_NEEDS_FLEX_OPS.
     return convert_to_constants.convert_variables_to_constants_v2(serve.get_concrete_function())
 
 
