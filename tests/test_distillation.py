@@ -535,6 +535,7 @@ def test_teacher_term_reaches_the_gradients(batch):
         callbacks=[DistillationTeacher(teacher, temperature, alpha)],
     )
     for got, want, w0 in zip(student.get_weights(), expected, start):
+        assert np.abs(want - w0).max() > 1e-3  # a real step, not a no-op
         np.testing.assert_allclose(got, want, atol=1e-5)
     # The teacher's term moved the weights: the CE-only step lands elsewhere.
     plain = compiled(sequential_student(), lr=lr)
