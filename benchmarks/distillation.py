@@ -17,9 +17,10 @@ Protocol (the test split is used for the final numbers only):
 The teacher (``--teacher``) is by default a small CNN of the student's own
 architecture, trained alone with the same recipe ("born-again" distillation,
 Furlanello et al. 2018). The 160k-parameter digits CNN (``--teacher "digits
-CNN"``) is the more accurate teacher but made every student worse on the
-validation split: a 4.5k-parameter student cannot mimic it (Cho & Hariharan
-2019), see ``docs/distillation.md``.
+CNN"``) is the more accurate teacher but made the small and the pruned student
+worse on the validation split, the more so the higher the temperature (a
+capacity gap, Cho & Hariharan 2019). Neither teacher improved the students on
+the test split; see ``docs/distillation.md``.
 
 Arms (same seeds, data, epochs, optimizer and schedule for every arm):
   (a) small CNN alone, (b) small CNN + teacher,
