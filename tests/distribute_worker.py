@@ -21,7 +21,7 @@ import time
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
@@ -263,9 +263,7 @@ def train(case, strategy):
         compile_fn(model)
     keras.utils.set_random_seed(0)
     cbs = callbacks()
-    history = model.fit(
-        x, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=cbs
-    )
+    history = model.fit(x, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=cbs)
     return model, cbs, history.history
 
 
@@ -290,9 +288,7 @@ def run_case(name: str, mirrored) -> dict:
     scale = max(float(np.abs(_np(w)).max()) for w in single.weights)
     trainable = {id(v) for v in single.trainable_weights}
     moved = [
-        float(np.abs(_np(a) - b).max())
-        for a, b in zip(single.weights, init)
-        if id(a) in trainable
+        float(np.abs(_np(a) - b).max()) for a, b in zip(single.weights, init) if id(a) in trainable
     ]
     result = {
         "moved": max(moved),
@@ -309,12 +305,10 @@ def run_case(name: str, mirrored) -> dict:
     masked = [cb for cb in single_cbs if hasattr(cb, "targets")]
     if masked:
         cb_single = masked[0]
-        cb_multi = [cb for cb in multi_cbs if hasattr(cb, "targets")][0]
+        cb_multi = next(cb for cb in multi_cbs if hasattr(cb, "targets"))
         masks_single = [(_np(t.variable) != 0) for t in cb_single.targets]
         masks_multi = [(_np(t.variable) != 0) for t in cb_multi.targets]
-        result["masks_equal"] = all(
-            np.array_equal(a, b) for a, b in zip(masks_single, masks_multi)
-        )
+        result["masks_equal"] = all(np.array_equal(a, b) for a, b in zip(masks_single, masks_multi))
         result["sparsity_single"] = cb_single.sparsity_logs().get("sparsity")
         result["sparsity_mirrored"] = cb_multi.sparsity_logs().get("sparsity")
         result["mask_variables_distributed"] = all(
@@ -338,8 +332,10 @@ def main(names: list[str]) -> None:
         except Exception as error:  # reported per case, so one failure names its feature
             import traceback
 
-            results[name] = {"error": f"{type(error).__name__}: {error}"[:2000],
-                             "traceback": traceback.format_exc()[-4000:]}
+            results[name] = {
+                "error": f"{type(error).__name__}: {error}"[:2000],
+                "traceback": traceback.format_exc()[-4000:],
+            }
         results[name]["seconds"] = round(time.perf_counter() - start, 2)
     print("RESULTS " + json.dumps(results))
 

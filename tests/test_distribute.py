@@ -34,8 +34,7 @@ CASES = [
     "quant_layers",
     "binarize_model_bop",
     "binary_layers",
-    "factorize_model",
-    "lowrank_layers",
+    "factorize_model",  # its model holds LowRankConv2D and LowRankDense layers
 ]
 MASKED = {"pruning_unstructured", "pruning_channel", "dynamic_sparse", "distillation_with_pruning"}
 EXPECTED_SPARSITY = {

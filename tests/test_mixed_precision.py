@@ -5,14 +5,17 @@ Under the policy a layer computes in float16 and keeps float32 variables;
 the global policy it found. Tolerances (float16 has an 11-bit significand):
 
 * float layers (binary, low-rank): outputs within 1e-2 of the output scale of
-  the float32 layer with the same weights (measured: <= 2e-3);
+  the float32 layer with the same weights;
 * fake-quantized layers: a float16 rounding can move a value across a
-  quantization threshold, so an element may differ by one grid step; all but
-  a few percent of elements agree within 1e-2 of the scale, and none by more
-  than two grid steps of the layer's output quantizer;
-* transformed models trained 3 SGD steps: top-1 agreement with the float32 twin
-  >= 95% on 128 examples; TFLite export (which traces float32 compute) agrees
-  with the Keras model >= 95% top-1.
+  quantization threshold, so an element may differ by one grid step; at most
+  5% of elements differ by more than 1e-2 of the scale, and none by more than
+  two grid steps of the layer's output quantizer (plus 1e-2 of the scale);
+* transformed digits models with the same weights: top-1 agreement with the
+  float32 twin >= 95% on 128 test digits and outputs within 1e-2 of the scale
+  (0.1 for the QAT model: grid steps again). After 3 SGD steps (a
+  LossScaleOptimizer may skip a step at its initial scale, so trajectories may
+  part) accuracy is within 5 points of the twin's; the TFLite export (traced
+  with float32 compute) agrees with the Keras model on >= 95% of top-1.
 """
 
 import keras
@@ -36,7 +39,6 @@ LAYERS = {
         (4, 16),
     ),
     "QuantConv2D": (lambda: L.QuantConv2D(4, 3, input_quantizer="int8_activation"), (2, 6, 6, 3)),
-    "QuantConv1D": (lambda: L.QuantConv1D(4, 3), (2, 8, 3)),
     "QuantDepthwiseConv2D": (lambda: L.QuantDepthwiseConv2D(3), (2, 6, 6, 3)),
     "QuantizeActivation": (lambda: L.QuantizeActivation("int8_activation"), (4, 16)),
     "BinaryDense": (lambda: L.BinaryDense(8, input_quantizer="ste_sign"), (4, 16)),
@@ -46,8 +48,13 @@ LAYERS = {
     "LowRankDense": (lambda: L.LowRankDense(8, rank=3), (4, 16)),
     "LowRankConv2D": (lambda: L.LowRankConv2D(4, 3, rank=2), (2, 6, 6, 3)),
 }
-QUANTIZED_OUTPUT = {"QuantDense", "QuantDense_lsq_pact", "QuantConv2D", "QuantConv1D",
-                    "QuantDepthwiseConv2D", "QuantizeActivation"}
+QUANTIZED_OUTPUT = {
+    "QuantDense",
+    "QuantDense_lsq_pact",
+    "QuantConv2D",
+    "QuantDepthwiseConv2D",
+    "QuantizeActivation",
+}
 
 
 @pytest.fixture
@@ -75,12 +82,15 @@ def _float32_twin(layer_factory, model: keras.Model, x: np.ndarray) -> np.ndarra
 
 def _grid_step(layer) -> float:
     """The output quantizer's grid step (0 when the output is not quantized)."""
+    quantizer = getattr(layer, "activation_quantizer", None) or getattr(layer, "quantizer", None)
     state = getattr(layer, "_quantizer_state", {}).get("activation", {})
+    if quantizer is None:
+        return 0.0
+    levels = 2**quantizer.bits - 1
     if "min" in state:
-        low, high = float(state["min"].numpy()), float(state["max"].numpy())
-        return (high - low) / (2 ** layer.activation_quantizer.bits - 1)
+        return (float(state["max"].numpy()) - float(state["min"].numpy())) / levels
     if "alpha" in state:
-        return float(state["alpha"].numpy()) / (2 ** layer.activation_quantizer.bits - 1)
+        return float(state["alpha"].numpy()) / levels
     return 0.0
 
 
@@ -105,6 +115,7 @@ def test_layer_under_mixed_float16(name, tmp_path):
     reference = _float32_twin(factory, result.model, x)
     scale = max(1.0, float(np.abs(reference).max()))
     diff = np.abs(mixed - reference)
+    print(f"{name}: max diff {diff.max():.2e} (scale {scale:.2f})")
     if name in QUANTIZED_OUTPUT:
         step = _grid_step(result.model.layers[-1])
         assert step > 0
@@ -183,6 +194,7 @@ def test_transform_under_mixed_float16(name, digits, float_digits_model, tmp_pat
     assert float((out16.argmax(-1) == out32.argmax(-1)).mean()) >= 0.95
     # (fake-quant outputs may differ by a grid step, see the module docstring)
     tolerance = 0.1 if quantization == "int8" else 1e-2
+    print(name, "max diff before training", np.abs(out16 - out32).max())
     assert np.abs(out16 - out32).max() <= tolerance * max(1.0, np.abs(out32).max())
 
     # Training: LossScaleOptimizer, float32 variables; it may skip a step the
