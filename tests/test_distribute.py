@@ -88,3 +88,19 @@ def test_mirrored_masks_identical(results, case):
     assert result["masks_equal"]
     assert result["sparsity_single"] == result["sparsity_mirrored"]
     assert result["sparsity_mirrored"] == pytest.approx(EXPECTED_SPARSITY[case], abs=2e-3)
+
+
+def test_replica_reduce_outside_a_strategy_is_identity():
+    import numpy as np
+    import tensorflow as tf
+
+    from tfcompress.ops.replicas import replica_max, replica_mean, replica_min
+    from tfcompress.ops.tf.distribute import replica_reduce
+
+    x = tf.constant([1.0, -2.0, 3.0])
+    for reduce in (replica_max, replica_min, replica_mean):
+        np.testing.assert_array_equal(reduce(x).numpy(), x.numpy())
+        traced = tf.function(reduce)(x)
+        np.testing.assert_array_equal(traced.numpy(), x.numpy())
+    with pytest.raises(ValueError, match="op must be one of"):
+        replica_reduce(x, "sum")

@@ -218,6 +218,9 @@ def test_transform_under_mixed_float16(name, digits, float_digits_model, tmp_pat
         verbose=0,
     )
     assert report.top1_agreement >= 0.95, report
+    # The export traced float32 compute and handed the layers back as they were.
+    assert all(layer.dtype_policy.name == "mixed_float16" for layer in converted.layers)
+    assert np.asarray(converted(probe[:2], training=False)).dtype == np.float16
     ops = report.op_counts
     if quantization == "int8":
         assert any(key.endswith("[int8]") and "FULLY_CONNECTED" in key for key in ops), ops

@@ -22,7 +22,7 @@ def _ready_variable(layer, name):
         initializer="zeros",
         trainable=False,
         dtype="float32",
-        # Ranges stay float32 under mixed precision (no autocast to float16).
+        # Quantizer state stays float32 under mixed precision (no autocast).
         autocast=False,
     )
 
