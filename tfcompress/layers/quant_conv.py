@@ -34,7 +34,7 @@ class _QuantConv(QuantizedLayerMixin):
         super().build(input_shape)
         self._build_quantizers(input_shape)
 
-    def _forward(self, inputs, kernel):
+    def _forward(self, inputs, kernel, activation):
         padding = self.padding
         if padding == "causal":
             inputs = ops.pad(inputs, self._compute_causal_padding())
@@ -51,8 +51,8 @@ class _QuantConv(QuantizedLayerMixin):
             outputs = ops.add(
                 outputs, reshape_bias(self.bias, self.rank, self.filters, self.data_format)
             )
-        if self.activation is not None:
-            outputs = self.activation(outputs)
+        if activation is not None:
+            outputs = activation(outputs)
         return outputs
 
     def get_config(self) -> dict[str, Any]:
@@ -256,7 +256,7 @@ class QuantDepthwiseConv2D(QuantizedLayerMixin, keras.layers.DepthwiseConv2D):
     def _kernel_from_view(self, view):
         return ops.reshape(view, self.kernel.shape)
 
-    def _forward(self, inputs, kernel):
+    def _forward(self, inputs, kernel, activation):
         outputs = ops.depthwise_conv(
             inputs,
             kernel,
@@ -270,8 +270,8 @@ class QuantDepthwiseConv2D(QuantizedLayerMixin, keras.layers.DepthwiseConv2D):
             outputs = ops.add(
                 outputs, reshape_bias(self.bias, self.rank, channels, self.data_format)
             )
-        if self.activation is not None:
-            outputs = self.activation(outputs)
+        if activation is not None:
+            outputs = activation(outputs)
         return outputs
 
     def get_config(self) -> dict[str, Any]:

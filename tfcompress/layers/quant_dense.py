@@ -88,12 +88,12 @@ class QuantDense(QuantizedLayerMixin, keras.layers.Dense):
         super().build(input_shape)
         self._build_quantizers(input_shape)
 
-    def _forward(self, inputs, kernel):
+    def _forward(self, inputs, kernel, activation):
         outputs = ops.matmul(inputs, kernel)
         if self.bias is not None:
             outputs = ops.add(outputs, self.bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
+        if activation is not None:
+            outputs = activation(outputs)
         return outputs
 
     def get_config(self) -> dict[str, Any]:
