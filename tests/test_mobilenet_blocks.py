@@ -116,7 +116,9 @@ def test_quantize_output_round_trips(tmp_path):
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(loaded.predict([a, b], verbose=0), model.predict([a, b], verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict([a, b], verbose=0), model.predict([a, b], verbose=0)
+    )
     with pytest.raises(ValueError, match="quantizer=None"):
         QuantizeOutput(keras.layers.Add(), quantizer=None)
 
@@ -145,9 +147,9 @@ def test_channel_pruning_masks_bn_and_depthwise_and_shrink_halves_the_blocks():
         assert small.get_layer(f"{name}_depthwise").kernel.shape[2] == before // 2
         assert small.get_layer(f"{name}_depthwise_bn").gamma.shape[0] == before // 2
         # Residual stream untouched: channels stay aligned across the adds.
-        assert small.get_layer(f"{name}_project").filters == model.get_layer(
-            f"{name}_project"
-        ).filters
+        assert (
+            small.get_layer(f"{name}_project").filters == model.get_layer(f"{name}_project").filters
+        )
     # Conv1 is the residual stream of block_1 (pinned by the add); Conv_1 feeds the head.
     assert small.get_layer("Conv1").filters == 8 and small.get_layer("Conv_1").filters == 16
     before, after = tfc.summary(model, print_fn=None), tfc.summary(small, print_fn=None)

@@ -20,7 +20,8 @@ _QUANTIZER_DOC = """
             channel (axis -1), as TFLite's int8 convolutions expect.
         input_quantizer: Quantizer for the input, e.g. ``"int8_activation"``
             when the input does not come from another quantized layer.
-        activation_quantizer: Quantizer for the output after the activation
+        activation_quantizer: Quantizer for the output, after the activation
+            when TFLite fuses it (linear, ReLU, ReLU6), before it otherwise
             (default ``"int8_activation"``: moving-average range).
 
     Raises:

@@ -31,8 +31,10 @@ class QuantDense(QuantizedLayerMixin, keras.layers.Dense):
             rejects per-channel ranges on ``FULLY_CONNECTED`` weights).
         input_quantizer: Quantizer for the input, e.g. ``"int8_activation"``
             when the input does not come from another quantized layer.
-        activation_quantizer: Quantizer for the output after the activation.
-            Default ``"int8_activation"`` (moving-average range).
+        activation_quantizer: Quantizer for the output, after the activation
+            when TFLite fuses it (linear, ReLU, ReLU6), before it otherwise
+            (softmax, sigmoid, ...). Default ``"int8_activation"``
+            (moving-average range).
 
     Returns:
         Called on a tensor, the (fake-quantized) output, as ``Dense`` would.
