@@ -29,6 +29,27 @@ from tfcompress.ops.pruning import matrix_view
 __all__ = ["MaskConstraint", "MaskedTraining", "serialize_layers"]
 
 
+# Layers that map a channel that is zero everywhere to zero everywhere.
+_ZERO_KEEPING = (
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.Identity,
+)
+
+
+def _zero_preserving(activation: Any) -> bool:
+    return activation is None or getattr(activation, "__name__", None) in (
+        "linear",
+        "relu",
+        "relu6",
+    )
+
+
 class MaskConstraint(keras.constraints.Constraint):
     """``w -> inner(w) * mask``: keeps pruned weights at zero after every update.
 
@@ -117,10 +138,12 @@ class MaskedTraining(keras.callbacks.Callback):
         self._constrained: list[Any] = []
         self._synced = False
         self._sparsities: list[float] = []
-        # Channel pruning also masks the bias of removed channels, so a pruned
-        # channel outputs exactly activation(0) and shrink_model can drop it.
+        # Channel pruning also masks the bias of removed channels (and the
+        # BatchNorm/depthwise channels after them), so a pruned channel is
+        # exactly activation(0) or zero and shrink_model can drop it.
         self.mask_bias = False
-        self._bias_masks: list[tuple[Any, keras.Variable, int] | None] = []
+        # (variable, its mask, target index, channel axis) for channel followers.
+        self._bias_masks: list[tuple[Any, keras.Variable, int, int]] = []
 
     # --- hooks for subclasses
     def validate_targets(self, targets: list[PrunableWeight]) -> None:
@@ -150,15 +173,16 @@ class MaskedTraining(keras.callbacks.Callback):
             value = np.asarray(keras.ops.convert_to_numpy(target.variable))
             target.variable.assign((value * mask).astype(value.dtype))
             self._sparsities.append(float(1.0 - mask.mean()) if mask.size else 0.0)
-        for index, entry in enumerate(self._bias_masks):
-            if entry is None:
-                continue
-            bias, bias_mask, _ = entry
+        for variable, follower_mask, index, axis in self._bias_masks:
             target = self.targets[index]
             keep = matrix_view(np.asarray(masks[index]), target.channel_axes).any(axis=0)
-            bias_mask.assign(keep.astype(keras.backend.standardize_dtype(bias_mask.dtype)))
-            value = np.asarray(keras.ops.convert_to_numpy(bias))
-            bias.assign((value * keep).astype(value.dtype))
+            shape = [1] * len(variable.shape)
+            shape[axis] = keep.size
+            full = np.broadcast_to(keep.reshape(shape), tuple(variable.shape))
+            dtype = keras.backend.standardize_dtype(follower_mask.dtype)
+            follower_mask.assign(full.astype(dtype))
+            value = np.asarray(keras.ops.convert_to_numpy(variable))
+            variable.assign((value * full).astype(value.dtype))
 
     def current_step(self) -> int:
         optimizer = getattr(self.model, "optimizer", None)
@@ -183,16 +207,57 @@ class MaskedTraining(keras.callbacks.Callback):
         logs["sparsity"] = float(np.dot(self._sparsities, sizes) / max(1, sum(sizes)))
         return logs
 
-    def _channel_bias(self, target: PrunableWeight) -> Any:
-        bias = getattr(target.layer, "bias", None)
-        if (
-            not self.mask_bias
-            or target.channel_axes is None
-            or not isinstance(bias, keras.Variable)
-        ):
-            return None
+    def _channel_followers(self, target: PrunableWeight) -> list[tuple[Any, int]]:
+        """Variables whose channels go with ``target``'s pruned output channels.
+
+        ``(variable, channel axis)`` pairs: the layer's own bias, and along a
+        single-consumer chain of zero-preserving per-channel layers the
+        BatchNormalization scale/offset and depthwise kernel/bias of the same
+        channel, so a pruned channel is exactly zero until the next layer that
+        mixes channels (``shrink_model`` then removes the whole chain).
+        """
+        if not self.mask_bias or target.channel_axes is None:
+            return []
         channels = int(np.prod([target.variable.shape[a] for a in target.channel_axes]))
-        return bias if tuple(bias.shape) == (channels,) else None
+        found: list[tuple[Any, int]] = []
+
+        def take(variable: Any, axis: int = -1) -> None:
+            if isinstance(variable, keras.Variable) and variable.shape[axis] == channels:
+                found.append((variable, axis % len(variable.shape)))
+
+        layer = target.layer
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, keras.Variable) and tuple(bias.shape) == (channels,):
+            take(bias)
+        if target.channel_axes != (-1,) or not _zero_preserving(getattr(layer, "activation", None)):
+            return found
+        while True:
+            nodes = getattr(layer, "_outbound_nodes", [])
+            if len(nodes) != 1:
+                return found
+            layer = nodes[0].operation
+            if isinstance(layer, keras.layers.BatchNormalization):
+                try:
+                    rank = len(layer.input.shape)
+                except (AttributeError, ValueError):  # no single input: leave it alone
+                    return found
+                if layer.gamma is None or layer.axis not in (-1, rank - 1):
+                    return found
+                take(layer.gamma)
+                take(layer.beta)
+            elif isinstance(layer, keras.layers.DepthwiseConv2D):
+                if layer.depth_multiplier != 1 or not _zero_preserving(layer.activation):
+                    return found
+                take(layer.kernel, -2)
+                take(layer.bias)
+            elif isinstance(layer, keras.layers.ReLU):
+                if layer.get_config().get("threshold"):
+                    return found
+            elif isinstance(layer, keras.layers.Activation):
+                if not _zero_preserving(layer.activation):
+                    return found
+            elif not isinstance(layer, _ZERO_KEEPING):
+                return found
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         targets = find_prunable(self.model, self.layers)
@@ -202,15 +267,16 @@ class MaskedTraining(keras.callbacks.Callback):
         self._saved_constraints = []
         self._bias_masks = []
         self._constrained = []
-        attach = [(t.variable, t) for t in targets]
+        attach: list[tuple[Any, Any]] = [(t.variable, t) for t in targets]
+        taken = {id(t.variable) for t in targets}
         for index, target in enumerate(targets):
-            bias = self._channel_bias(target)
-            self._bias_masks.append(None)
-            if bias is not None:
-                attach.append((bias, index))
+            for variable, axis in self._channel_followers(target):
+                if id(variable) not in taken:  # a variable follows one target only
+                    taken.add(id(variable))
+                    attach.append((variable, (index, axis)))
         for variable, owner in attach:
             mask = _mask_variable(self.model, variable)
-            if not isinstance(owner, int):
+            if isinstance(owner, PrunableWeight):
                 self.masks.append(mask)
             self._constrained.append(variable)
             inner = variable.constraint
@@ -219,8 +285,8 @@ class MaskedTraining(keras.callbacks.Callback):
                 inner = inner.inner
             self._saved_constraints.append(inner)
             variable.constraint = MaskConstraint(mask, inner)
-            if isinstance(owner, int):
-                self._bias_masks[owner] = (variable, mask, owner)
+            if not isinstance(owner, PrunableWeight):
+                self._bias_masks.append((variable, mask, *owner))
         # The optimizer reads constraints when the step is traced: trace anew once.
         self.model.make_train_function(force=True)
         self._synced = False

@@ -82,7 +82,10 @@ class GradualPruning(MaskedTraining):
             ``frequency`` steps from ``begin_step`` to ``end_step``, or forever
             if it is None).
         granularity: ``"unstructured"``, ``"block"`` (see ``block_shape``),
-            ``"channel"`` (whole output channels/filters) or ``"N:M"`` such as
+            ``"channel"`` (whole output channels/filters, with their bias and,
+            along a single-consumer chain, the BatchNorm scale/offset and
+            depthwise channel that follow, so the channel is exactly zero and
+            ``shrink_model`` removes it all) or ``"N:M"`` such as
             ``"2:4"`` (N non-zeros in every M consecutive weights along the
             input dimension).
         scope: ``"layer"`` (each weight reaches the target) or ``"global"``
