@@ -40,6 +40,8 @@ class _Recorder(keras.callbacks.Callback):
         self.variable, self.seen = variable, {}
 
     def on_train_batch_begin(self, batch, logs=None):
+        if keras.backend.backend() == "jax":
+            self.model.jax_state_sync()  # the JAX trainer keeps state outside variables
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         self.seen[step] = _zeros(self.variable)
 

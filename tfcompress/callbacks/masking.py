@@ -6,6 +6,16 @@ after its update inside the compiled step, so the mask costs one multiply per
 weight per step and no Python per batch. Callbacks only assign new mask values
 on their schedule.
 
+On the JAX backend the trainer keeps the model's state outside its variables
+during ``fit`` (the variables are even emptied while an epoch runs), and the
+optimizer reads a mask that is not model state as a constant of the compiled
+step. So on JAX the callback first calls ``model.jax_state_sync()`` (the
+trainer's public hook for callbacks) before it reads or assigns weights, and
+rebuilds the train function after each mask update, which costs one
+recompilation per update (choose ``frequency`` accordingly). The step is
+read once per epoch and counted from the batch index in between, so ordinary
+batches pay no synchronisation.
+
 Resuming needs no extra state in checkpoints: pruned weights are exactly zero
 in the model (the constraint guarantees it), so the masks are re-derived from
 the zeros of the restored weights, and the step is ``optimizer.iterations``;
@@ -99,6 +109,8 @@ class MaskedTraining(keras.callbacks.Callback):
         # channel outputs exactly activation(0) and shrink_model can drop it.
         self.mask_bias = False
         self._bias_masks: list[tuple[Any, keras.Variable, int] | None] = []
+        self._jax = False
+        self._epoch_first_step: int | None = None
 
     # --- hooks for subclasses
     def validate_targets(self, targets: list[PrunableWeight]) -> None:
@@ -112,7 +124,13 @@ class MaskedTraining(keras.callbacks.Callback):
         """Called before the train step ``step`` (``optimizer.iterations``)."""
 
     # --- machinery
+    def sync_state(self) -> None:
+        """Puts the JAX trainer's state back into the variables (no-op on TensorFlow)."""
+        if self._jax:
+            self.model.jax_state_sync()
+
     def weight_values(self) -> list[np.ndarray]:
+        self.sync_state()
         return [np.asarray(keras.ops.convert_to_numpy(t.variable)) for t in self.targets]
 
     def zero_masks(self) -> list[np.ndarray]:
@@ -121,6 +139,8 @@ class MaskedTraining(keras.callbacks.Callback):
 
     def set_masks(self, masks: Sequence[np.ndarray]) -> None:
         """Assigns new masks and zeroes the newly pruned weights at once."""
+        # On JAX, a synced trainer re-reads every variable before the next step.
+        self.sync_state()
         self._sparsities = []
         for target, variable, mask in zip(self.targets, self.masks, masks):
             mask = np.asarray(mask, np.float32)
@@ -137,11 +157,15 @@ class MaskedTraining(keras.callbacks.Callback):
             bias_mask.assign(keep.astype(keras.backend.standardize_dtype(bias_mask.dtype)))
             value = np.asarray(keras.ops.convert_to_numpy(bias))
             bias.assign((value * keep).astype(value.dtype))
+        if self._jax:
+            # The compiled JAX step holds the masks as constants: trace anew.
+            self.model.make_train_function(force=True)
 
     def current_step(self) -> int:
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             raise ValueError(f"{type(self).__name__} needs a compiled model (an optimizer)")
+        self.sync_state()
         return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
     def sparsity_logs(self) -> dict[str, float]:
@@ -173,6 +197,7 @@ class MaskedTraining(keras.callbacks.Callback):
         return bias if tuple(bias.shape) == (channels,) else None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self._jax = keras.backend.backend() == "jax"
         targets = find_prunable(self.model, self.layers)
         self.validate_targets(targets)
         self.targets = targets
@@ -208,8 +233,20 @@ class MaskedTraining(keras.callbacks.Callback):
         self.model.make_train_function(force=True)
         self._synced = False
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_first_step = None
+
+    def _step_at(self, batch: int) -> int:
+        if not self._jax:
+            return self.current_step()
+        # Reading the optimizer step on JAX needs a state sync; the trainer has
+        # synced at the epoch boundary anyway, so read it there and count.
+        if self._epoch_first_step is None:
+            self._epoch_first_step = self.current_step() - batch
+        return self._epoch_first_step + batch
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        step = self.current_step()
+        step = self._step_at(batch)
         if not self._synced:
             # After every on_train_begin: BackupAndRestore has restored weights.
             masks = self.initial_masks(step)
