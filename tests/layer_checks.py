@@ -50,7 +50,9 @@ def _compiled_call(layer: keras.layers.Layer, x: np.ndarray) -> np.ndarray:
         non_trainable = [v.value for v in layer.non_trainable_variables]
 
         # stateless_call passes keyword arguments straight to call().
-        kwargs = {"training": False} if "training" in inspect.signature(layer.call).parameters else {}
+        kwargs = (
+            {"training": False} if "training" in inspect.signature(layer.call).parameters else {}
+        )
 
         def stateless(trainable, non_trainable, t):
             out, _ = layer.stateless_call(trainable, non_trainable, t, **kwargs)

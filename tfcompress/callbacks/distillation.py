@@ -303,7 +303,9 @@ class DistillationTeacher(keras.callbacks.Callback):
 
         model.compute_loss = compute_loss
         model._compute_loss_has_training_arg = True
-        if keras.backend.backend() == "jax" and (callable(self.temperature) or callable(self.alpha)):
+        if keras.backend.backend() == "jax" and (
+            callable(self.temperature) or callable(self.alpha)
+        ):
             self._capture_jax_step(model)
         model.make_train_function(force=True)
 
@@ -316,11 +318,7 @@ class DistillationTeacher(keras.callbacks.Callback):
         picks the traced step out of its ``optimizer_variables``.
         """
         index = next(
-            (
-                i
-                for i, v in enumerate(model.optimizer.variables)
-                if v is model.optimizer.iterations
-            ),
+            (i for i, v in enumerate(model.optimizer.variables) if v is model.optimizer.iterations),
             None,
         )
         if index is None:
