@@ -17,6 +17,8 @@ from tfcompress.schedules import (
     warmup_cosine,
 )
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also in the JAX subset
+
 STEPS = np.arange(0, 130)
 
 

@@ -13,6 +13,8 @@ from tfcompress.quantizers import (
     PACTQuantizer,
 )
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also in the JAX subset
+
 
 def np_fake_quant(x, lo, hi, bits, narrow):
     """TensorFlow/TFLite's nudged fake quantization; returns (values, d/dx mask)."""

@@ -6,15 +6,11 @@ after its update inside the compiled step, so the mask costs one multiply per
 weight per step and no Python per batch. Callbacks only assign new mask values
 on their schedule.
 
-On the JAX backend the trainer keeps the model's state outside its variables
-during ``fit`` (the variables are even emptied while an epoch runs), and the
-optimizer reads a mask that is not model state as a constant of the compiled
-step. So on JAX the callback first calls ``model.jax_state_sync()`` (the
-trainer's public hook for callbacks) before it reads or assigns weights, and
-rebuilds the train function after each mask update, which costs one
-recompilation per update (choose ``frequency`` accordingly). The step is
-read once per epoch and counted from the batch index in between, so ordinary
-batches pay no synchronisation.
+On the JAX backend the optimizer reads a mask that is not model state as a
+constant of the compiled step, so there the train function is rebuilt after
+each mask update (one recompilation per update: choose ``frequency``
+accordingly), and weights are read and assigned after syncing the trainer's
+state (see :mod:`tfcompress.callbacks.backend_state`).
 
 Resuming needs no extra state in checkpoints: pruned weights are exactly zero
 in the model (the constraint guarantees it), so the masks are re-derived from
@@ -32,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.callbacks.backend_state import StepTracker, is_jax, sync_state
 from tfcompress.ops.prunable import LayerSelector, PrunableWeight, find_prunable
 from tfcompress.ops.pruning import matrix_view
 
@@ -110,7 +107,7 @@ class MaskedTraining(keras.callbacks.Callback):
         self.mask_bias = False
         self._bias_masks: list[tuple[Any, keras.Variable, int] | None] = []
         self._jax = False
-        self._epoch_first_step: int | None = None
+        self._steps = StepTracker()
 
     # --- hooks for subclasses
     def validate_targets(self, targets: list[PrunableWeight]) -> None:
@@ -126,8 +123,7 @@ class MaskedTraining(keras.callbacks.Callback):
     # --- machinery
     def sync_state(self) -> None:
         """Puts the JAX trainer's state back into the variables (no-op on TensorFlow)."""
-        if self._jax:
-            self.model.jax_state_sync()
+        sync_state(self.model)
 
     def weight_values(self) -> list[np.ndarray]:
         self.sync_state()
@@ -162,11 +158,7 @@ class MaskedTraining(keras.callbacks.Callback):
             self.model.make_train_function(force=True)
 
     def current_step(self) -> int:
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            raise ValueError(f"{type(self).__name__} needs a compiled model (an optimizer)")
-        self.sync_state()
-        return int(keras.ops.convert_to_numpy(optimizer.iterations))
+        return StepTracker.read(self.model)
 
     def sparsity_logs(self) -> dict[str, float]:
         """``{"sparsity": overall, "sparsity/<layer>": ...}`` for the masked weights."""
@@ -197,7 +189,7 @@ class MaskedTraining(keras.callbacks.Callback):
         return bias if tuple(bias.shape) == (channels,) else None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self._jax = keras.backend.backend() == "jax"
+        self._jax = is_jax()
         targets = find_prunable(self.model, self.layers)
         self.validate_targets(targets)
         self.targets = targets
@@ -234,19 +226,10 @@ class MaskedTraining(keras.callbacks.Callback):
         self._synced = False
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch_first_step = None
-
-    def _step_at(self, batch: int) -> int:
-        if not self._jax:
-            return self.current_step()
-        # Reading the optimizer step on JAX needs a state sync; the trainer has
-        # synced at the epoch boundary anyway, so read it there and count.
-        if self._epoch_first_step is None:
-            self._epoch_first_step = self.current_step() - batch
-        return self._epoch_first_step + batch
+        self._steps.reset()
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        step = self._step_at(batch)
+        step = self._steps.step(self.model, batch)
         if not self._synced:
             # After every on_train_begin: BackupAndRestore has restored weights.
             masks = self.initial_masks(step)
