@@ -83,7 +83,6 @@ def test_signatures_match_keras(binary, keras_cls):
     assert ours["kernel_quantizer"].default == "ste_sign"
 
 
-@pytest.mark.jax
 def test_forward_is_binary_and_matches_numpy():
     rng = np.random.default_rng(0)
     layer = BinaryDense(4, use_bias=False)

@@ -226,7 +226,6 @@ def test_student_kinds(kind, batch, digits):
     np.testing.assert_allclose(loss, np_ce(logits, y), rtol=1e-5)
 
 
-@pytest.mark.jax
 def test_teacher_gets_no_gradient_and_runs_in_inference_mode(batch):
     x, y = batch
     inputs = keras.Input((8, 8, 1))

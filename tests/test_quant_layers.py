@@ -45,7 +45,7 @@ LAYER_CASES = {
 }
 
 
-JAX_CASES = ("dense_lsq", "conv2d_pact")  # learned-range quantizers: the stateful paths
+JAX_CASES = ("dense_lsq",)  # learned-range quantizers: the stateful path
 
 
 @pytest.mark.parametrize(
