@@ -71,6 +71,7 @@ def check_layer(
     atol: float = 1e-6,
     expect_trainable: bool = True,
     seed: int = 0,
+    dtype_policy: str | None = None,
 ) -> LayerCheckResult:
     """Runs the shared layer checks; raises AssertionError on the first failure.
 
@@ -82,7 +83,38 @@ def check_layer(
         atol: Tolerance for eager vs compiled outputs.
         expect_trainable: Whether one training step must change a weight.
         seed: Seed of the random inputs and targets.
+        dtype_policy: Run every check under this global dtype policy (e.g.
+            ``"mixed_float16"``, restored afterwards); the layer's outputs must
+            then have the policy's compute dtype and its float variables the
+            policy's variable dtype.
     """
+    if dtype_policy is not None:
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(dtype_policy)
+        try:
+            result = check_layer(
+                layer_factory,
+                input_shape,
+                tmp_path,
+                input_data=input_data,
+                atol=atol,
+                expect_trainable=expect_trainable,
+                seed=seed,
+            )
+        finally:
+            keras.config.set_dtype_policy(previous)
+        policy = keras.dtype_policies.get(dtype_policy)
+        layer = result.model.layers[-1]
+        assert result.outputs.dtype == policy.compute_dtype, (
+            f"outputs are {result.outputs.dtype}, expected {policy.compute_dtype}"
+        )
+        for variable in layer.weights:
+            if "float" in str(variable.dtype):
+                assert variable.dtype == policy.variable_dtype, (
+                    f"variable {variable.path} is {variable.dtype}, "
+                    f"expected {policy.variable_dtype}"
+                )
+        return result
     rng = np.random.default_rng(seed)
     x = input_data if input_data is not None else rng.standard_normal(input_shape).astype("float32")
 

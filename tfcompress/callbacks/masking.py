@@ -22,6 +22,7 @@ waits for the first batch, after every callback's ``on_train_begin`` (so
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,6 +79,27 @@ def deserialize_layers(config: Any) -> LayerSelector:
             raise ValueError(f"unknown layer class {name!r} in the layers config")
         return found
     return [deserialize_layers(item) for item in config]
+
+
+def _mask_variable(model: keras.Model, variable: Any) -> keras.Variable:
+    """A 0/1 mask for ``variable``, created where the model's variables live.
+
+    ``fit`` calls ``on_train_begin`` outside the model's ``tf.distribute``
+    strategy scope; entering it makes the mask a mirrored variable with a copy
+    on every replica, next to the weight it constrains. Masks are only
+    assigned from the callback (cross-replica context, which writes every
+    copy); ``only_first_replica`` keeps any write from a replica consistent.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        return keras.Variable(
+            np.ones(tuple(variable.shape), np.float32),
+            trainable=False,
+            dtype=variable.dtype,
+            aggregation="only_first_replica",
+            name=f"{variable.name}_mask",
+        )
 
 
 class MaskedTraining(keras.callbacks.Callback):
@@ -204,12 +226,7 @@ class MaskedTraining(keras.callbacks.Callback):
             if bias is not None:
                 attach.append((bias, index))
         for variable, owner in attach:
-            mask = keras.Variable(
-                np.ones(tuple(variable.shape), np.float32),
-                trainable=False,
-                dtype=variable.dtype,
-                name=f"{variable.name}_mask",
-            )
+            mask = _mask_variable(self.model, variable)
             if not isinstance(owner, int):
                 self.masks.append(mask)
             self._constrained.append(variable)
