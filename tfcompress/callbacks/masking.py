@@ -6,6 +6,12 @@ after its update inside the compiled step, so the mask costs one multiply per
 weight per step and no Python per batch. Callbacks only assign new mask values
 on their schedule.
 
+On the JAX backend the optimizer reads a mask that is not model state as a
+constant of the compiled step, so there the train function is rebuilt after
+each mask update (one recompilation per update: choose ``frequency``
+accordingly), and weights are read and assigned after syncing the trainer's
+state (see :mod:`tfcompress.callbacks.backend_state`).
+
 Resuming needs no extra state in checkpoints: pruned weights are exactly zero
 in the model (the constraint guarantees it), so the masks are re-derived from
 the zeros of the restored weights, and the step is ``optimizer.iterations``;
@@ -23,6 +29,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.callbacks.backend_state import StepTracker, is_jax, sync_state
 from tfcompress.ops.prunable import LayerSelector, PrunableWeight, find_prunable
 from tfcompress.ops.pruning import matrix_view
 
@@ -144,6 +151,8 @@ class MaskedTraining(keras.callbacks.Callback):
         self.mask_bias = False
         # (variable, its mask, target index, channel axis) for channel followers.
         self._bias_masks: list[tuple[Any, keras.Variable, int, int]] = []
+        self._jax = False
+        self._steps = StepTracker()
 
     # --- hooks for subclasses
     def validate_targets(self, targets: list[PrunableWeight]) -> None:
@@ -157,7 +166,12 @@ class MaskedTraining(keras.callbacks.Callback):
         """Called before the train step ``step`` (``optimizer.iterations``)."""
 
     # --- machinery
+    def sync_state(self) -> None:
+        """Puts the JAX trainer's state back into the variables (no-op on TensorFlow)."""
+        sync_state(self.model)
+
     def weight_values(self) -> list[np.ndarray]:
+        self.sync_state()
         return [np.asarray(keras.ops.convert_to_numpy(t.variable)) for t in self.targets]
 
     def zero_masks(self) -> list[np.ndarray]:
@@ -166,6 +180,8 @@ class MaskedTraining(keras.callbacks.Callback):
 
     def set_masks(self, masks: Sequence[np.ndarray]) -> None:
         """Assigns new masks and zeroes the newly pruned weights at once."""
+        # On JAX, a synced trainer re-reads every variable before the next step.
+        self.sync_state()
         self._sparsities = []
         for target, variable, mask in zip(self.targets, self.masks, masks):
             mask = np.asarray(mask, np.float32)
@@ -183,12 +199,12 @@ class MaskedTraining(keras.callbacks.Callback):
             follower_mask.assign(full.astype(dtype))
             value = np.asarray(keras.ops.convert_to_numpy(variable))
             variable.assign((value * full).astype(value.dtype))
+        if self._jax:
+            # The compiled JAX step holds the masks as constants: trace anew.
+            self.model.make_train_function(force=True)
 
     def current_step(self) -> int:
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            raise ValueError(f"{type(self).__name__} needs a compiled model (an optimizer)")
-        return int(keras.ops.convert_to_numpy(optimizer.iterations))
+        return StepTracker.read(self.model)
 
     def sparsity_logs(self) -> dict[str, float]:
         """``{"sparsity": overall, "sparsity/<layer>": ...}`` for the masked weights."""
@@ -260,6 +276,7 @@ class MaskedTraining(keras.callbacks.Callback):
                 return found
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self._jax = is_jax()
         targets = find_prunable(self.model, self.layers)
         self.validate_targets(targets)
         self.targets = targets
@@ -291,8 +308,11 @@ class MaskedTraining(keras.callbacks.Callback):
         self.model.make_train_function(force=True)
         self._synced = False
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._steps.reset()
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        step = self.current_step()
+        step = self._steps.step(self.model, batch)
         if not self._synced:
             # After every on_train_begin: BackupAndRestore has restored weights.
             masks = self.initial_masks(step)

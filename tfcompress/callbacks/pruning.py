@@ -260,9 +260,10 @@ class GradualPruning(MaskedTraining):
             sparsity = min(sparsity, self.granularity.max_sparsity)
         gradients = None
         if self.criterion.needs_gradients:
-            from tfcompress.ops.tf.gradients import loss_gradients
+            from tfcompress.ops.gradients import loss_gradients
 
             x, y = _gradient_batch(self.data, step // self.frequency)
+            self.sync_state()
             gradients = loss_gradients(self.model, [t.variable for t in self.targets], x, y)
         return compute_masks(
             self.weight_values(),

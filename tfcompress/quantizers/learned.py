@@ -109,7 +109,7 @@ class LSQQuantizer(Quantizer):
         state["ready"].assign(1.0)
 
     def _step(self, x, state, training):
-        step = state["step"]
+        step = ops.convert_to_tensor(state["step"])
         if training:
             initial = q.lsq_initial_step(
                 ops.stop_gradient(ops.cast(x, "float32")), self.qmax, self._axis(x)
@@ -221,7 +221,7 @@ class PACTQuantizer(Quantizer):
         return 0.0, ops.maximum(state["alpha"], 1e-6)
 
     def call(self, x, state, training):
-        alpha = state["alpha"]
+        alpha = ops.convert_to_tensor(state["alpha"])
         if training:
             first = ops.maximum(ops.max(ops.stop_gradient(ops.cast(x, "float32"))), 1e-3)
             first = replica_max(first)  # the global batch's maximum under tf.distribute

@@ -176,7 +176,7 @@ class MovingAverageQuantizer(Quantizer):
         state["ready"].assign(1.0)
 
     def call(self, x, state, training):
-        low, high = state["min"], state["max"]
+        low, high = ops.convert_to_tensor(state["min"]), ops.convert_to_tensor(state["max"])
         if training:
             batch_low, batch_high = self._batch_range(x)
             # Under tf.distribute each replica sees part of the batch: agree on
