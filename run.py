@@ -6,8 +6,14 @@ it (editable, with the ``test`` extra); later runs reuse it and reinstall only
 when ``pyproject.toml`` changes. Needs only Python 3.10+ with pip and venv.
 
     python3 run.py demo                 # tfcompress demo (extra args are passed on)
-    python3 run.py test                 # the test suite (extra args go to pytest)
+    python3 run.py test                 # the test suite, then its JAX subset (see below)
+    python3 run.py test ARGS            # pytest ARGS only, on $KERAS_BACKEND (default tensorflow)
     python3 run.py bench qat            # python benchmarks/qat.py (needs the bench extra)
+
+Without arguments, ``test`` runs the whole suite on TensorFlow and then, in a
+second pytest process with KERAS_BACKEND=jax, the tests marked ``jax`` (layers,
+quantizers, schedules, pruning and distillation callbacks); it fails if either
+fails. Run only the JAX subset with ``KERAS_BACKEND=jax python3 run.py test -m jax``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,19 @@ def _ensure_venv(extras: str) -> None:
     stamp.write_text(wanted)
 
 
+def _test_both_backends(cmd: list[str], env: dict[str, str]) -> int:
+    _log(" ".join(cmd))
+    code = subprocess.call(cmd, cwd=ROOT, env=env)
+    check = [str(PYTHON), "-c", "import jax"]
+    if subprocess.call(check, cwd=ROOT, stderr=subprocess.DEVNULL) != 0:
+        _log("jax is not installed (it needs Python 3.11+): skipping the JAX-backend subset")
+        return code
+    jax_cmd = [*cmd, "-m", "jax"]
+    _log("KERAS_BACKEND=jax " + " ".join(jax_cmd))
+    jax_code = subprocess.call(jax_cmd, cwd=ROOT, env={**env, "KERAS_BACKEND": "jax"})
+    return code or jax_code
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "bench"):
         print(__doc__)
@@ -62,6 +81,8 @@ def main(argv: list[str]) -> int:
     elif command == "test":
         _ensure_venv("test")
         cmd = [str(PYTHON), "-m", "pytest", *rest]
+        if not rest:
+            return _test_both_backends(cmd, env)
     else:
         _ensure_venv("test,bench")
         if not rest:

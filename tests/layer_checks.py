@@ -1,7 +1,8 @@
 """The one shared check every tfcompress layer test runs.
 
 ``check_layer`` builds a layer inside a model, then asserts, with numbers:
-  1. eager and ``tf.function`` calls give the same finite outputs;
+  1. eager and compiled calls (``tf.function`` on TensorFlow, ``jax.jit`` on
+     JAX) give the same finite outputs;
   2. ``get_config`` -> ``from_config`` rebuilds an equal config, and the rebuilt
      layer, given the same weights, gives the same outputs;
   3. the layer is registered so ``keras.saving`` serializes it by name;
@@ -14,12 +15,12 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 
 @dataclasses.dataclass
@@ -33,6 +34,34 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
+def _compiled_call(layer: keras.layers.Layer, x: np.ndarray) -> np.ndarray:
+    """The layer called inside the backend's compiler (graph / jit)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return _to_numpy(tf.function(lambda t: layer(t, training=False))(tf.constant(x)))
+    if backend == "jax":
+        import jax
+
+        # Stateless call: the layer's variables enter the traced function as
+        # arguments, as they do in Keras's own JAX train step.
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        # stateless_call passes keyword arguments straight to call().
+        kwargs = (
+            {"training": False} if "training" in inspect.signature(layer.call).parameters else {}
+        )
+
+        def stateless(trainable, non_trainable, t):
+            out, _ = layer.stateless_call(trainable, non_trainable, t, **kwargs)
+            return out
+
+        return _to_numpy(jax.jit(stateless)(trainable, non_trainable, x))
+    return _to_numpy(layer(x, training=False))
+
+
 def check_layer(
     layer_factory: Callable[[], keras.layers.Layer],
     input_shape: tuple[int, ...],
@@ -42,6 +71,7 @@ def check_layer(
     atol: float = 1e-6,
     expect_trainable: bool = True,
     seed: int = 0,
+    dtype_policy: str | None = None,
 ) -> LayerCheckResult:
     """Runs the shared layer checks; raises AssertionError on the first failure.
 
@@ -50,10 +80,41 @@ def check_layer(
         input_shape: Input shape including the batch dimension.
         tmp_path: A directory for the ``.keras`` file (pytest's ``tmp_path``).
         input_data: Inputs to use instead of standard-normal random data.
-        atol: Tolerance for eager vs ``tf.function`` outputs.
+        atol: Tolerance for eager vs compiled outputs.
         expect_trainable: Whether one training step must change a weight.
         seed: Seed of the random inputs and targets.
+        dtype_policy: Run every check under this global dtype policy (e.g.
+            ``"mixed_float16"``, restored afterwards); the layer's outputs must
+            then have the policy's compute dtype and its float variables the
+            policy's variable dtype.
     """
+    if dtype_policy is not None:
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(dtype_policy)
+        try:
+            result = check_layer(
+                layer_factory,
+                input_shape,
+                tmp_path,
+                input_data=input_data,
+                atol=atol,
+                expect_trainable=expect_trainable,
+                seed=seed,
+            )
+        finally:
+            keras.config.set_dtype_policy(previous)
+        policy = keras.dtype_policies.get(dtype_policy)
+        layer = result.model.layers[-1]
+        assert result.outputs.dtype == policy.compute_dtype, (
+            f"outputs are {result.outputs.dtype}, expected {policy.compute_dtype}"
+        )
+        for variable in layer.weights:
+            if "float" in str(variable.dtype):
+                assert variable.dtype == policy.variable_dtype, (
+                    f"variable {variable.path} is {variable.dtype}, "
+                    f"expected {policy.variable_dtype}"
+                )
+        return result
     rng = np.random.default_rng(seed)
     x = input_data if input_data is not None else rng.standard_normal(input_shape).astype("float32")
 
@@ -63,9 +124,9 @@ def check_layer(
 
     # 1. Eager vs graph.
     eager = _to_numpy(layer(x, training=False))
-    graph = _to_numpy(tf.function(lambda t: layer(t, training=False))(tf.constant(x)))
+    graph = _compiled_call(layer, x)
     assert np.all(np.isfinite(eager)), "layer produced non-finite outputs"
-    np.testing.assert_allclose(eager, graph, atol=atol, err_msg="eager != tf.function output")
+    np.testing.assert_allclose(eager, graph, atol=atol, err_msg="eager != compiled output")
 
     # 2. Config round trip.
     config = layer.get_config()

@@ -13,7 +13,10 @@ from tfcompress.optimizers import Bop
 from tfcompress.quantizers import binary as Q
 
 
-@pytest.mark.parametrize("kernel_quantizer", ["magnitude_aware_sign", "ste_tern", "ttq"])
+@pytest.mark.parametrize(
+    "kernel_quantizer",
+    [pytest.param("magnitude_aware_sign", marks=pytest.mark.jax), "ste_tern", "ttq"],
+)
 def test_binary_dense_shared_checks(kernel_quantizer, tmp_path):
     result = check_layer(
         lambda: BinaryDense(6, kernel_quantizer=kernel_quantizer, input_quantizer="ste_sign"),
@@ -91,6 +94,7 @@ def test_forward_is_binary_and_matches_numpy():
     assert set(np.unique(layer.quantized_kernel())) <= {-1.0, 1.0}
 
 
+@pytest.mark.jax
 def test_latent_clip_applied_after_each_step():
     model = keras.Sequential([keras.Input((4,)), BinaryDense(3, latent_clip=0.5)])
     model.compile(optimizer=keras.optimizers.SGD(100.0), loss="mse")
@@ -177,6 +181,7 @@ def test_binarize_model_options_and_errors(trained_digits_cnn):
 # ---- Bop and FlipRatio ----
 
 
+@pytest.mark.jax
 def test_bop_flips_by_momentum_rule_and_uses_fp_optimizer():
     layer = BinaryDense(2, use_bias=True, kernel_quantizer="ste_sign", input_quantizer=None)
     layer.build((None, 3))

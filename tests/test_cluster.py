@@ -14,7 +14,11 @@ from tfcompress.transforms.cluster import cluster_model
     "factory,shape",
     [
         (lambda: ClusteredDense(6, clusters=4, name="cd"), (3, 5)),
-        (lambda: ClusteredDense(6, clusters=4, per_channel=True, sparse=True, name="cdp"), (3, 5)),
+        pytest.param(
+            lambda: ClusteredDense(6, clusters=4, per_channel=True, sparse=True, name="cdp"),
+            (3, 5),
+            marks=pytest.mark.jax,
+        ),
         (lambda: ClusteredConv2D(4, 3, clusters=8, padding="same", name="cc2"), (2, 6, 6, 3)),
         (lambda: ClusteredConv1D(4, 3, clusters=8, sparse=True, name="cc1"), (2, 7, 3)),
     ],

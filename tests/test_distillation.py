@@ -100,6 +100,7 @@ def batch(digits):
 # ---------------------------------------------------------------- loss math
 
 
+@pytest.mark.jax
 @pytest.mark.parametrize("temperature", [1.0, 2.5, 8.0])
 def test_soft_target_matches_numpy(temperature):
     rng = np.random.default_rng(0)
@@ -133,6 +134,7 @@ def test_soft_target_gradient_matches_numpy():
     np.testing.assert_allclose(grad, expected, atol=1e-6)
 
 
+@pytest.mark.jax
 def test_soft_target_agrees_with_keras_logits_distillation():
     rng = np.random.default_rng(2)
     t, s = (
@@ -148,6 +150,7 @@ def test_soft_target_agrees_with_keras_logits_distillation():
     )
 
 
+@pytest.mark.jax
 def test_hint_loss_and_blend_match_numpy():
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(4, 3, 2)), rng.normal(size=(4, 3, 2))
@@ -239,6 +242,7 @@ def test_teacher_gets_no_gradient_and_runs_in_inference_mode(batch):
         np.testing.assert_array_equal(w0, w1)
 
 
+@pytest.mark.jax
 def test_hint_term_matches_reference(batch):
     x, y = batch
     teacher, student = teacher_cnn(), functional_student()
@@ -276,6 +280,7 @@ def test_reuses_keras_distillation_losses(batch):
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
+@pytest.mark.jax
 def test_alpha_and_temperature_follow_schedules(batch):
     x, y = batch
     x, y = x[:32], y[:32]
@@ -350,6 +355,7 @@ def test_config_round_trip():
 # ---------------------------------------------------------------- errors
 
 
+@pytest.mark.jax
 def test_bad_arguments_raise_clear_errors():
     teacher = teacher_cnn()
     with pytest.raises(ValueError, match=r"`temperature` must be > 0.*-1"):
@@ -473,6 +479,7 @@ def test_composes_with_tfcompress_quantizer_layers(batch):
     assert all(np.abs(a - b).max() > 0 for a, b in zip(before, after))
 
 
+@pytest.mark.jax
 def test_composes_with_gradual_pruning_and_lr_rewinding(batch):
     x, y = batch
     keras.utils.set_random_seed(3)

@@ -17,6 +17,7 @@ def _numpy(x):
 
 
 # --- shared checks --------------------------------------------------------
+@pytest.mark.jax
 def test_lowrank_dense_layer_checks(tmp_path):
     check_layer(lambda: LowRankDense(6, rank=3, activation="relu"), (4, 10), tmp_path)
 
@@ -63,6 +64,7 @@ def _built_dense(units, rank, input_dim):
     return layer
 
 
+@pytest.mark.jax
 def test_true_rank_matrix_is_reproduced_to_float_precision():
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((48, 6)) @ rng.standard_normal((6, 32))).astype("float32")

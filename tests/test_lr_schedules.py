@@ -67,6 +67,7 @@ def test_one_cycle_matches_numpy():
     assert v[100] == pytest.approx(1e-4) and v.argmax() == 25
 
 
+@pytest.mark.jax
 def test_pure_functions_work_on_step_tensors():
     step = keras.ops.convert_to_tensor(37, "int64")
     assert float(warmup_cosine(step, 1.0, 50, 10)) == pytest.approx(
@@ -126,6 +127,7 @@ def test_schedules_train_a_model_and_round_trip_in_keras_file(digits, tmp_path):
     assert float(loaded.optimizer.learning_rate) == pytest.approx(expected_lr)
 
 
+@pytest.mark.jax
 @pytest.mark.parametrize(
     "schedule",
     [
@@ -211,6 +213,7 @@ def test_mask_update_steps_duck_typing():
         mask_update_steps(object(), 10)
 
 
+@pytest.mark.jax
 def test_rewinding_callback_restarts_at_pruning_steps(small):
     base = WarmupCosine(0.1, decay_steps=4, warmup_steps=2)
     callback = LearningRateRewinding(base, pruning=FakePruning(), restart_steps=[11])

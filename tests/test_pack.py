@@ -15,7 +15,7 @@ from tfcompress.packing import PackFormatError, dumps, loads
 def _pruned(model, fraction=0.8):
     for layer in model.layers:
         if hasattr(layer, "kernel"):
-            k = np.asarray(layer.kernel)
+            k = keras.ops.convert_to_numpy(layer.kernel).copy()  # writable on every backend
             k[np.abs(k) < np.quantile(np.abs(k), fraction)] = 0
             layer.kernel.assign(k)
     return model

@@ -40,10 +40,13 @@ class _Recorder(keras.callbacks.Callback):
         self.variable, self.seen = variable, {}
 
     def on_train_batch_begin(self, batch, logs=None):
+        if keras.backend.backend() == "jax":
+            self.model.jax_state_sync()  # the JAX trainer keeps state outside variables
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         self.seen[step] = _zeros(self.variable)
 
 
+@pytest.mark.jax
 @pytest.mark.parametrize(
     "granularity, units",
     [("unstructured", 16 * 32), ("block", 16 * 32 // 4), ("channel", 32), ("2:4", 16 * 32)],
@@ -194,6 +197,7 @@ def test_interrupted_run_resumed_with_backup_and_restore_matches_uninterrupted(t
     assert _zeros(resumed.get_layer("d1").kernel) == pytest.approx(0.7, abs=1 / 512)
 
 
+@pytest.mark.jax
 def test_errors_are_raised_before_anything_changes():
     with pytest.raises(ValueError, match="target_sparsity"):
         GradualPruning(1.0)
@@ -241,6 +245,7 @@ def test_errors_are_raised_before_anything_changes():
     assert all(w.constraint is None for w in model.weights)
 
 
+@pytest.mark.jax
 def test_taylor_channel_pruning_uses_gradients():
     model = _mlp()
     x, y = _data()
@@ -259,6 +264,7 @@ def test_taylor_channel_pruning_uses_gradients():
     assert np.all(bias[np.all(kernel == 0, axis=0)] == 0)  # channel pruning masks the bias too
 
 
+@pytest.mark.jax
 @pytest.mark.parametrize(
     "callback",
     [
@@ -312,6 +318,7 @@ def test_prunable_weights_hook_on_a_custom_layer():
     assert _zeros(layer.b) == 0.5 and _zeros(layer.a) == 0.0
 
 
+@pytest.mark.jax
 def test_dynamic_sparse_training_keeps_sparsity_and_moves_connections():
     model = _mlp()
     x, y = _data()

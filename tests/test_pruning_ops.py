@@ -14,6 +14,8 @@ from tfcompress.ops.pruning import (
 )
 from tfcompress.schedules import ConstantSparsity, PolynomialSparsity
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also in the JAX subset
+
 
 def _weight(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

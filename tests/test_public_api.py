@@ -66,6 +66,7 @@ EXPECTED_QUANT_LAYERS = {
     "QuantConv2D",
     "QuantDepthwiseConv2D",
     "QuantDense",
+    "QuantizeOutput",
 }
 
 

@@ -45,7 +45,13 @@ LAYER_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+JAX_CASES = ("dense_lsq",)  # learned-range quantizers: the stateful path
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.jax) if c in JAX_CASES else c for c in sorted(LAYER_CASES)],
+)
 def test_shared_layer_checks(case, tmp_path):
     factory, shape = LAYER_CASES[case]
     result = check_layer(factory, shape, tmp_path, atol=1e-5, expect_trainable=case != "activation")

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tfcompress as tfc
 from tfcompress.ops import quantization as q
@@ -13,6 +12,8 @@ from tfcompress.quantizers import (
     MovingAverageQuantizer,
     PACTQuantizer,
 )
+
+pytestmark = pytest.mark.jax  # backend-agnostic: also in the JAX subset
 
 
 def np_fake_quant(x, lo, hi, bits, narrow):
@@ -28,17 +29,28 @@ def np_fake_quant(x, lo, hi, bits, narrow):
 
 
 def value_and_grad(fn, *tensors):
+    """fn(*tensors), and the gradients of sum(out * w) for fixed weights w, on TF or JAX."""
+    out_shape = tuple(keras.ops.convert_to_numpy(fn(*tensors)).shape)
+    weights = np.linspace(0.5, 1.5, int(np.prod(out_shape))).reshape(out_shape)
+    w = weights.astype("float32")
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def loss(*args):
+            out = fn(*args)
+            return keras.ops.sum(out * keras.ops.cast(w, out.dtype)), out
+
+        grads, out = jax.grad(loss, argnums=tuple(range(len(tensors))), has_aux=True)(
+            *[keras.ops.convert_to_tensor(t) for t in tensors]
+        )
+        return np.asarray(out), [np.asarray(g) for g in grads], weights
+    import tensorflow as tf
+
     variables = [tf.Variable(t) for t in tensors]
     with tf.GradientTape() as tape:
         out = fn(*variables)
-        loss = tf.reduce_sum(
-            out
-            * tf.constant(
-                np.linspace(0.5, 1.5, int(np.prod(out.shape))).reshape(out.shape), out.dtype
-            )
-        )
+        loss = tf.reduce_sum(out * tf.constant(w, out.dtype))
     grads = tape.gradient(loss, variables)
-    weights = np.linspace(0.5, 1.5, int(np.prod(out.shape))).reshape(out.shape)
     return out.numpy(), [None if g is None else g.numpy() for g in grads], weights
 
 

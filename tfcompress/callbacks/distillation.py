@@ -201,6 +201,7 @@ class DistillationTeacher(keras.callbacks.Callback):
         self.hints = pairs
         self.hint_weight = float(hint_weight)
         self._installed: dict[str, Any] | None = None
+        self._traced_step: Any = None
 
     # ----------------------------------------------------------------- set-up
 
@@ -217,7 +218,7 @@ class DistillationTeacher(keras.callbacks.Callback):
     def _check_schedules(self) -> None:
         epochs = (self.params or {}).get("epochs") or 1
         steps = (self.params or {}).get("steps") or 1
-        start = int(self.model.optimizer.iterations.numpy())
+        start = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         end = start + epochs * steps
         count = min(_SCHEDULE_CHECK_POINTS, end - start + 1)
         points = sorted(
@@ -302,7 +303,44 @@ class DistillationTeacher(keras.callbacks.Callback):
 
         model.compute_loss = compute_loss
         model._compute_loss_has_training_arg = True
+        if keras.backend.backend() == "jax" and (
+            callable(self.temperature) or callable(self.alpha)
+        ):
+            self._capture_jax_step(model)
         model.make_train_function(force=True)
+
+    def _capture_jax_step(self, model: keras.Model) -> None:
+        """Lets schedules see the step inside the compiled JAX train step.
+
+        The JAX trainer passes the optimizer's state to ``compute_loss_and_updates``
+        as arguments; ``optimizer.iterations`` itself is emptied during ``fit``
+        (and would be a compile-time constant). Wrapping that (public) method
+        picks the traced step out of its ``optimizer_variables``.
+        """
+        index = next(
+            (i for i, v in enumerate(model.optimizer.variables) if v is model.optimizer.iterations),
+            None,
+        )
+        if index is None:
+            raise ValueError(
+                "alpha/temperature schedules on the JAX backend need the optimizer's "
+                f"`iterations` among its variables; {type(model.optimizer).__name__} hides "
+                "it. Pass numbers instead of schedules."
+            )
+        original = model.compute_loss_and_updates
+        self._installed["own_compute_loss_and_updates"] = model.__dict__.get(
+            "compute_loss_and_updates"
+        )
+
+        def compute_loss_and_updates(*args: Any, **kwargs: Any) -> Any:
+            optimizer_variables = kwargs.get("optimizer_variables")
+            self._traced_step = None if optimizer_variables is None else optimizer_variables[index]
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._traced_step = None
+
+        model.compute_loss_and_updates = compute_loss_and_updates
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self._restore()
@@ -317,6 +355,12 @@ class DistillationTeacher(keras.callbacks.Callback):
         else:
             model.compute_loss = own
         model._compute_loss_has_training_arg = self._installed["has_training_arg"]
+        if "own_compute_loss_and_updates" in self._installed:
+            own = self._installed["own_compute_loss_and_updates"]
+            if own is None:
+                model.__dict__.pop("compute_loss_and_updates", None)
+            else:
+                model.compute_loss_and_updates = own
         model.train_function = None  # the next fit builds a plain one
         self._installed = None
 
@@ -324,7 +368,10 @@ class DistillationTeacher(keras.callbacks.Callback):
 
     def _value(self, value: Scalar) -> Any:
         if callable(value):
-            return ops.cast(value(self.model.optimizer.iterations), "float32")
+            step = self._traced_step
+            if step is None:
+                step = self.model.optimizer.iterations
+            return ops.cast(value(step), "float32")
         return value
 
     def _add_teacher(

@@ -15,6 +15,7 @@ from typing import Any
 
 import keras
 
+from tfcompress.callbacks.backend_state import StepTracker, sync_state
 from tfcompress.schedules.learning_rate import (
     _deserialize_schedule,
     _serialize_schedule,
@@ -118,6 +119,7 @@ class LearningRateRewinding(keras.callbacks.Callback):
         self.pruning = pruning
         self._restarts: tuple[int, ...] = self.restart_steps
         self._last_rate: float | None = None
+        self._steps = StepTracker()
 
     @property
     def restarts(self) -> tuple[int, ...]:
@@ -141,13 +143,17 @@ class LearningRateRewinding(keras.callbacks.Callback):
         if self.pruning is not None:
             epochs = self.params.get("epochs") or 1
             steps = self.params.get("steps") or 0
-            total = int(optimizer.iterations.numpy()) + epochs * steps
+            total = StepTracker.read(self.model) + epochs * steps
             restarts |= set(mask_update_steps(self.pruning, total))
         self._restarts = tuple(sorted(restarts))
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._steps.reset()
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        rate = self.rate_at(int(self.model.optimizer.iterations.numpy()))
+        rate = self.rate_at(self._steps.step(self.model, batch))
         if rate != self._last_rate:
+            sync_state(self.model)  # on JAX, so that the assignment reaches the step
             self.model.optimizer.learning_rate = rate
             self._last_rate = rate
 

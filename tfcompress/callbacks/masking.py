@@ -6,6 +6,12 @@ after its update inside the compiled step, so the mask costs one multiply per
 weight per step and no Python per batch. Callbacks only assign new mask values
 on their schedule.
 
+On the JAX backend the optimizer reads a mask that is not model state as a
+constant of the compiled step, so there the train function is rebuilt after
+each mask update (one recompilation per update: choose ``frequency``
+accordingly), and weights are read and assigned after syncing the trainer's
+state (see :mod:`tfcompress.callbacks.backend_state`).
+
 Resuming needs no extra state in checkpoints: pruned weights are exactly zero
 in the model (the constraint guarantees it), so the masks are re-derived from
 the zeros of the restored weights, and the step is ``optimizer.iterations``;
@@ -16,16 +22,39 @@ waits for the first batch, after every callback's ``on_train_begin`` (so
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
+from tfcompress.callbacks.backend_state import StepTracker, is_jax, sync_state
 from tfcompress.ops.prunable import LayerSelector, PrunableWeight, find_prunable
 from tfcompress.ops.pruning import matrix_view
 
 __all__ = ["MaskConstraint", "MaskedTraining", "serialize_layers"]
+
+
+# Layers that map a channel that is zero everywhere to zero everywhere.
+_ZERO_KEEPING = (
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.Identity,
+)
+
+
+def _zero_preserving(activation: Any) -> bool:
+    return activation is None or getattr(activation, "__name__", None) in (
+        "linear",
+        "relu",
+        "relu6",
+    )
 
 
 class MaskConstraint(keras.constraints.Constraint):
@@ -73,6 +102,27 @@ def deserialize_layers(config: Any) -> LayerSelector:
     return [deserialize_layers(item) for item in config]
 
 
+def _mask_variable(model: keras.Model, variable: Any) -> keras.Variable:
+    """A 0/1 mask for ``variable``, created where the model's variables live.
+
+    ``fit`` calls ``on_train_begin`` outside the model's ``tf.distribute``
+    strategy scope; entering it makes the mask a mirrored variable with a copy
+    on every replica, next to the weight it constrains. Masks are only
+    assigned from the callback (cross-replica context, which writes every
+    copy); ``only_first_replica`` keeps any write from a replica consistent.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        return keras.Variable(
+            np.ones(tuple(variable.shape), np.float32),
+            trainable=False,
+            dtype=variable.dtype,
+            aggregation="only_first_replica",
+            name=f"{variable.name}_mask",
+        )
+
+
 class MaskedTraining(keras.callbacks.Callback):
     """Base callback: attaches masks for the length of a ``fit`` and reports sparsity.
 
@@ -95,10 +145,14 @@ class MaskedTraining(keras.callbacks.Callback):
         self._constrained: list[Any] = []
         self._synced = False
         self._sparsities: list[float] = []
-        # Channel pruning also masks the bias of removed channels, so a pruned
-        # channel outputs exactly activation(0) and shrink_model can drop it.
+        # Channel pruning also masks the bias of removed channels (and the
+        # BatchNorm/depthwise channels after them), so a pruned channel is
+        # exactly activation(0) or zero and shrink_model can drop it.
         self.mask_bias = False
-        self._bias_masks: list[tuple[Any, keras.Variable, int] | None] = []
+        # (variable, its mask, target index, channel axis) for channel followers.
+        self._bias_masks: list[tuple[Any, keras.Variable, int, int]] = []
+        self._jax = False
+        self._steps = StepTracker()
 
     # --- hooks for subclasses
     def validate_targets(self, targets: list[PrunableWeight]) -> None:
@@ -112,7 +166,12 @@ class MaskedTraining(keras.callbacks.Callback):
         """Called before the train step ``step`` (``optimizer.iterations``)."""
 
     # --- machinery
+    def sync_state(self) -> None:
+        """Puts the JAX trainer's state back into the variables (no-op on TensorFlow)."""
+        sync_state(self.model)
+
     def weight_values(self) -> list[np.ndarray]:
+        self.sync_state()
         return [np.asarray(keras.ops.convert_to_numpy(t.variable)) for t in self.targets]
 
     def zero_masks(self) -> list[np.ndarray]:
@@ -121,6 +180,8 @@ class MaskedTraining(keras.callbacks.Callback):
 
     def set_masks(self, masks: Sequence[np.ndarray]) -> None:
         """Assigns new masks and zeroes the newly pruned weights at once."""
+        # On JAX, a synced trainer re-reads every variable before the next step.
+        self.sync_state()
         self._sparsities = []
         for target, variable, mask in zip(self.targets, self.masks, masks):
             mask = np.asarray(mask, np.float32)
@@ -128,21 +189,22 @@ class MaskedTraining(keras.callbacks.Callback):
             value = np.asarray(keras.ops.convert_to_numpy(target.variable))
             target.variable.assign((value * mask).astype(value.dtype))
             self._sparsities.append(float(1.0 - mask.mean()) if mask.size else 0.0)
-        for index, entry in enumerate(self._bias_masks):
-            if entry is None:
-                continue
-            bias, bias_mask, _ = entry
+        for variable, follower_mask, index, axis in self._bias_masks:
             target = self.targets[index]
             keep = matrix_view(np.asarray(masks[index]), target.channel_axes).any(axis=0)
-            bias_mask.assign(keep.astype(keras.backend.standardize_dtype(bias_mask.dtype)))
-            value = np.asarray(keras.ops.convert_to_numpy(bias))
-            bias.assign((value * keep).astype(value.dtype))
+            shape = [1] * len(variable.shape)
+            shape[axis] = keep.size
+            full = np.broadcast_to(keep.reshape(shape), tuple(variable.shape))
+            dtype = keras.backend.standardize_dtype(follower_mask.dtype)
+            follower_mask.assign(full.astype(dtype))
+            value = np.asarray(keras.ops.convert_to_numpy(variable))
+            variable.assign((value * full).astype(value.dtype))
+        if self._jax:
+            # The compiled JAX step holds the masks as constants: trace anew.
+            self.model.make_train_function(force=True)
 
     def current_step(self) -> int:
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            raise ValueError(f"{type(self).__name__} needs a compiled model (an optimizer)")
-        return int(keras.ops.convert_to_numpy(optimizer.iterations))
+        return StepTracker.read(self.model)
 
     def sparsity_logs(self) -> dict[str, float]:
         """``{"sparsity": overall, "sparsity/<layer>": ...}`` for the masked weights."""
@@ -161,18 +223,60 @@ class MaskedTraining(keras.callbacks.Callback):
         logs["sparsity"] = float(np.dot(self._sparsities, sizes) / max(1, sum(sizes)))
         return logs
 
-    def _channel_bias(self, target: PrunableWeight) -> Any:
-        bias = getattr(target.layer, "bias", None)
-        if (
-            not self.mask_bias
-            or target.channel_axes is None
-            or not isinstance(bias, keras.Variable)
-        ):
-            return None
+    def _channel_followers(self, target: PrunableWeight) -> list[tuple[Any, int]]:
+        """Variables whose channels go with ``target``'s pruned output channels.
+
+        ``(variable, channel axis)`` pairs: the layer's own bias, and along a
+        single-consumer chain of zero-preserving per-channel layers the
+        BatchNormalization scale/offset and depthwise kernel/bias of the same
+        channel, so a pruned channel is exactly zero until the next layer that
+        mixes channels (``shrink_model`` then removes the whole chain).
+        """
+        if not self.mask_bias or target.channel_axes is None:
+            return []
         channels = int(np.prod([target.variable.shape[a] for a in target.channel_axes]))
-        return bias if tuple(bias.shape) == (channels,) else None
+        found: list[tuple[Any, int]] = []
+
+        def take(variable: Any, axis: int = -1) -> None:
+            if isinstance(variable, keras.Variable) and variable.shape[axis] == channels:
+                found.append((variable, axis % len(variable.shape)))
+
+        layer = target.layer
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, keras.Variable) and tuple(bias.shape) == (channels,):
+            take(bias)
+        if target.channel_axes != (-1,) or not _zero_preserving(getattr(layer, "activation", None)):
+            return found
+        while True:
+            nodes = getattr(layer, "_outbound_nodes", [])
+            if len(nodes) != 1:
+                return found
+            layer = nodes[0].operation
+            if isinstance(layer, keras.layers.BatchNormalization):
+                try:
+                    rank = len(layer.input.shape)
+                except (AttributeError, ValueError):  # no single input: leave it alone
+                    return found
+                if layer.gamma is None or layer.axis not in (-1, rank - 1):
+                    return found
+                take(layer.gamma)
+                take(layer.beta)
+            elif isinstance(layer, keras.layers.DepthwiseConv2D):
+                if layer.depth_multiplier != 1 or not _zero_preserving(layer.activation):
+                    return found
+                take(layer.kernel, -2)
+                take(layer.bias)
+            elif isinstance(layer, keras.layers.ReLU):
+                if layer.get_config().get("threshold"):
+                    return found
+            elif isinstance(layer, keras.layers.Activation):
+                if not _zero_preserving(layer.activation):
+                    return found
+            elif not isinstance(layer, _ZERO_KEEPING):
+                return found
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self._jax = is_jax()
         targets = find_prunable(self.model, self.layers)
         self.validate_targets(targets)
         self.targets = targets
@@ -180,20 +284,16 @@ class MaskedTraining(keras.callbacks.Callback):
         self._saved_constraints = []
         self._bias_masks = []
         self._constrained = []
-        attach = [(t.variable, t) for t in targets]
+        attach: list[tuple[Any, Any]] = [(t.variable, t) for t in targets]
+        taken = {id(t.variable) for t in targets}
         for index, target in enumerate(targets):
-            bias = self._channel_bias(target)
-            self._bias_masks.append(None)
-            if bias is not None:
-                attach.append((bias, index))
+            for variable, axis in self._channel_followers(target):
+                if id(variable) not in taken:  # a variable follows one target only
+                    taken.add(id(variable))
+                    attach.append((variable, (index, axis)))
         for variable, owner in attach:
-            mask = keras.Variable(
-                np.ones(tuple(variable.shape), np.float32),
-                trainable=False,
-                dtype=variable.dtype,
-                name=f"{variable.name}_mask",
-            )
-            if not isinstance(owner, int):
+            mask = _mask_variable(self.model, variable)
+            if isinstance(owner, PrunableWeight):
                 self.masks.append(mask)
             self._constrained.append(variable)
             inner = variable.constraint
@@ -202,14 +302,17 @@ class MaskedTraining(keras.callbacks.Callback):
                 inner = inner.inner
             self._saved_constraints.append(inner)
             variable.constraint = MaskConstraint(mask, inner)
-            if isinstance(owner, int):
-                self._bias_masks[owner] = (variable, mask, owner)
+            if not isinstance(owner, PrunableWeight):
+                self._bias_masks.append((variable, mask, *owner))
         # The optimizer reads constraints when the step is traced: trace anew once.
         self.model.make_train_function(force=True)
         self._synced = False
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._steps.reset()
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        step = self.current_step()
+        step = self._steps.step(self.model, batch)
         if not self._synced:
             # After every on_train_begin: BackupAndRestore has restored weights.
             masks = self.initial_masks(step)

@@ -82,7 +82,10 @@ class GradualPruning(MaskedTraining):
             ``frequency`` steps from ``begin_step`` to ``end_step``, or forever
             if it is None).
         granularity: ``"unstructured"``, ``"block"`` (see ``block_shape``),
-            ``"channel"`` (whole output channels/filters) or ``"N:M"`` such as
+            ``"channel"`` (whole output channels/filters, with their bias and,
+            along a single-consumer chain, the BatchNorm scale/offset and
+            depthwise channel that follow, so the channel is exactly zero and
+            ``shrink_model`` removes it all) or ``"N:M"`` such as
             ``"2:4"`` (N non-zeros in every M consecutive weights along the
             input dimension).
         scope: ``"layer"`` (each weight reaches the target) or ``"global"``
@@ -257,9 +260,10 @@ class GradualPruning(MaskedTraining):
             sparsity = min(sparsity, self.granularity.max_sparsity)
         gradients = None
         if self.criterion.needs_gradients:
-            from tfcompress.ops.tf.gradients import loss_gradients
+            from tfcompress.ops.gradients import loss_gradients
 
             x, y = _gradient_batch(self.data, step // self.frequency)
+            self.sync_state()
             gradients = loss_gradients(self.model, [t.variable for t in self.targets], x, y)
         return compute_masks(
             self.weight_values(),

@@ -131,10 +131,11 @@ class DynamicSparseTraining(MaskedTraining):
     def on_step(self, step: int) -> None:
         if step == 0 or step >= self._end or step % self.update_frequency:
             return
-        from tfcompress.ops.tf.gradients import loss_gradients
+        from tfcompress.ops.gradients import loss_gradients
 
         x, y = _gradient_batch(self.data, step // self.update_frequency)
         variables = [t.variable for t in self.targets]
+        self.sync_state()
         gradients = loss_gradients(self.model, variables, x, y)
         fraction = self.drop_fraction_at(step)
         masks = [

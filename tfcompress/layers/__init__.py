@@ -18,6 +18,7 @@ from tfcompress.layers.binary_packed import freeze_binary
 from tfcompress.layers.binary_packed import unfreeze_binary
 from tfcompress.layers.lowrank import LowRankDense
 from tfcompress.layers.lowrank_conv import LowRankConv2D
+from tfcompress.layers.quant_activation import QuantizeOutput
 
 __all__: list[str] = [
     "BinaryConv2D",
@@ -37,4 +38,5 @@ __all__: list[str] = [
     "unfreeze_binary",
     "LowRankDense",
     "LowRankConv2D",
+    "QuantizeOutput",
 ]

@@ -92,3 +92,61 @@ class FoldedBatchNorm(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizeOutput(keras.layers.Wrapper):
+    """Runs a layer that has no quantizer of its own, then fake-quantizes its output.
+
+    ``quantize_model`` wraps ``Add``, ``Concatenate``-free merges and average
+    pooling in it: TFLite needs a range on their outputs to run them in int8
+    (``ADD``, ``MEAN``, ``AVERAGE_POOL_2D``); without one the graph falls back
+    to float around them.
+
+    Args:
+        layer: The wrapped Keras layer (built or not).
+        quantizer: The output quantizer (preset name, config or
+            :class:`~tfcompress.quantizers.Quantizer`); default
+            ``"int8_activation"``.
+        **kwargs: Base layer arguments (``name``, ...).
+
+    Returns:
+        Called on the wrapped layer's inputs, its fake-quantized output.
+
+    Raises:
+        ValueError: For an unknown quantizer name, or ``quantizer=None``.
+
+    Example:
+        >>> add = QuantizeOutput(keras.layers.Add(), name="block_add")
+        >>> y = add([keras.random.normal((2, 4)), keras.random.normal((2, 4))])
+    """
+
+    is_quantization_aware = True
+
+    def __init__(self, layer: keras.layers.Layer, quantizer: Any = "int8_activation", **kwargs):
+        super().__init__(layer, **kwargs)
+        self.quantizer = quantizers_module.get(quantizer, "quantizer")
+        if self.quantizer is None:
+            raise ValueError("quantizer=None: QuantizeOutput needs a quantizer")
+        self._quantizer_state = {}
+
+    def build(self, input_shape) -> None:
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        output_shape = self.layer.compute_output_shape(input_shape)
+        self._quantizer_state["activation"] = self.quantizer.build(
+            self, tuple(output_shape), "activation"
+        )
+        self.built = True
+
+    def call(self, inputs, training=None):
+        outputs = self.layer(inputs)
+        return self.quantizer(outputs, self._quantizer_state["activation"], training=bool(training))
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["quantizer"] = quantizers_module.serialize(self.quantizer)
+        return config

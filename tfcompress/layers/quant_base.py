@@ -7,7 +7,10 @@ quantizers:
 * ``input_quantizer``: fake-quantizes the layer's input (needed where the
   input does not come from another quantized layer, e.g. the model's input);
 * ``kernel_quantizer``: fake-quantizes the kernel before it is used;
-* ``activation_quantizer``: fake-quantizes the output, after the activation.
+* ``activation_quantizer``: fake-quantizes the output, after the activation
+  when TFLite fuses that activation into the int8 op (linear, ReLU, ReLU6),
+  before it otherwise (softmax, sigmoid, tanh, ...: TFLite runs those on the
+  dequantized output, so the int8 op needs the range of its own output).
 
 Quantizer state (moving ranges, learned steps) is created on the layer through
 ``quantizer.build(layer, shape, name)``, so it is tracked, trained and saved.
@@ -55,8 +58,8 @@ class QuantizedLayerMixin:
     def _kernel_from_view(self, view):
         return view
 
-    def _forward(self, inputs, kernel):
-        """The float layer's computation with ``kernel``: bias and activation included."""
+    def _forward(self, inputs, kernel, activation):
+        """The float layer's computation with ``kernel``: bias, then ``activation`` if any."""
         raise NotImplementedError
 
     # -- build / call --------------------------------------------------------------
@@ -89,8 +92,11 @@ class QuantizedLayerMixin:
 
     def call(self, inputs, training=None):
         x = self._quantize("input", inputs, training)
-        outputs = self._forward(x, self.quantized_kernel(training))
-        return self._quantize("activation", outputs, training)
+        if fused_activation(self.activation):
+            outputs = self._forward(x, self.quantized_kernel(training), self.activation)
+            return self._quantize("activation", outputs, training)
+        outputs = self._forward(x, self.quantized_kernel(training), None)
+        return self.activation(self._quantize("activation", outputs, training))
 
     def initialize_quantizers(self) -> None:
         """Re-derives the kernel quantizer's state from the current kernel.
@@ -134,6 +140,16 @@ class QuantizedLayerMixin:
 
     def load_own_variables(self, store) -> None:
         keras.layers.Layer.load_own_variables(self, store)
+
+
+_FUSED = ("linear", "relu", "relu6")
+
+
+def fused_activation(activation) -> bool:
+    """Whether TFLite fuses ``activation`` into an int8 conv/fully-connected op."""
+    if activation is None:
+        return True
+    return getattr(activation, "__name__", None) in _FUSED
 
 
 def reshape_bias(bias, rank: int, channels: int, data_format: str):

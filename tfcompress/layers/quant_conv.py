@@ -20,7 +20,8 @@ _QUANTIZER_DOC = """
             channel (axis -1), as TFLite's int8 convolutions expect.
         input_quantizer: Quantizer for the input, e.g. ``"int8_activation"``
             when the input does not come from another quantized layer.
-        activation_quantizer: Quantizer for the output after the activation
+        activation_quantizer: Quantizer for the output, after the activation
+            when TFLite fuses it (linear, ReLU, ReLU6), before it otherwise
             (default ``"int8_activation"``: moving-average range).
 
     Raises:
@@ -34,7 +35,7 @@ class _QuantConv(QuantizedLayerMixin):
         super().build(input_shape)
         self._build_quantizers(input_shape)
 
-    def _forward(self, inputs, kernel):
+    def _forward(self, inputs, kernel, activation):
         padding = self.padding
         if padding == "causal":
             inputs = ops.pad(inputs, self._compute_causal_padding())
@@ -51,8 +52,8 @@ class _QuantConv(QuantizedLayerMixin):
             outputs = ops.add(
                 outputs, reshape_bias(self.bias, self.rank, self.filters, self.data_format)
             )
-        if self.activation is not None:
-            outputs = self.activation(outputs)
+        if activation is not None:
+            outputs = activation(outputs)
         return outputs
 
     def get_config(self) -> dict[str, Any]:
@@ -256,7 +257,7 @@ class QuantDepthwiseConv2D(QuantizedLayerMixin, keras.layers.DepthwiseConv2D):
     def _kernel_from_view(self, view):
         return ops.reshape(view, self.kernel.shape)
 
-    def _forward(self, inputs, kernel):
+    def _forward(self, inputs, kernel, activation):
         outputs = ops.depthwise_conv(
             inputs,
             kernel,
@@ -270,8 +271,8 @@ class QuantDepthwiseConv2D(QuantizedLayerMixin, keras.layers.DepthwiseConv2D):
             outputs = ops.add(
                 outputs, reshape_bias(self.bias, self.rank, channels, self.data_format)
             )
-        if self.activation is not None:
-            outputs = self.activation(outputs)
+        if activation is not None:
+            outputs = activation(outputs)
         return outputs
 
     def get_config(self) -> dict[str, Any]:

@@ -31,8 +31,10 @@ class QuantDense(QuantizedLayerMixin, keras.layers.Dense):
             rejects per-channel ranges on ``FULLY_CONNECTED`` weights).
         input_quantizer: Quantizer for the input, e.g. ``"int8_activation"``
             when the input does not come from another quantized layer.
-        activation_quantizer: Quantizer for the output after the activation.
-            Default ``"int8_activation"`` (moving-average range).
+        activation_quantizer: Quantizer for the output, after the activation
+            when TFLite fuses it (linear, ReLU, ReLU6), before it otherwise
+            (softmax, sigmoid, ...). Default ``"int8_activation"``
+            (moving-average range).
 
     Returns:
         Called on a tensor, the (fake-quantized) output, as ``Dense`` would.
@@ -88,12 +90,12 @@ class QuantDense(QuantizedLayerMixin, keras.layers.Dense):
         super().build(input_shape)
         self._build_quantizers(input_shape)
 
-    def _forward(self, inputs, kernel):
+    def _forward(self, inputs, kernel, activation):
         outputs = ops.matmul(inputs, kernel)
         if self.bias is not None:
             outputs = ops.add(outputs, self.bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
+        if activation is not None:
+            outputs = activation(outputs)
         return outputs
 
     def get_config(self) -> dict[str, Any]:

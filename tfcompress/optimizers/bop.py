@@ -114,11 +114,13 @@ class Bop(keras.optimizers.Optimizer):
         m = self._momentums[self._get_variable_index(variable)]
         m_new = (1.0 - gamma) * m + gamma * gradient
         self.assign(m, m_new)
+        # A plain tensor: JAX's where() refuses a Keras Variable.
+        w = ops.convert_to_tensor(variable)
         flip = ops.logical_and(
             ops.greater(ops.abs(m_new), self.threshold),
-            ops.equal(ops.greater_equal(m_new, 0), ops.greater_equal(variable, 0)),
+            ops.equal(ops.greater_equal(m_new, 0), ops.greater_equal(w, 0)),
         )
-        self.assign(variable, ops.where(flip, -variable, variable))
+        self.assign(variable, ops.where(flip, -w, w))
 
     @property
     def variables(self) -> list:

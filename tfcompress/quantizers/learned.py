@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from tfcompress.ops import quantization as q
+from tfcompress.ops.replicas import replica_max, replica_mean
 from tfcompress.quantizers.base import Quantizer
 
 __all__ = ["LSQQuantizer", "PACTQuantizer"]
@@ -21,6 +22,8 @@ def _ready_variable(layer, name):
         initializer="zeros",
         trainable=False,
         dtype="float32",
+        # Quantizer state stays float32 under mixed precision (no autocast).
+        autocast=False,
     )
 
 
@@ -86,6 +89,8 @@ class LSQQuantizer(Quantizer):
             initializer="ones",
             trainable=True,
             dtype="float32",
+            # Ranges stay float32 under mixed precision (no autocast to float16).
+            autocast=False,
         )
         return {"step": step, "ready": _ready_variable(layer, name)}
 
@@ -104,11 +109,13 @@ class LSQQuantizer(Quantizer):
         state["ready"].assign(1.0)
 
     def _step(self, x, state, training):
-        step = state["step"]
+        step = ops.convert_to_tensor(state["step"])
         if training:
             initial = q.lsq_initial_step(
                 ops.stop_gradient(ops.cast(x, "float32")), self.qmax, self._axis(x)
             )
+            # Same initial step on every tf.distribute replica (mean of means).
+            initial = replica_mean(initial)
             ready = state["ready"] > 0
             step = ops.where(ready, step, initial)
             state["step"].assign(ops.stop_gradient(step))
@@ -131,7 +138,12 @@ class LSQQuantizer(Quantizer):
             # batch dimension is left out, as in the paper.
             known = [d for i, d in enumerate(x.shape) if d is not None and i != axis]
             grad_scale = q.lsq_grad_scale(math.prod(known) if known else 1, self.qmax)
-            return q.lsq_fake_quant(x, self._broadcast(step, x), self.qmin, self.qmax, grad_scale)
+            # In float32 whatever the input dtype (mixed precision): the step
+            # and its gradient stay float32 like the variable.
+            quantized = q.lsq_fake_quant(
+                ops.cast(x, "float32"), self._broadcast(step, x), self.qmin, self.qmax, grad_scale
+            )
+            return ops.cast(quantized, x.dtype)
         # Inference/export: the converter-recognised op over the learned range.
         return q.fake_quant(
             x, step * self.qmin, step * self.qmax, self.bits, self.signed, self._axis(x)
@@ -192,6 +204,8 @@ class PACTQuantizer(Quantizer):
             initializer=keras.initializers.Constant(self.initial_alpha or 6.0),
             trainable=True,
             dtype="float32",
+            # Ranges stay float32 under mixed precision (no autocast to float16).
+            autocast=False,
         )
         ready = _ready_variable(layer, name)
         if self.initial_alpha is not None:
@@ -207,9 +221,10 @@ class PACTQuantizer(Quantizer):
         return 0.0, ops.maximum(state["alpha"], 1e-6)
 
     def call(self, x, state, training):
-        alpha = state["alpha"]
+        alpha = ops.convert_to_tensor(state["alpha"])
         if training:
             first = ops.maximum(ops.max(ops.stop_gradient(ops.cast(x, "float32"))), 1e-3)
+            first = replica_max(first)  # the global batch's maximum under tf.distribute
             alpha = ops.where(state["ready"] > 0, alpha, first)
             state["alpha"].assign(ops.stop_gradient(alpha))
             state["ready"].assign(1.0)

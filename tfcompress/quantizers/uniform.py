@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from tfcompress.ops import quantization as q
+from tfcompress.ops.replicas import replica_max, replica_min
 from tfcompress.quantizers.base import Quantizer
 
 __all__ = ["MinMaxQuantizer", "MovingAverageQuantizer"]
@@ -153,6 +154,8 @@ class MovingAverageQuantizer(Quantizer):
                 initializer=keras.initializers.Constant(value),
                 trainable=False,
                 dtype="float32",
+                # Ranges stay float32 under mixed precision (no autocast to float16).
+                autocast=False,
             )
 
         # Until the first training batch the range is TFMOT's default [-6, 6].
@@ -173,9 +176,12 @@ class MovingAverageQuantizer(Quantizer):
         state["ready"].assign(1.0)
 
     def call(self, x, state, training):
-        low, high = state["min"], state["max"]
+        low, high = ops.convert_to_tensor(state["min"]), ops.convert_to_tensor(state["max"])
         if training:
             batch_low, batch_high = self._batch_range(x)
+            # Under tf.distribute each replica sees part of the batch: agree on
+            # the global batch's range so every replica stores the same one.
+            batch_low, batch_high = replica_min(batch_low), replica_max(batch_high)
             ready = state["ready"] > 0
             m = self.momentum
             low = ops.where(ready, m * low + (1 - m) * batch_low, batch_low)

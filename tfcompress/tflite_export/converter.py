@@ -56,6 +56,38 @@ def is_quantization_aware(model: keras.Model) -> bool:
     return any(getattr(layer, "is_quantization_aware", False) for layer in iter_layers(model))
 
 
+@contextlib.contextmanager
+def float32_compute(model: keras.Model) -> Iterator[int]:
+    """Temporarily computes every mixed-precision layer of ``model`` in float32.
+
+    A model built under ``keras.mixed_precision`` (e.g. ``"mixed_float16"``)
+    keeps float32 variables but computes in float16, and float16 ``CONV_2D``/
+    ``FULLY_CONNECTED``/... are no TFLite builtins, so such a graph does not
+    convert. Tracing the export function with float32 compute instead gives
+    the float32 graph of the same weights (``quantization="float16"`` then
+    stores float16 weights the usual way). Policies are restored on exit.
+
+    Yields:
+        The number of layers switched (0 for a float32 model).
+    """
+    switched = []
+    for layer in [model, *iter_layers(model)]:
+        policy = getattr(layer, "dtype_policy", None)
+        if (
+            policy is not None
+            and getattr(policy, "quantization_mode", None) is None
+            and policy.variable_dtype == "float32"
+            and policy.compute_dtype != "float32"
+        ):
+            switched.append((layer, policy))
+            layer.dtype_policy = "float32"
+    try:
+        yield len(switched)
+    finally:
+        for layer, policy in switched:
+            layer.dtype_policy = policy
+
+
 def signature_specs(model: keras.Model, signature: Sequence[Any] | None = None) -> list:
     """The ``tf.TensorSpec`` list the exported function takes (batch dimension free).
 
@@ -221,7 +253,8 @@ def convert(
     if calibration_samples < 1:
         raise ValueError(f"calibration_samples must be >= 1, got {calibration_samples}")
 
-    with _native_log_capture():  # freezing runs Grappler, which logs to stderr too
+    # freezing runs Grappler, which logs to stderr too
+    with _native_log_capture(), float32_compute(model):
         function = _concrete_function(model, specs)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     if quantization is not None:

@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress._backend import require_tensorflow_backend
 from tfcompress.reporting.table import format_value
 from tfcompress.tflite_export.converter import (
     _as_input_batches,
@@ -194,6 +195,7 @@ def export(
         ...     verify_labels=data.y_test)
         >>> report.bytes, report.top1_agreement
     """
+    require_tensorflow_backend("TFLite export")
     # Validate everything before the (slow) conversion starts.
     quantization = validate_quantization(quantization)
     target = _check_path(path)

@@ -61,7 +61,7 @@ def prune_at_init(
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     targets = find_prunable(model, layers)
-    from tfcompress.ops.tf.gradients import loss_gradients
+    from tfcompress.ops.gradients import loss_gradients
 
     variables = [t.variable for t in targets]
     gradients = loss_gradients(model, variables, x, y, loss=loss)

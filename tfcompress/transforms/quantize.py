@@ -4,10 +4,14 @@ Dense, Conv1D, Conv2D and DepthwiseConv2D layers become their ``Quant*``
 twins; ``Activation``/``ReLU`` layers become :class:`QuantizeActivation`; a
 BatchNormalization right after a convolution is folded into it (int8 TFLite
 has no batch norm kernel); layers that only move values (pooling, flatten,
-reshape, dropout) keep the int8 range of their input and are left alone.
-Layers that would need their own range (Add, Concatenate, custom layers, ...)
-are left as they are and reported, so the exported graph falls back to float
-around them.
+reshape, dropout) keep the int8 range of their input and are left alone;
+``Add``/``Subtract``/``Multiply`` and average pooling get an output range
+(:class:`QuantizeOutput`), so residual networks run in int8 end to end. A
+layer whose only consumer is a quantized activation (ReLU6 after a folded
+BatchNormalization, as in MobileNetV2) gets no range of its own, so TFLite
+fuses the activation into the int8 op. Layers that would need their own range
+but have no rule (Concatenate, custom layers, ...) are left as they are and
+reported, so the exported graph falls back to float around them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import keras
 import numpy as np
 
 from tfcompress import quantizers as quantizers_module
-from tfcompress.layers.quant_activation import FoldedBatchNorm, QuantizeActivation
+from tfcompress.layers.quant_activation import (
+    FoldedBatchNorm,
+    QuantizeActivation,
+    QuantizeOutput,
+)
 from tfcompress.layers.quant_conv import QuantConv1D, QuantConv2D, QuantDepthwiseConv2D
 from tfcompress.layers.quant_dense import QuantDense
 from tfcompress.transforms.rewrite import (
@@ -64,6 +72,16 @@ _PASS_THROUGH = (
     keras.layers.Cropping2D,
     keras.layers.UpSampling2D,
 )
+# Layers that need their own output range to run in int8.
+_OUTPUT_RANGE = (
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Multiply,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+)
 _OVERRIDE_KEYS = ("weight_bits", "kernel_quantizer", "activation_quantizer", "input_quantizer")
 
 
@@ -81,8 +99,10 @@ class QuantizeConfig:
             not come from another quantized layer (e.g. the model input).
         fold_batch_norm: Fold BatchNormalization into the preceding
             convolution/Dense (when that layer has no activation).
-        quantize_activation_layers: Replace ``Activation``/``ReLU`` layers with
-            :class:`~tfcompress.layers.QuantizeActivation`.
+        quantize_activation_layers: Replace ``Activation``/``ReLU`` (plain or
+            ReLU6) layers with :class:`~tfcompress.layers.QuantizeActivation`,
+            and wrap ``Add``/``Subtract``/``Multiply``/average pooling in
+            :class:`~tfcompress.layers.QuantizeOutput`.
         overrides: ``{layer name or class (name): settings}`` where settings is
             a dict with any of ``weight_bits``, ``kernel_quantizer``,
             ``activation_quantizer``, ``input_quantizer``, or ``None`` to keep
@@ -218,17 +238,27 @@ def _fold_batch_norm(new_layer, old_layer, bn) -> None:
 
 
 def _plain_activation(layer) -> bool:
-    """An Activation layer, or a ReLU without cap, slope or threshold."""
+    """An Activation layer, or a ReLU/ReLU6 without slope or threshold."""
     if type(layer) is keras.layers.Activation:
         return True
     if type(layer) is keras.layers.ReLU:
         relu = layer.get_config()
         return (
-            relu.get("max_value") is None
+            relu.get("max_value") in (None, 6, 6.0)
             and not relu.get("negative_slope")
             and not relu.get("threshold")
         )
     return False
+
+
+def _activation_name(layer) -> Any:
+    if isinstance(layer, keras.layers.ReLU):
+        return "relu" if layer.get_config().get("max_value") is None else "relu6"
+    return layer.get_config()["activation"]
+
+
+def _consumers(layer) -> list:
+    return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
 
 
 def _kernel_variable(layer):
@@ -321,11 +351,13 @@ def quantize_model(
         is_selected = selected(layer)
         supported = type(layer) in _QUANT_CLASSES
         is_activation = config.quantize_activation_layers and _plain_activation(layer)
-        if explicit and is_selected and not (supported or is_activation):
+        needs_range = config.quantize_activation_layers and type(layer) in _OUTPUT_RANGE
+        if explicit and is_selected and not (supported or is_activation or needs_range):
             raise ValueError(
                 f"layers={layers!r} selects layer {qualified!r} of type {type(layer).__name__}, "
                 f"which quantize_model cannot quantize; supported types: "
-                f"{', '.join(c.__name__ for c in _QUANT_CLASSES)}, Activation, ReLU"
+                f"{', '.join(c.__name__ for c in (*_QUANT_CLASSES, *_OUTPUT_RANGE))}, "
+                "Activation, ReLU"
             )
         settings = _settings(layer, config, overrides)
         where = f"layer {qualified!r}"
@@ -342,7 +374,7 @@ def quantize_model(
                     settings["input_quantizer"], f"{where} input_quantizer"
                 ),
             )
-        elif is_activation and is_selected and settings is not None:
+        elif (is_activation or needs_range) and is_selected and settings is not None:
             quantizer = quantizers_module.get(
                 settings["activation_quantizer"], f"{where} activation_quantizer"
             )
@@ -369,6 +401,23 @@ def quantize_model(
             for s in log_skipped
             if not (s[1] == "BatchNormalization" and s[0].split("/")[-1] in folded_names)
         ]
+
+    # A layer feeding only a quantized activation (through a folded BN) needs
+    # no range of its own: TFLite fuses ReLU/ReLU6 into the int8 op.
+    for _, layer in leaves:
+        if id(layer) not in plans:
+            continue
+        chain = _consumers(layer)
+        if len(chain) == 1 and id(chain[0]) in folds:
+            chain = _consumers(chain[0])
+        if (
+            len(chain) == 1
+            and id(chain[0]) in activation_layers
+            and _plain_activation(chain[0])
+            and _activation_name(chain[0]) in ("relu", "relu6")
+            and plans[id(layer)].activation_quantizer is not None
+        ):
+            plans[id(layer)].activation_quantizer = None
 
     # Which outputs already carry an int8 range (so the next layer's input needs none).
     memo: dict[int, bool] = {}
@@ -421,12 +470,14 @@ def quantize_model(
             return Replacement(new, initialize)
         if key in folds:
             return Replacement(FoldedBatchNorm(name=layer.name))
+        if key in activation_layers and not _plain_activation(layer):
+            inner = type(layer).from_config({**layer.get_config(), "name": f"{layer.name}_float"})
+            return Replacement(QuantizeOutput(inner, activation_layers[key], name=layer.name))
         if key in activation_layers:
-            activation = (
-                "relu" if isinstance(layer, keras.layers.ReLU) else layer.get_config()["activation"]
-            )
             return Replacement(
-                QuantizeActivation(activation_layers[key], activation=activation, name=layer.name)
+                QuantizeActivation(
+                    activation_layers[key], activation=_activation_name(layer), name=layer.name
+                )
             )
         return None
 

@@ -7,9 +7,15 @@ The channel is removed from its producer, from every per-channel layer on its
 path, and from the inputs of the Dense/Conv layers that read it, whose bias
 absorbs the constant's contribution, so the outputs stay the same.
 
+Depthwise convolutions (depth multiplier 1) are per-channel layers: a
+removed channel goes with its depthwise kernel slice and bias, as in
+MobileNetV2's inverted residual blocks, where channel pruning (which also
+masks the BatchNorm and depthwise channels after a pruned filter) leaves the
+channel exactly zero up to the projection.
+
 A channel is kept when removing it would change an output: it reaches a model
 output or a layer that mixes channels in unknown ways (Reshape, LayerNorm,
-depthwise or grouped convolutions, ...); it is a non-zero constant entering a
+grouped convolutions, depth multipliers above 1, ...); it is a non-zero constant entering a
 ``"same"``/``"causal"``-padded convolution (its border sees padding zeros) or
 a layer without bias; or, across an ``Add``/``Multiply``/..., it is alive in
 any input (channels stay aligned across a residual add).
@@ -64,6 +70,11 @@ _MERGES = (
     keras.layers.Minimum,
     keras.layers.Multiply,
 )
+
+
+def _depthwise(layer: keras.layers.Layer) -> bool:
+    """A depthwise convolution that keeps channel c in channel c."""
+    return isinstance(layer, keras.layers.DepthwiseConv2D) and layer.depth_multiplier == 1
 
 
 @dataclasses.dataclass
@@ -179,7 +190,8 @@ def shrink_model(model: keras.Model) -> keras.Model:
     Output channels whose kernel slice and bias are all zero (what
     ``GradualPruning(granularity="channel")`` leaves) are removed from Dense
     and Conv1D/2D/3D layers, together with the matching channels of the
-    BatchNormalization, activation and pooling layers after them and the
+    BatchNormalization, activation, padding, pooling and depthwise
+    convolution layers after them and the
     matching inputs of the next Dense/Conv (after a Flatten too); the
     constant a removed channel carried is folded into the next bias, so the
     outputs equal the pruned model's within float rounding. Channels are kept
@@ -261,7 +273,7 @@ def shrink_model(model: keras.Model) -> keras.Model:
             info[out] = _Tensor(source.channels, positions, source.const.copy())
             for c in range(source.channels):
                 groups.union((node.inputs[0], c), (out, c))
-        elif isinstance(layer, _PER_CHANNEL + _MERGES) and all(
+        elif (isinstance(layer, _PER_CHANNEL + _MERGES) or _depthwise(layer)) and all(
             t.channels == channels and t.positions == 1 for t in ins
         ):
             in_shapes = [tuple(keras_tensors[k].shape) for k in node.inputs]
@@ -337,6 +349,11 @@ def shrink_model(model: keras.Model) -> keras.Model:
         elif isinstance(layer, keras.layers.BatchNormalization):
             keep = kept(node.output)
             weights[layer.name] = {k: v[keep] for k, v in _values(layer).items()}
+        elif _depthwise(layer):
+            keep = kept(node.output)
+            weights[layer.name] = {
+                k: v[..., keep, :] if v.ndim > 1 else v[keep] for k, v in _values(layer).items()
+            }
         elif layer.weights:
             weights[layer.name] = _values(layer)
 

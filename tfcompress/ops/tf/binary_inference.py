@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tfcompress._backend import require_tensorflow_backend
 from tfcompress.ops.tf.binary_ops import (
     _bits_of,
     binary_conv2d,
@@ -49,6 +50,7 @@ def pack_dense_kernel(
         >>> pack_dense_kernel(tf.constant([[1.0], [-1.0]])).numpy()
         array([[2]], dtype=int32)
     """
+    require_tensorflow_backend("pack_dense_kernel (a custom TensorFlow op)")
     kernel = tf.convert_to_tensor(kernel)
     if kernel.shape.rank != 2:
         raise ValueError(f"kernel must be 2-D [in, units], got shape {kernel.shape}")
@@ -75,6 +77,7 @@ def pack_conv2d_kernel(
         >>> pack_conv2d_kernel(tf.ones([3, 3, 8, 4])).shape
         TensorShape([4, 3, 3, 1])
     """
+    require_tensorflow_backend("pack_conv2d_kernel (a custom TensorFlow op)")
     kernel = tf.convert_to_tensor(kernel)
     if kernel.shape.rank != 4:
         raise ValueError(f"kernel must be 4-D [KH, KW, C_in, C_out], got shape {kernel.shape}")
@@ -119,6 +122,7 @@ def binary_dense_inference(
         >>> binary_dense_inference(tf.constant([[2.0, -3.0]]), pack_dense_kernel(w)).numpy()
         array([[ 2., -2.]], dtype=float32)
     """
+    require_tensorflow_backend("binary_dense_inference (a custom TensorFlow op)")
     x = tf.convert_to_tensor(x)
     k = x.shape[-1]
     if k is None:
@@ -169,6 +173,7 @@ def binary_conv2d_inference(
         >>> binary_conv2d_inference(tf.ones([1, 5, 5, 4]), f, padding="same").shape
         TensorShape([1, 5, 5, 2])
     """
+    require_tensorflow_backend("binary_conv2d_inference (a custom TensorFlow op)")
     x = tf.convert_to_tensor(x)
     if x.shape.rank != 4 or x.shape[-1] is None:
         raise ValueError(f"x must be NHWC with a known channel count, got shape {x.shape}")

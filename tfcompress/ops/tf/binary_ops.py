@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tfcompress._backend import require_tensorflow_backend
 from tfcompress.ops.tf import _build
 
 __all__ = [
@@ -141,6 +142,7 @@ def pack_bits(
         >>> pack_bits(tf.constant([[1.0, -1.0, -1.0]])).numpy()
         array([[6]], dtype=int32)
     """
+    require_tensorflow_backend("pack_bits (a custom TensorFlow op)")
     _check_bitwidth(bitwidth)
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
@@ -210,6 +212,7 @@ def unpack_bits(
         >>> unpack_bits(tf.constant([[6]]), k=3).numpy()
         array([[ 1., -1., -1.]], dtype=float32)
     """
+    require_tensorflow_backend("unpack_bits (a custom TensorFlow op)")
     packed = tf.convert_to_tensor(packed)
     bits = _bits_of(packed.dtype, "packed")
     if int(k) < 0:
@@ -307,6 +310,7 @@ def binary_matmul(
         >>> binary_matmul(a, b, k=3).numpy()
         array([[ 1., -3.]], dtype=float32)
     """
+    require_tensorflow_backend("binary_matmul (a custom TensorFlow op)")
     a_packed = tf.convert_to_tensor(a_packed)
     b_packed = tf.convert_to_tensor(b_packed)
     bits = _check_pair(a_packed, b_packed, "a_packed", "b_packed")
@@ -392,6 +396,7 @@ def binary_conv2d(
         >>> binary_conv2d(x, f, channels=5).numpy().ravel()
         array([-45., -45.], dtype=float32)
     """
+    require_tensorflow_backend("binary_conv2d (a custom TensorFlow op)")
     x_packed = tf.convert_to_tensor(x_packed)
     filters_packed = tf.convert_to_tensor(filters_packed)
     bits = _check_pair(x_packed, filters_packed, "x_packed", "filters_packed")
