@@ -36,9 +36,14 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "support.md"
 
 @dataclasses.dataclass(frozen=True)
 class Ok:
-    """The cell works end to end; ``note`` becomes a footnote of the table."""
+    """The cell works end to end; ``note`` becomes a footnote of the table.
 
-    note: str | None = None
+    ``smaller=False`` records that shrink_model finds no channel it may remove
+    there (the copy is then as large as the pruned model, outputs still equal).
+    """
+
+    note: str | tuple[str, ...] | None = None
+    smaller: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,7 @@ class Refused:
     error: type[Exception]
     fragments: tuple[str, ...]
     short: str  # the table cell's text
+    note: str | None = None
 
 
 OK = Ok()
@@ -75,18 +81,83 @@ ARCH_TITLES = {
 _SUBCLASS_TRANSFORM = Refused(
     TypeError,
     ("is a subclassed SubclassedCNN", "Sequential and Functional", "by hand"),
-    "TypeError: subclassed model; rebuild it Functional or swap layers in by hand",
+    "TypeError: subclassed model",
+    "Model transforms rebuild Sequential/Functional graphs (nested ones included). In a "
+    "subclassed model, use the tfcompress layers (QuantConv2D, BinaryDense, LowRankDense, "
+    "ClusteredDense, ...) in its `__init__` directly. Callbacks work on it, and export needs "
+    "`input_signature=[tf.TensorSpec(...)]`.",
 )
 
 EXPECTED: dict[tuple[str, str], Ok | Refused] = {
     (technique, arch): OK for technique in TECHNIQUES for arch in archs.ARCHITECTURES
 }
+_NO_BINARY_LAYER = (
+    "binarize_model converts Dense, Conv2D and DepthwiseConv2D only (not Embedding, attention, "
+    "EinsumDense or recurrent layers), and keeps the first and last of them float by default, "
+    "which leaves nothing here; `keep_first=False` binarizes the hidden Dense."
+)
+_TEXT_CHANNELS = (
+    "Embedding tables have no output channels, so the cell selects the other layers "
+    "(`layers=lambda l: not isinstance(l, keras.layers.Embedding)`); without that the callback "
+    "refuses at the start of `fit` naming the Embedding. Attention and recurrent layers are "
+    "channel-pruned but not shrunk (shrink_model keeps channels that enter layers which mix "
+    "channels in ways it does not model)."
+)
+_NOTHING_TO_SHRINK = (
+    "In this encoder every pruned channel enters attention, an EinsumDense, a residual add or "
+    "the output, so shrink_model removes nothing (outputs unchanged)."
+)
+_FLOAT_ISLANDS = (
+    "Dense/Conv layers run int8; layers with no int8 rule (attention, LayerNormalization, "
+    "recurrent, custom) stay float in the file (listed by `quantize_model(..., return_log=True)`)."
+)
 EXPECTED.update(
     {
+        ("binarize", "transformer"): Refused(
+            ValueError,
+            ("leaves no layer", "ffn_down (Dense), logits (Dense)", "keep_first=False"),
+            "ValueError: no binarizable layer left",
+            _NO_BINARY_LAYER,
+        ),
+        ("binarize", "lstm"): Refused(
+            ValueError,
+            ("leaves no layer", "hidden (Dense), logits (Dense)", "keep_first=False"),
+            "ValueError: no binarizable layer left",
+            _NO_BINARY_LAYER,
+        ),
+        ("binarize", "gru"): Refused(
+            ValueError,
+            ("leaves no layer", "hidden (Dense), logits (Dense)", "keep_first=False"),
+            "ValueError: no binarizable layer left",
+            _NO_BINARY_LAYER,
+        ),
+        ("cluster_pack", "transformer"): Refused(
+            ValueError,
+            ("layer 'positions'", "PositionEmbedding", "keras and tfcompress classes only"),
+            "ValueError at pack: custom layer class",
+            "`pack` stores models built from Keras and tfcompress classes only (`unpack` refuses "
+            "other modules for safety); the custom PositionEmbedding layer is refused before "
+            "anything is written. Clustering itself works; save such a model with `model.save`.",
+        ),
+        ("channel_shrink", "transformer"): Ok((_TEXT_CHANNELS, _NOTHING_TO_SHRINK), smaller=False),
+        ("channel_shrink", "lstm"): Ok(_TEXT_CHANNELS),
+        ("channel_shrink", "gru"): Ok(_TEXT_CHANNELS),
+        ("qat_int8", "transformer"): Ok(_FLOAT_ISLANDS),
+        ("qat_int8", "lstm"): Ok(_FLOAT_ISLANDS),
+        ("qat_int8", "gru"): Ok(_FLOAT_ISLANDS),
+        ("channel_shrink", "nested"): Refused(
+            ValueError,
+            ("does not descend into nested model 'features'",),
+            "ValueError: nested model",
+            "shrink_model does not enter nested models; build the model flat to shrink it. "
+            "Channel pruning itself works on nested models.",
+        ),
         ("channel_shrink", "subclassed"): Refused(
             ValueError,
             ("shrink_model needs a Sequential or Functional model", "'subclassed'"),
-            "ValueError: shrink_model needs a Sequential/Functional graph",
+            "ValueError: shrink_model needs a graph",
+            "shrink_model rewrites the layer graph, which a subclassed model does not expose; "
+            "the pruned model itself trains, exports and keeps its zeros.",
         ),
         ("qat_int8", "subclassed"): _SUBCLASS_TRANSFORM,
         ("binarize", "subclassed"): _SUBCLASS_TRANSFORM,
@@ -119,7 +190,7 @@ def _compile(model: keras.Model) -> None:
     )
 
 
-def _fit(model, data, callbacks=(), epochs=2):
+def _fit(model, data, callbacks=(), epochs=1):
     x, y = data
     _compile(model)
     return model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=list(callbacks))
@@ -136,7 +207,7 @@ def _signature(arch: str, model: keras.Model):
     return [tf.TensorSpec((None, *spec.input_shape), dtype)]
 
 
-def _export(model, arch, data, tmp_path, quantization=None):
+def _export(model, arch, data, tmp_path, quantization=None, sparsity=False):
     report = tfc.tflite_export.export(
         model,
         tmp_path / "model.tflite",
@@ -144,13 +215,14 @@ def _export(model, arch, data, tmp_path, quantization=None):
         verify_data=data[0],
         input_signature=_signature(arch, model),
         verbose=0,
+        sparsity=sparsity,
     )
     assert report.verified and report.verify_samples == len(data[0])
     return report
 
 
-def _assert_float_agreement(model, arch, data, tmp_path):
-    report = _export(model, arch, data, tmp_path)
+def _assert_float_agreement(model, arch, data, tmp_path, sparsity=False):
+    report = _export(model, arch, data, tmp_path, sparsity=sparsity)
     scale = max(1.0, float(np.abs(model.predict(data[0], verbose=0)).max()))
     assert report.max_abs_diff <= FLOAT_TOL * scale, report
     assert report.top1_agreement == 1.0, report
@@ -180,19 +252,22 @@ def _not_embedding(layer) -> bool:
 
 
 def run_prune(arch, model, data, tmp_path):
-    pruning = tfc.callbacks.GradualPruning(0.5, begin_step=0, end_step=4, frequency=2)
+    pruning = tfc.callbacks.GradualPruning(0.5, begin_step=0, end_step=2, frequency=1)
     _fit(model, data, [pruning])
     for weight in _pruned(model):
         value = _array(weight.variable)
         sparsity = float(np.mean(value == 0))
         # Per-layer scope: each weight reaches the target up to one element.
         assert abs(sparsity - 0.5) <= 1.0 / value.size + 1e-9, (weight.name, sparsity)
-    _assert_float_agreement(model, arch, data, tmp_path)
+    # The pruning export path: TFLite's sparse encoding where it makes the file smaller.
+    report = _assert_float_agreement(model, arch, data, tmp_path, sparsity="auto")
+    # Zeros reach the file (unpruned tensors such as biases and recurrent kernels dilute them).
+    assert report.weight_sparsity >= 0.2, report
 
 
 def run_prune_2of4(arch, model, data, tmp_path):
     pruning = tfc.callbacks.GradualPruning(
-        None, granularity="2:4", begin_step=0, end_step=4, frequency=2
+        None, granularity="2:4", begin_step=0, end_step=2, frequency=1
     )
     _fit(model, data, [pruning])
     groups_checked = 0
@@ -211,7 +286,7 @@ def run_prune_2of4(arch, model, data, tmp_path):
 
 def run_channel_shrink(arch, model, data, tmp_path):
     pruning = tfc.callbacks.GradualPruning(
-        0.5, granularity="channel", begin_step=0, end_step=4, frequency=2, layers=_not_embedding
+        0.5, granularity="channel", begin_step=0, end_step=2, frequency=1, layers=_not_embedding
     )
     _fit(model, data, [pruning])
     for weight in _pruned(model):
@@ -231,7 +306,10 @@ def run_channel_shrink(arch, model, data, tmp_path):
     x = data[0]
     expected = model.predict(x, verbose=0)
     np.testing.assert_allclose(small.predict(x, verbose=0), expected, atol=SHRINK_TOL, rtol=0)
-    assert small.count_params() < model.count_params(), (small.count_params(), model.count_params())
+    if EXPECTED[("channel_shrink", arch)].smaller:
+        assert small.count_params() < model.count_params()
+    else:
+        assert small.count_params() == model.count_params()
     _assert_float_agreement(small, arch, data, tmp_path)
 
 
@@ -284,7 +362,7 @@ def run_cluster_pack(arch, model, data, tmp_path):
         assert len(np.unique(_array(layer.kernel))) <= 8, layer.name
     report = tfc.pack(clustered, tmp_path / "model.tfcp")
     float_bytes = sum(4 * math.prod(w.shape) for w in model.weights)
-    assert report.bytes < float_bytes
+    assert sum(tensor[3] for tensor in report.tensors) < float_bytes
     restored = tfc.unpack(tmp_path / "model.tfcp")
     x = data[0]
     np.testing.assert_array_equal(restored.predict(x, verbose=0), clustered.predict(x, verbose=0))
@@ -365,13 +443,14 @@ def markdown_table() -> str:
     notes: list[str] = []
 
     def cell(value: Ok | Refused) -> str:
-        if isinstance(value, Refused):
-            return value.short
+        text = value.short if isinstance(value, Refused) else "ok"
         if value.note is None:
-            return "ok"
-        if value.note not in notes:
-            notes.append(value.note)
-        return f"ok [{notes.index(value.note) + 1}]"
+            return text
+        own = (value.note,) if isinstance(value.note, str) else value.note
+        for note in own:
+            if note not in notes:
+                notes.append(note)
+        return f"{text} [{', '.join(str(notes.index(n) + 1) for n in own)}]"
 
     header = "| architecture | " + " | ".join(TECHNIQUES.values()) + " |"
     rule = "|---|" + "---|" * len(TECHNIQUES)
