@@ -22,14 +22,14 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import support_architectures as archs  # noqa: E402
+import keras
+import numpy as np
+import pytest
+import support_architectures as archs
 
-import tfcompress as tfc  # noqa: E402
-from tfcompress.ops.prunable import find_prunable  # noqa: E402
-from tfcompress.ops.pruning import matrix_view  # noqa: E402
+import tfcompress as tfc
+from tfcompress.ops.prunable import find_prunable
+from tfcompress.ops.pruning import matrix_view
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "support.md"
 

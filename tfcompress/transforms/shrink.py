@@ -343,7 +343,8 @@ def shrink_model(model: keras.Model) -> keras.Model:
             keep = kept(node.output)
             weights[layer.name] = {k: v[keep] for k, v in _values(layer).items()}
         elif layer.weights:
-            weights[layer.name] = _values(layer)
+            # In order, not by name: sublayers' variables share names (attention's kernels).
+            weights[layer.name] = [np.asarray(keras.ops.convert_to_numpy(v)) for v in layer.weights]
 
     for entry in config["layers"]:
         # Input shapes change: let the rebuilt graph infer them.
@@ -356,6 +357,9 @@ def shrink_model(model: keras.Model) -> keras.Model:
     for layer in small.layers:
         if layer.name in weights:
             values = weights[layer.name]
+            if isinstance(values, list):
+                layer.set_weights(values)
+                continue
             layer.set_weights(
                 [
                     np.asarray(values[v.name], keras.backend.standardize_dtype(v.dtype))
