@@ -153,3 +153,41 @@ def test_digits_cnn_80_percent_pruned_keeps_accuracy_and_int8_is_10x_smaller(
     assert len(gzip.compress(content, 9)) == int8_file.gzip_bytes
     assert file_sparsity(content).weight_sparsity > 0.79
     TFLiteModel(content).predict(digits.x_test[:4])  # default XNNPACK delegate prepares
+
+
+def test_pruned_model_fine_tuned_with_qat_keeps_its_zeros_and_exports_int8(tmp_path, digits):
+    """Prune, then quantization-aware fine-tuning with KeepSparsity (deep-compression order).
+
+    A fully pruned output channel used to give its per-channel fake-quant a
+    degenerate [0, 1e-6] range, so the int8 file had a non-zero weight zero
+    point that TFLite's XNNPACK delegate refuses.
+    """
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    model = keras.Model(inputs, outputs)
+    kernel = model.get_layer("conv").kernel
+    kernel.assign(keras.ops.convert_to_numpy(kernel) * (np.arange(8) != 3))  # channel 3 pruned
+    train_classifier(model, digits, epochs=1, callbacks=[GradualPruning(0.6, schedule="constant")])
+    zeros_before = {
+        layer.name: keras.ops.convert_to_numpy(layer.kernel) == 0
+        for layer in model.layers
+        if hasattr(layer, "kernel")
+    }
+    assert zeros_before["conv"][..., 3].all()
+
+    qat = tfc.quantize_model(model)
+    train_classifier(
+        qat, digits, epochs=1, learning_rate=1e-4, callbacks=[tfc.callbacks.KeepSparsity()]
+    )
+    for name, zeros in zeros_before.items():
+        kernel = keras.ops.convert_to_numpy(qat.get_layer(name).kernel)
+        np.testing.assert_array_equal(kernel == 0, zeros)  # same pattern, nothing regrown
+
+    report = export(qat, tmp_path / "qat.tflite", "int8", verbose=0, verify_data=digits.x_test[:64])
+    assert report.top1_agreement >= 0.95
+    content = (tmp_path / "qat.tflite").read_bytes()
+    assert file_sparsity(content).weight_sparsity == pytest.approx(0.6, abs=0.02)
+    TFLiteModel(content).predict(digits.x_test[:4])  # XNNPACK prepares: every zero point is 0

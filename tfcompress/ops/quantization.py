@@ -169,8 +169,11 @@ def fake_quant(x, low, high, bits: int, narrow_range: bool = False, axis: int | 
     """
     low = ops.stop_gradient(ops.convert_to_tensor(low, dtype="float32"))
     high = ops.stop_gradient(ops.convert_to_tensor(high, dtype="float32"))
-    # A degenerate range (all zeros, e.g. a dead ReLU) would divide by zero.
-    high = ops.maximum(high, low + 1e-6)
+    # A degenerate range (all zeros: a dead ReLU, a fully pruned channel) would
+    # divide by zero. Widen it around its centre so that a symmetric range stays
+    # symmetric: TFLite rejects int8 weights whose zero point is not 0.
+    widen = ops.maximum(1e-6 - (high - low), 0.0) / 2.0
+    low, high = low - widen, high + widen
     return keras.quantizers.fake_quant_with_min_max_vars(
         x, low, high, num_bits=bits, narrow_range=narrow_range, axis=axis
     )
