@@ -163,6 +163,16 @@ def dumps(model: keras.Model) -> tuple[bytes, PackReport]:
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built")
+    # unpack refuses classes from other modules (safety), so refuse them here,
+    # before writing a file that could never be read back.
+    for layer in [model, *model._flatten_layers(include_self=False, recursive=True)]:
+        module = type(layer).__module__
+        if module.split(".")[0] not in ALLOWED_MODULES:
+            raise ValueError(
+                f"layer {layer.name!r} is a {module}.{type(layer).__name__}; pack stores "
+                f"models built from {' and '.join(ALLOWED_MODULES)} classes only (unpack "
+                "refuses other modules for safety). Save it with model.save('model.keras')"
+            )
     serialized = keras.saving.serialize_keras_object(model)
     serialized.pop("compile_config", None)  # unpack gives an uncompiled model
     text = json.dumps(serialized, separators=(",", ":"))

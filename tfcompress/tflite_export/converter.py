@@ -109,10 +109,18 @@ def signature_specs(model: keras.Model, signature: Sequence[Any] | None = None) 
             "Start it with keras.Input(shape) (Sequential/Functional), or pass "
             "input_signature=[tf.TensorSpec((None, ...), 'float32')]."
         )
+    # TFLite lowers a recurrent layer's while loop to builtin ops only when its
+    # tensor lists have static shapes, so such files get a fixed batch of 1.
+    batch = 1 if recurrent_layers(model) else None
     return [
-        tf.TensorSpec((None, *tuple(t.shape[1:])), t.dtype, name=f"input_{i}")
+        tf.TensorSpec((batch, *tuple(t.shape[1:])), t.dtype, name=f"input_{i}")
         for i, t in enumerate(inputs)
     ]
+
+
+def recurrent_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The recurrent layers (LSTM, GRU, any ``keras.layers.RNN``) inside ``model``."""
+    return [layer for layer in iter_layers(model) if isinstance(layer, keras.layers.RNN)]
 
 
 def _concrete_function(model: keras.Model, specs: list):
@@ -274,6 +282,15 @@ def convert(
         with _native_log_capture():
             return converter.convert()
     except Exception as error:
+        recurrent = recurrent_layers(model)
+        if recurrent and any(spec.shape[0] is None for spec in specs):
+            layer = recurrent[0]
+            raise ValueError(
+                f"layer {layer.name!r} ({type(layer).__name__}) is recurrent: TFLite converts "
+                "recurrent layers with builtin ops only for a fixed batch size; pass "
+                "input_signature with a batch dimension of 1 (or leave it out: export then "
+                f"fixes it). Converter said: {error}"
+            ) from error
         if quantization == "int8" and not quantization_aware:
             raise RuntimeError(
                 f"full-integer int8 conversion of model {model.name!r} failed: an op has no "

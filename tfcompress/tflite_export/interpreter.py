@@ -82,6 +82,20 @@ class TFLiteModel:
     def output_details(self) -> dict:
         return self._output_details
 
+    @property
+    def fixed_batch_size(self) -> int | None:
+        """The batch size the file was converted with, or None when it takes any batch.
+
+        Files with recurrent layers are exported with a batch of 1 (see
+        :func:`tfcompress.tflite_export.signature_specs`).
+        """
+        sizes = {
+            int(d["shape_signature"][0])
+            for d in self._input_details.values()
+            if len(d.get("shape_signature", ())) and int(d["shape_signature"][0]) > 0
+        }
+        return max(sizes) if sizes else None
+
     def _run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         feed = {}
         for name, value in zip(self.input_names, inputs):
@@ -101,9 +115,15 @@ class TFLiteModel:
         if len(inputs) != len(self.input_names):
             raise ValueError(f"the model takes {len(self.input_names)} input(s), got {len(inputs)}")
         n = len(inputs[0])
-        batches = [
-            self._run([a[i : i + batch_size] for a in inputs]) for i in range(0, n, batch_size)
-        ]
+        fixed = self.fixed_batch_size
+        step = fixed or batch_size
+        batches = []
+        for i in range(0, n, step):
+            chunk = [a[i : i + step] for a in inputs]
+            real = len(chunk[0])
+            if fixed and real < fixed:  # pad the last chunk of a fixed-batch file
+                chunk = [np.concatenate([c, np.repeat(c[-1:], fixed - real, 0)]) for c in chunk]
+            batches.append([out[:real] for out in self._run(chunk)])
         if not batches:
             raise ValueError("x is empty: give at least one example")
         outputs = [np.concatenate(parts) for parts in zip(*batches)]

@@ -112,6 +112,7 @@ def binarize_model(
             f"binarize_model(layers={layers!r}, keep_first={keep_first}, keep_last={keep_last}) "
             f"leaves no layer of model {model.name!r} to binarize; eligible layers "
             f"(Dense, Conv2D, DepthwiseConv2D) are: {names or 'none'}"
+            + ("; keep_first=False / keep_last=False converts those too" if eligible else "")
         )
     chosen_ids = {id(layer) for layer in chosen}
 

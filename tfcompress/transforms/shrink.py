@@ -169,9 +169,14 @@ def _call_on_constant(
 ) -> np.ndarray:
     """Per-channel output of a per-channel layer fed constant channels (NaN: alive)."""
     arrays = []
-    for shape, t in zip(shapes, inputs):
+    # One spatial size for every input: a merge may see one input's length as
+    # known and another's (e.g. attention's output) as None.
+    spatial = tuple(
+        max((int(d) for d in dims if d is not None), default=8)
+        for dims in zip(*(shape[1:-1] for shape in shapes))
+    )
+    for t in inputs:
         filled = np.nan_to_num(t.const, nan=0.0).astype(np.float32)
-        spatial = tuple(8 if d is None else int(d) for d in shape[1:-1])
         arrays.append(np.broadcast_to(filled, (1, *spatial, t.channels)).copy())
     result = layer(arrays if len(arrays) > 1 else arrays[0], training=False)
     out = np.asarray(keras.ops.convert_to_numpy(result), np.float64)
@@ -355,7 +360,8 @@ def shrink_model(model: keras.Model) -> keras.Model:
                 k: v[..., keep, :] if v.ndim > 1 else v[keep] for k, v in _values(layer).items()
             }
         elif layer.weights:
-            weights[layer.name] = _values(layer)
+            # In order, not by name: sublayers' variables share names (attention's kernels).
+            weights[layer.name] = [np.asarray(keras.ops.convert_to_numpy(v)) for v in layer.weights]
 
     for entry in config["layers"]:
         # Input shapes change: let the rebuilt graph infer them.
@@ -368,6 +374,9 @@ def shrink_model(model: keras.Model) -> keras.Model:
     for layer in small.layers:
         if layer.name in weights:
             values = weights[layer.name]
+            if isinstance(values, list):
+                layer.set_weights(values)
+                continue
             layer.set_weights(
                 [
                     np.asarray(values[v.name], keras.backend.standardize_dtype(v.dtype))
