@@ -502,3 +502,100 @@ def test_composes_with_gradual_pruning_and_lr_rewinding(batch):
         assert abs(np.mean(kernel == 0) - 0.8) < 0.02, name
     assert np.isfinite(hist.history["loss"]).all()
     assert "compute_loss" not in student.__dict__
+
+
+def test_teacher_term_reaches_the_gradients(batch):
+    """One SGD step with the callback equals a hand-written GradientTape step on the blend."""
+    import tensorflow as tf
+
+    x, y = batch
+    keras.utils.set_random_seed(7)
+    teacher = teacher_cnn()
+    student = compiled(sequential_student(), lr=0.5)
+    student(x[:1])
+    start = [w.copy() for w in student.get_weights()]
+    temperature, alpha, lr = 4.0, 0.7, 0.5
+    t = tf.constant(keras.ops.convert_to_numpy(teacher(x, training=False)))
+    variables = [tf.Variable(w) for w in start]
+
+    def forward(v, inputs):  # the student's Flatten -> Dense(relu) -> Dense
+        h = tf.nn.relu(tf.reshape(inputs, (len(inputs), -1)) @ v[0] + v[1])
+        return h @ v[2] + v[3]
+
+    with tf.GradientTape() as tape:
+        s = forward(variables, tf.constant(x))
+        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, s))
+        p_t = tf.nn.softmax(t / temperature)
+        kl = tf.reduce_sum(
+            p_t * (tf.nn.log_softmax(t / temperature) - tf.nn.log_softmax(s / temperature)), -1
+        )
+        loss = (1 - alpha) * ce + alpha * temperature**2 * tf.reduce_mean(kl)
+    grads = tape.gradient(loss, variables)
+    expected = [v.numpy() - lr * g.numpy() for v, g in zip(variables, grads)]
+    student.fit(
+        x,
+        y,
+        batch_size=len(x),
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[DistillationTeacher(teacher, temperature, alpha)],
+    )
+    for got, want, w0 in zip(student.get_weights(), expected, start):
+        assert np.abs(want - w0).max() > 1e-3  # a real step, not a no-op
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # The teacher's term moved the weights: the CE-only step lands elsewhere.
+    plain = compiled(sequential_student(), lr=lr)
+    plain(x[:1])
+    plain.set_weights(start)
+    plain.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    gap = max(np.abs(a - b).max() for a, b in zip(plain.get_weights(), student.get_weights()))
+    assert gap > 1e-3
+
+
+def test_composes_with_quantize_model_student(batch, digits):
+    """A tfc.quantize_model (QAT layers) student trains with the teacher in the same fit."""
+    x, y = batch
+    keras.utils.set_random_seed(11)
+    teacher = teacher_cnn()
+    float_student = functional_student()
+    float_student(x[:1])
+    qat = compiled(tfc.quantize_model(float_student, "int4"))
+    twin = compiled(tfc.quantize_model(float_student, "int4"))
+    assert any("Quant" in type(layer).__name__ for layer in qat.layers)
+    # lr = 0 and alpha = 1: the training loss is exactly the teacher's term on the student's
+    # training-mode (fake-quantized) logits; the twin gives the same logits without the callback.
+    s_train = keras.ops.convert_to_numpy(twin(x, training=True))
+    t = keras.ops.convert_to_numpy(teacher(x, training=False))
+    loss = qat.fit(
+        x,
+        y,
+        batch_size=len(x),
+        epochs=1,
+        verbose=0,
+        callbacks=[DistillationTeacher(teacher, 2.0, 1.0)],
+    ).history["loss"][0]
+    np.testing.assert_allclose(loss, np_soft_target(t, s_train, 2.0), rtol=1e-4)
+    assert abs(loss - np_ce(s_train, y)) > 1e-2
+    # evaluate: the student's own loss only.
+    val_x, val_y = digits.x_test[:64], digits.y_test[:64]
+    s_val = keras.ops.convert_to_numpy(qat(val_x, training=False))
+    np.testing.assert_allclose(qat.evaluate(val_x, val_y, verbose=0)[0], np_ce(s_val, val_y), 1e-5)
+    # With a learning rate the blended loss goes down over a few epochs.
+    qat.optimizer.learning_rate = 0.1
+    hist = qat.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=6,
+        verbose=0,
+        callbacks=[DistillationTeacher(teacher, 2.0, 0.5)],
+    )
+    losses = hist.history["loss"]
+    assert np.all(np.diff(losses) < 0) and losses[-1] < 0.95 * losses[0], losses
+    assert "compute_loss" not in qat.__dict__
+    np.testing.assert_allclose(
+        qat.evaluate(val_x, val_y, verbose=0)[0],
+        np_ce(keras.ops.convert_to_numpy(qat(val_x, training=False)), val_y),
+        rtol=1e-5,
+    )
