@@ -63,6 +63,44 @@ class SubclassedCNN(keras.Model):
         return {**super().get_config(), "classes": self.classes}
 
 
+def _inverted_residual(x, expand: int, out: int, stride: int, name: str):
+    """MobileNetV2's block: 1x1 expand, 3x3 depthwise, 1x1 linear project (+ add)."""
+    inputs = x
+    x = keras.layers.Conv2D(expand, 1, use_bias=False, name=f"{name}_expand")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_expand_bn")(x)
+    x = keras.layers.ReLU(6.0, name=f"{name}_expand_relu")(x)
+    if stride == 2:
+        x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"{name}_pad")(x)
+    padding = "valid" if stride == 2 else "same"
+    x = keras.layers.DepthwiseConv2D(
+        3, strides=stride, padding=padding, use_bias=False, name=f"{name}_depthwise"
+    )(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_depthwise_bn")(x)
+    x = keras.layers.ReLU(6.0, name=f"{name}_depthwise_relu")(x)
+    x = keras.layers.Conv2D(out, 1, use_bias=False, name=f"{name}_project")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_project_bn")(x)
+    if stride == 1 and inputs.shape[-1] == out:
+        x = keras.layers.Add(name=f"{name}_add")([inputs, x])
+    return x
+
+
+def mobilenet_v2_blocks() -> keras.Model:
+    """The layer kinds and wiring of MobileNetV2 in 3 blocks: what CI can afford per cell."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    x = _inverted_residual(x, 16, 8, 1, "block1")
+    x = _inverted_residual(x, 24, 12, 2, "block2")
+    x = _inverted_residual(x, 36, 12, 1, "block3")
+    x = keras.layers.Conv2D(32, 1, use_bias=False, name="head")(x)
+    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.ReLU(6.0, name="head_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(IMAGE_CLASSES, name="logits")(x)
+    return keras.Model(inputs, outputs, name="mobilenet_v2_blocks")
+
+
 def mobilenet_v2() -> keras.Model:
     # Keras warns that 32x32 is not a size with pretrained weights; weights=None needs none.
     return keras.applications.MobileNetV2(
@@ -175,6 +213,7 @@ class Architecture:
 ARCHITECTURES = {
     a.name: a
     for a in (
+        Architecture("mobilenet_v2_blocks", mobilenet_v2_blocks, (32, 32, 3)),
         Architecture("mobilenet_v2", mobilenet_v2, (32, 32, 3)),
         Architecture("resnet", resnet, (16, 16, 3)),
         Architecture("transformer", transformer, (SEQ_LEN,), text=True),

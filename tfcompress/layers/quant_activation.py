@@ -139,9 +139,15 @@ class QuantizeOutput(keras.layers.Wrapper):
         )
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
+        # Keras hands merge layers of masked (text) models a ``mask``; the wrapped
+        # layer's output mask comes from compute_mask, its call does not take one.
+        del mask
         outputs = self.layer(inputs)
         return self.quantizer(outputs, self._quantizer_state["activation"], training=bool(training))
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
