@@ -6,7 +6,7 @@ it (editable, with the ``test`` extra); later runs reuse it and reinstall only
 when ``pyproject.toml`` changes. Needs only Python 3.10+ with pip and venv.
 
     python3 run.py demo                 # tfcompress demo (extra args are passed on)
-    python3 run.py test                 # the test suite, then its JAX subset (see below)
+    python3 run.py test                 # the test suite (2 workers), then its JAX subset
     python3 run.py test ARGS            # pytest ARGS only, on $KERAS_BACKEND (default tensorflow)
     python3 run.py bench qat            # python benchmarks/qat.py (needs the bench extra)
 
@@ -53,8 +53,11 @@ def _ensure_venv(extras: str) -> None:
 
 
 def _test_both_backends(cmd: list[str], env: dict[str, str]) -> int:
-    _log(" ".join(cmd))
-    code = subprocess.call(cmd, cwd=ROOT, env=env)
+    # Two workers (pytest-xdist) for the TensorFlow suite: most of its time is
+    # single-threaded graph tracing and TFLite conversion, so 2 cores halve it.
+    parallel = [*cmd, "-n", "2"]
+    _log(" ".join(parallel))
+    code = subprocess.call(parallel, cwd=ROOT, env=env)
     check = [str(PYTHON), "-c", "import jax"]
     if subprocess.call(check, cwd=ROOT, stderr=subprocess.DEVNULL) != 0:
         _log("jax is not installed (it needs Python 3.11+): skipping the JAX-backend subset")
@@ -88,6 +91,8 @@ def main(argv: list[str]) -> int:
         _ensure_venv("test")
         cmd = [str(PYTHON), "-m", "pytest", *rest]
         if not rest:
+            # Two workers (pytest-xdist): most test time is single-threaded graph
+            # tracing and TFLite conversion, so this halves the suite on 2 cores.
             return _test_both_backends(cmd, env)
     else:
         _ensure_venv("test,bench")
