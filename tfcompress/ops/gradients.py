@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["loss_gradients"]
+__all__ = ["loss_gradients", "require_loss"]
 
 
 def loss_gradients(
@@ -46,6 +46,7 @@ def loss_gradients(
     Example:
         >>> grads = loss_gradients(model, [model.layers[0].kernel], x[:256], y[:256])
     """
+    require_loss(model, loss)
     backend = keras.backend.backend()
     if backend == "jax":
         return _jax_loss_gradients(model, variables, x, y, loss)
@@ -59,6 +60,15 @@ def loss_gradients(
     return tf_loss_gradients(model, variables, x, y, loss=loss)
 
 
+def require_loss(model: keras.Model, loss: Callable[[Any, Any], Any] | None) -> None:
+    """Raises unless ``loss`` is given or ``model`` is compiled (has a loss)."""
+    if loss is None and not getattr(model, "compiled", False):
+        raise ValueError(
+            "gradients need a loss: compile the model first or pass loss=, e.g. "
+            "keras.losses.SparseCategoricalCrossentropy(from_logits=True)"
+        )
+
+
 def _jax_loss_gradients(
     model: keras.Model,
     variables: Sequence[Any],
@@ -68,11 +78,6 @@ def _jax_loss_gradients(
 ) -> list[np.ndarray]:
     import jax
 
-    if loss is None and not getattr(model, "compiled", False):
-        raise ValueError(
-            "gradients need a loss: compile the model first or pass loss=, e.g. "
-            "keras.losses.SparseCategoricalCrossentropy(from_logits=True)"
-        )
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     metrics = [v.value for v in model.metrics_variables] if loss is None else []

@@ -42,11 +42,9 @@ def loss_gradients(
     require_tensorflow_backend("gradient-based pruning criteria")
     import tensorflow as tf
 
-    if loss is None and not getattr(model, "compiled", False):
-        raise ValueError(
-            "gradients need a loss: compile the model first or pass loss=, e.g. "
-            "keras.losses.SparseCategoricalCrossentropy(from_logits=True)"
-        )
+    from tfcompress.ops.gradients import require_loss
+
+    require_loss(model, loss)
     with tf.GradientTape() as tape:
         for variable in variables:
             tape.watch(variable.value)
