@@ -1,48 +1,46 @@
-"""Does a teacher help a small or compressed student on digits? Mean over 3 seeds.
+"""Does a teacher help a compressed student on digits? Mean over 3 seeds.
 
 Protocol (the test split is used for the final numbers only):
 
-1. Selection. The training split is cut into a fit part (80%) and a validation
-   part (20%), stratified. A teacher is trained on the fit part; for each
-   candidate ``(temperature, alpha)`` of a small grid the selection student
-   (``--select-arm``, default the 80%-pruned student) is trained on the fit
-   part with that teacher, and also alone, over ``--select-seeds``. The
-   candidate with the best mean validation accuracy wins (``alpha = 0``, i.e.
-   no teacher, is not a candidate: we report what the best teacher setting
-   does, not whether to use one).
-2. Test. The teacher is retrained on the whole training split; every arm is
+1. Teacher. The average of the logits of ``--teacher-members`` (3) digits CNNs
+   trained with different seeds and random +-1 pixel shifts of their images
+   (``--teacher-shift 1``; Hinton et al. 2015 trained their MNIST teacher with
+   jitter too). It knows something the students cannot read off the raw
+   training images: what shifted digits look like.
+2. Selection. The training split is cut into a fit part (80%) and a
+   validation part (20%), stratified. A teacher is trained on the fit part; for
+   each candidate ``(temperature, alpha)`` of a small grid the selection student
+   (``--select-arm``, default the 80%-pruned student) is trained on the fit part
+   with that teacher, and also alone, over ``--select-seeds``. The candidate
+   with the best mean validation accuracy wins (``alpha = 0``, i.e. no teacher,
+   is not a candidate: we report what the best teacher setting does, not
+   whether to use one).
+3. Test. The teacher is retrained on the whole training split; every arm is
    trained on the whole training split with the chosen setting, seeds
    ``--seeds``, and scored once on the test split.
 
-Default regime (Hinton et al. 2015's MNIST setting): the student is
-LeNet-300-100 on the flattened images (``--student MLP``, 50.6k parameters),
-which fits its training images perfectly but generalizes below the CNNs; the
-teacher is the average of the logits of ``--teacher-members`` (3) digits CNNs
-trained with different seeds. On the validation split this teacher helped the
-plain (+1.2 points) and the 4-bit MLP (+0.5) and left the 80%-pruned MLP
-unchanged (T=4, alpha=0.9) or 0.35 points worse (alpha=0.5).
+Steps 2 and 3 run once per ``--student-data`` regime: the students' images as
+they are (``original``), and with random +-1 pixel shifts (``shifted``, the
+same augmentation as the teacher's, for both arms; the teacher then sees the
+same shifted batch as the student, i.e. "function matching", Beyer et al.
+2022). The second regime answers the fair question "is the teacher worth more
+than giving the student the teacher's augmentation?".
 
-The earlier regime, a 4.5k-parameter small CNN student (``--student "small
-CNN"``) taught by a small CNN of its own architecture (``--teacher "small
-CNN" --teacher-members 1``, "born-again" distillation, Furlanello et al. 2018)
-or by one digits CNN (``--teacher-members 1``), did not improve any student on
-the test split: the student is too small to imitate the teacher (a capacity
-gap, Cho & Hariharan 2019). See ``docs/distillation.md``.
+Students (``--student``): by default a two-layer 400-400 MLP on the flattened
+images (``MLP 400-400``, 190,410 parameters: 2.5x fewer than the teacher and
+~39x fewer multiply-adds; Hinton et al.'s MNIST student was 800-800). ``MLP``
+(LeNet-300-100) and ``small CNN`` (4.5k parameters) are the regimes of earlier
+rounds (see ``docs/distillation.md``). Arms (same
+seeds, data, epochs, optimizer and schedule for every arm): the student alone
+and + teacher, plain, pruned to 80% during training (``GradualPruning``), and
+with 4-bit weights (``quantize_model(..., "int4")``, quantization-aware from
+scratch). Every arm and teacher member trains with Adam, a warm-up + cosine
+rate (``tfc.schedules.WarmupCosine``, peak 3e-3), ``--epochs`` epochs, batch
+``--batch``. ``--mixup A`` mixes every batch with itself (Beta(A, A) weights,
+labels mixed too; off by default, it lowered validation accuracy when tried).
 
-Arms (same seeds, data, epochs, optimizer and schedule for every arm): the
-student alone and + teacher, plain, pruned to 80% during training
-(``GradualPruning``), and with 4-bit weights (``quantize_model(..., "int4")``,
-quantization-aware from scratch).
-
-Every arm trains with the same recipe: Adam with a warm-up + cosine rate
-(``tfc.schedules.WarmupCosine``, peak 3e-3), ``--epochs`` epochs, batch
-``--batch``. ``--shift 1`` adds random +-1 pixel shifts of the training images
-(the teacher then sees the same shifted batch as the student); ``--mixup A``
-mixes every batch with itself (Beta(A, A) weights, labels mixed too). Both
-lowered every arm's validation accuracy when tried, so they are off by default.
-
-Prints the selection table and the test table (mean, std, min, max over seeds,
-and the teacher's gain as the mean of per-seed differences) and writes
+Prints the selection and test tables per regime (mean, std, min, max over
+seeds, and the teacher's gain as the mean of per-seed differences) and writes
 ``benchmarks/results/distillation.json``.
 
 Run: ``PYTHONPATH=. python benchmarks/distillation.py [--epochs 50] [--seeds 0 1 2]``
@@ -99,7 +97,21 @@ def mlp() -> keras.Model:
     )
 
 
-ARCHITECTURES = {"MLP": mlp, "small CNN": small_cnn}
+def wide_mlp(width: int = 400) -> keras.Model:
+    """Two wide ReLU layers on the flattened images (Hinton et al.'s MNIST student was 800-800)."""
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(width, activation="relu", name="dense1"),
+            keras.layers.Dense(width, activation="relu", name="dense2"),
+            keras.layers.Dense(10, name="logits"),
+        ],
+        name=f"mlp_{width}_{width}",
+    )
+
+
+ARCHITECTURES = {"MLP 400-400": wide_mlp, "MLP": mlp, "small CNN": small_cnn}
 
 
 def _students() -> dict:
@@ -181,10 +193,10 @@ def dataset(x, y, batch: int, shift: bool, seed: int, mixup: float = 0.0) -> tf.
     return (ds.map(_mixup(mixup)) if mixup else ds).prefetch(2)
 
 
-def train(model, data: Split, args, seed: int, callbacks=(), peak_lr=None) -> float:
+def train(model, data: Split, args, seed: int, callbacks=(), shift: bool = False) -> float:
     steps = args.epochs * int(np.ceil(len(data.x_train) / args.batch))
     lr = tfc.schedules.WarmupCosine(
-        peak_lr or args.lr, decay_steps=steps - steps // 20, warmup_steps=steps // 20
+        args.lr, decay_steps=steps - steps // 20, warmup_steps=steps // 20
     )
     mixup = getattr(args, "mixup", 0.0)
     model.compile(
@@ -196,7 +208,7 @@ def train(model, data: Split, args, seed: int, callbacks=(), peak_lr=None) -> fl
     )
     start = time.perf_counter()
     model.fit(
-        dataset(data.x_train, data.y_train, args.batch, args.shift, seed, mixup),
+        dataset(data.x_train, data.y_train, args.batch, shift, seed, mixup),
         epochs=args.epochs,
         verbose=0,
         callbacks=list(callbacks),
@@ -211,14 +223,14 @@ def train_teacher(data: Split, args) -> keras.Model:
     for i in range(args.teacher_members):
         keras.utils.set_random_seed(100 + i)
         member = build()
-        train(member, data, args, seed=100 + i)
+        train(member, data, args, seed=100 + i, shift=bool(args.teacher_shift))
         members.append(member)
     teacher = LogitAverage(members)
     teacher(data.x_test[:1])
     return teacher
 
 
-def run_arm(student, teacher, data, args, seed, temperature, alpha) -> dict:
+def run_arm(student, teacher, data, args, seed, temperature, alpha, shift) -> dict:
     build, prune = STUDENTS[student]
     keras.utils.set_random_seed(seed)
     model = build()
@@ -226,11 +238,13 @@ def run_arm(student, teacher, data, args, seed, temperature, alpha) -> dict:
     callbacks = []
     if prune:
         callbacks.append(
-            GradualPruning(0.8, begin_step=0, end_step=int(steps * 0.7), frequency=steps // 40)
+            GradualPruning(
+                0.8, begin_step=0, end_step=int(steps * 0.7), frequency=max(1, steps // 40)
+            )
         )
     if teacher is not None:
         callbacks.append(DistillationTeacher(teacher, temperature=temperature, alpha=alpha))
-    seconds = train(model, data, args, seed, callbacks)
+    seconds = train(model, data, args, seed, callbacks, shift=shift)
     return {
         "student": student,
         "teacher": teacher is not None,
@@ -270,14 +284,8 @@ def _stats(values) -> dict:
     }
 
 
-def select(data: Split, args) -> tuple[tuple[float, float], list[dict], float]:
-    """Chooses (temperature, alpha) on a validation split carved from the training data."""
-    val = split_off_validation(data)
-    teacher = train_teacher(val, args)
-    teacher_val = accuracy(teacher, val.x_test, val.y_test)
-    print(
-        f"Selection: teacher trained on {len(val.x_train)} images, val accuracy {teacher_val:.2%}"
-    )
+def select(val: Split, teacher, args, shift: bool) -> tuple[tuple[float, float], list[dict]]:
+    """Chooses (temperature, alpha) on the validation split for one student-data regime."""
     candidates = [(None, None)] + [tuple(c) for c in args.grid]
     results = []
     for temperature, alpha in candidates:
@@ -290,6 +298,7 @@ def select(data: Split, args) -> tuple[tuple[float, float], list[dict], float]:
                 seed,
                 temperature,
                 alpha,
+                shift,
             )["accuracy"]
             for seed in args.select_seeds
         ]
@@ -297,7 +306,83 @@ def select(data: Split, args) -> tuple[tuple[float, float], list[dict], float]:
         print(f"  {label:22s} val {np.mean(accs):.4f}  {np.round(accs, 4).tolist()}", flush=True)
         results.append({"temperature": temperature, "alpha": alpha, **_stats(accs)})
     best = max((r for r in results if r["alpha"] is not None), key=lambda r: r["mean"])
-    return (best["temperature"], best["alpha"]), results, teacher_val
+    return (best["temperature"], best["alpha"]), results
+
+
+REGIMES = {"original": False, "shifted": True}
+COLUMNS = [
+    "student",
+    "params",
+    "sparsity",
+    "mean acc",
+    "std (pts)",
+    "min",
+    "max",
+    "gain (pts)",
+    "seeds up",
+    "train acc",
+    "fit s",
+]
+
+
+def test_arms(data: Split, teacher, args, shift: bool, temperature, alpha) -> tuple[list, list]:
+    """Every student alone and + teacher on the test split; returns (runs, arm summaries)."""
+    runs = []
+    for seed in args.seeds:  # arms interleaved within each seed
+        for student in args.students:
+            for taught in (False, True):
+                r = run_arm(
+                    student,
+                    teacher if taught else None,
+                    data,
+                    args,
+                    seed,
+                    temperature,
+                    alpha,
+                    shift,
+                )
+                name = f"{student}{' + teacher' if taught else ' alone'}"
+                print(f"  seed {seed}  {name:40s} {r['accuracy']:.4f}  ({r['seconds']:.0f}s)")
+                runs.append(r)
+    arms = []
+    for student in args.students:
+        alone = [r for r in runs if r["student"] == student and not r["teacher"]]
+        taught = [r for r in runs if r["student"] == student and r["teacher"]]
+        gains = [t["accuracy"] - a["accuracy"] for a, t in zip(alone, taught)]
+        for label, group in (("alone", alone), ("+ teacher", taught)):
+            arms.append(
+                {
+                    "student": student,
+                    "teacher": label != "alone",
+                    "params": group[0]["params"],
+                    "sparsity": group[0]["sparsity"],
+                    "train_accuracy": float(np.mean([r["train_accuracy"] for r in group])),
+                    "seconds": float(np.mean([r["seconds"] for r in group])),
+                    **_stats([r["accuracy"] for r in group]),
+                    "gain": _stats(gains) if label != "alone" else None,
+                    "seeds_up": int(np.sum(np.array(gains) > 0)) if label != "alone" else None,
+                }
+            )
+    return runs, arms
+
+
+def _table_rows(arms: list[dict]) -> list[list]:
+    return [
+        [
+            f"{a['student']} {'+ teacher' if a['teacher'] else 'alone'}",
+            a["params"],
+            a["sparsity"],
+            a["mean"],
+            a["std"] * 100,
+            a["min"],
+            a["max"],
+            None if a["gain"] is None else a["gain"]["mean"] * 100,
+            a["seeds_up"],
+            a["train_accuracy"],
+            a["seconds"],
+        ]
+        for a in arms
+    ]
 
 
 def main() -> None:
@@ -305,10 +390,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak of the warm-up + cosine")
-    parser.add_argument("--shift", type=int, default=0, help="random +-1 pixel shifts (1/0)")
+    parser.add_argument(
+        "--student-data",
+        nargs="+",
+        default=list(REGIMES),
+        choices=list(REGIMES),
+        help="the students' training images: as they are, and/or with random +-1 pixel "
+        "shifts (the same for both arms); one table each",
+    )
+    parser.add_argument(
+        "--teacher-shift",
+        type=int,
+        default=1,
+        help="train the teacher with random +-1 pixel shifts (1/0)",
+    )
     parser.add_argument(
         "--student",
-        default="MLP",
+        default="MLP 400-400",
         choices=list(ARCHITECTURES),
         help="student architecture; its arms are plain, pruned 80% and 4-bit",
     )
@@ -346,14 +444,18 @@ def main() -> None:
     start = time.perf_counter()
 
     data = load_digits()
-    (temperature, alpha), selection, teacher_val = select(data, args)
-    print(f"Chosen on validation: T={temperature:g}, alpha={alpha:g}")
-
+    val = split_off_validation(data)
+    val_teacher = train_teacher(val, args)
+    teacher_val = accuracy(val_teacher, val.x_test, val.y_test)
+    print(
+        f"Selection teacher: trained on {len(val.x_train)} images, val accuracy {teacher_val:.2%}"
+    )
     teacher = train_teacher(data, args)
     teacher_acc = accuracy(teacher, data.x_test, data.y_test)
     teacher_train = accuracy(teacher, data.x_train, data.y_train)
     print(
         f"Teacher: {args.teacher} x{args.teacher_members}, {teacher.count_params():,} params, "
+        f"trained {'with' if args.teacher_shift else 'without'} +-1 px shifts, "
         f"test {teacher_acc:.2%}, train {teacher_train:.2%}"
     )
     confidence = _teacher_confidence(teacher, data.x_train, sorted({t for t, _ in args.grid}))
@@ -361,74 +463,31 @@ def main() -> None:
         "Teacher's mean top probability on the training images, by temperature: "
         + ", ".join(f"T={t:g}: {p:.3f}" for t, p in confidence.items())
     )
-    runs = []
-    for seed in args.seeds:  # arms interleaved within each seed
-        for student in args.students:
-            for taught in (False, True):
-                r = run_arm(
-                    student, teacher if taught else None, data, args, seed, temperature, alpha
-                )
-                name = f"{student}{' + teacher' if taught else ' alone'}"
-                print(f"  seed {seed}  {name:36s} {r['accuracy']:.4f}  ({r['seconds']:.0f}s)")
-                runs.append(r)
 
-    rows, arms = [], []
-    for student in args.students:
-        alone = [r for r in runs if r["student"] == student and not r["teacher"]]
-        taught = [r for r in runs if r["student"] == student and r["teacher"]]
-        gains = np.array([t["accuracy"] - a["accuracy"] for a, t in zip(alone, taught)])
-        for label, group in (("alone", alone), ("+ teacher", taught)):
-            s = _stats([r["accuracy"] for r in group])
-            gain = _stats(gains) if label == "+ teacher" else None
-            arms.append(
-                {
-                    "student": student,
-                    "teacher": label != "alone",
-                    "params": group[0]["params"],
-                    "sparsity": group[0]["sparsity"],
-                    "train_accuracy": float(np.mean([r["train_accuracy"] for r in group])),
-                    "seconds": float(np.mean([r["seconds"] for r in group])),
-                    **s,
-                    "gain": gain,
-                }
+    regimes = {}
+    for regime in args.student_data:
+        shift = REGIMES[regime]
+        print(f"\nStudents trained on the {regime} images. Selection ({args.select_arm}):")
+        (temperature, alpha), selection = select(val, val_teacher, args, shift)
+        print(f"Chosen on validation: T={temperature:g}, alpha={alpha:g}")
+        runs, arms = test_arms(data, teacher, args, shift, temperature, alpha)
+        regimes[regime] = {
+            "shift": shift,
+            "selection": selection,
+            "chosen": {"temperature": temperature, "alpha": alpha},
+            "arms": arms,
+            "runs": runs,
+        }
+        print()
+        print(
+            format_table(
+                _table_rows(arms),
+                COLUMNS,
+                title=f"Distillation on digits (test split), students on the {regime} images, "
+                f"seeds {args.seeds}, {args.epochs} epochs, T={temperature:g}, "
+                f"alpha={alpha:g} chosen on validation (teacher {teacher_acc:.2%})",
             )
-            rows.append(
-                [
-                    f"{student} {label}",
-                    group[0]["params"],
-                    group[0]["sparsity"],
-                    s["mean"],
-                    s["std"] * 100,
-                    s["min"],
-                    s["max"],
-                    None if gain is None else gain["mean"] * 100,
-                    None if gain is None else int(np.sum(gains > 0)),
-                    np.mean([r["train_accuracy"] for r in group]),
-                    np.mean([r["seconds"] for r in group]),
-                ]
-            )
-    print()
-    print(
-        format_table(
-            rows,
-            [
-                "student",
-                "params",
-                "sparsity",
-                "mean acc",
-                "std (pts)",
-                "min",
-                "max",
-                "gain (pts)",
-                "seeds up",
-                "train acc",
-                "fit s",
-            ],
-            title=f"Distillation on digits (test split), seeds {args.seeds}, {args.epochs} epochs, "
-            f"T={temperature:g}, alpha={alpha:g} chosen on validation "
-            f"(teacher {teacher_acc:.2%})",
         )
-    )
     total = time.perf_counter() - start
     print(f"Total time {total:.0f}s")
     out = Path(args.out)
@@ -440,7 +499,8 @@ def main() -> None:
                     "epochs": args.epochs,
                     "batch": args.batch,
                     "peak_lr": args.lr,
-                    "shift": bool(args.shift),
+                    "student_data": args.student_data,
+                    "teacher_shift": bool(args.teacher_shift),
                     "mixup": args.mixup,
                     "teacher": args.teacher,
                     "teacher_members": args.teacher_members,
@@ -450,16 +510,14 @@ def main() -> None:
                     "select_arm": args.select_arm,
                     "grid": [list(c) for c in args.grid],
                 },
-                "selection": {"teacher_val_accuracy": teacher_val, "candidates": selection},
-                "chosen": {"temperature": temperature, "alpha": alpha},
                 "teacher": {
                     "params": teacher.count_params(),
                     "test_accuracy": teacher_acc,
                     "train_accuracy": teacher_train,
+                    "selection_val_accuracy": teacher_val,
                     "mean_top_probability_by_temperature": confidence,
                 },
-                "arms": arms,
-                "runs": runs,
+                "regimes": regimes,
                 "total_seconds": total,
             },
             indent=2,
