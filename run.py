@@ -91,8 +91,6 @@ def main(argv: list[str]) -> int:
         _ensure_venv("test")
         cmd = [str(PYTHON), "-m", "pytest", *rest]
         if not rest:
-            # Two workers (pytest-xdist): most test time is single-threaded graph
-            # tracing and TFLite conversion, so this halves the suite on 2 cores.
             return _test_both_backends(cmd, env)
     else:
         _ensure_venv("test,bench")

@@ -198,7 +198,7 @@ def train(model, data: Split, args, seed: int, callbacks=(), shift: bool = False
     lr = tfc.schedules.WarmupCosine(
         args.lr, decay_steps=steps - steps // 20, warmup_steps=steps // 20
     )
-    mixup = getattr(args, "mixup", 0.0)
+    mixup = args.mixup
     model.compile(
         optimizer=keras.optimizers.Adam(lr),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True)

@@ -140,7 +140,9 @@ def _concrete_function(model: keras.Model, specs: list):
     # purpose: the public SavedModel route (tf.saved_model.save +
     # from_saved_model) was tried and does not fold weight-only subgraphs
     # (e.g. a binary kernel's float64 per-channel mean), so binary and
-    # quantized layers then fail conversion with ERROR_NEEDS_FLEX_OPS.
+    # quantized layers then fail conversion with ERROR_NEEDS_FLEX_OPS. Letting the
+    # converter freeze (experimental_lower_to_saved_model = False) was tried too: the
+    # file then has no signature, which tfcompress.tflite_export's interpreter needs.
     return convert_to_constants.convert_variables_to_constants_v2(serve.get_concrete_function())
 
 

@@ -31,20 +31,15 @@ def loss_gradients(
         variables: The variables to differentiate.
         x: A batch of inputs.
         y: Its targets.
-        loss: ``loss(y_true, y_pred) -> scalar``; required if ``model`` is not compiled.
+        loss: ``loss(y_true, y_pred) -> scalar``; required if ``model`` is not compiled
+            (:func:`tfcompress.ops.loss_gradients`, the public entry, checks that).
 
     Returns:
         One NumPy gradient per variable (zeros where the loss does not depend on it).
-
-    Raises:
-        ValueError: If no loss is known.
     """
     require_tensorflow_backend("gradient-based pruning criteria")
     import tensorflow as tf
 
-    from tfcompress.ops.gradients import require_loss
-
-    require_loss(model, loss)
     with tf.GradientTape() as tape:
         for variable in variables:
             tape.watch(variable.value)
