@@ -51,7 +51,7 @@ seeds, and the teacher's gain as the mean of per-seed differences) and writes
 ``benchmarks/results/distillation.json`` (per-fold runs included).
 
 Run: ``PYTHONPATH=. python benchmarks/distillation.py [--folds 5] [--seeds 0 1 2]
-[--student-data original shifted]`` (defaults: about 80 minutes on 2 cores).
+[--student-data original shifted]`` (defaults: 56 minutes on 2 cores).
 """
 
 from __future__ import annotations
