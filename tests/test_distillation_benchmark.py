@@ -110,7 +110,8 @@ def test_tiny_run_writes_consistent_numbers(tmp_path, monkeypatch):
 
 def test_tiny_cross_validated_run_scores_every_image_once(tmp_path, monkeypatch, digits):
     out = tmp_path / "distillation.json"
-    argv = _tiny_argv(out, "--folds", "2", "--student-data", "original")
+    # An MLP teacher (the fixed-split test above uses the CNN one): this run trains 4 teachers.
+    argv = _tiny_argv(out, "--folds", "2", "--student-data", "original", "--teacher", "MLP")
     monkeypatch.setattr(sys, "argv", argv)
     bench.main()
     result = json.loads(out.read_text())
