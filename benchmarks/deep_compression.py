@@ -34,8 +34,8 @@ import keras
 import numpy as np
 
 import tfcompress as tfc
+from tfcompress.clustering.kmeans import assign_clusters, kmeans_1d
 from tfcompress.models import accuracy, digits_cnn, digits_mlp, train_classifier
-from tfcompress.ops.kmeans import assign_clusters, kmeans_1d
 from tfcompress.reporting.table import format_table
 
 RESULTS = Path(__file__).parent / "results"

@@ -34,10 +34,10 @@ import numpy as np
 
 import tfcompress as tfc
 from tfcompress.datasets import load_digits
+from tfcompress.lowrank.factorize import expand_lowrank
 from tfcompress.models import accuracy, digits_cnn, digits_mlp, train_classifier
 from tfcompress.reporting.table import format_table
 from tfcompress.tflite_export import TFLiteModel, convert
-from tfcompress.transforms.factorize import expand_lowrank
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -68,7 +68,7 @@ def trained_digits_cnn(digits):
 @pytest.fixture(scope="session")
 def compiled_available():
     """Builds the packed-binary kernels once (cached on disk across runs); False without a compiler."""
-    from tfcompress.ops.tf import _build
+    from tfcompress.kernels.tf import build as _build
 
     if _build.kernels_disabled():
         return False
@@ -78,8 +78,8 @@ def compiled_available():
 @pytest.fixture(params=["compiled", "fallback"])
 def kernel_path(request, compiled_available, monkeypatch):
     """Runs a test on the compiled kernels and on the pure-TF fallback (forced by env variable)."""
+    from tfcompress.kernels.tf import build as _build
     from tfcompress.ops import tf as tops
-    from tfcompress.ops.tf import _build
 
     if BACKEND != "tensorflow":
         pytest.skip("custom TensorFlow ops need the TensorFlow backend")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress._backend import require_tensorflow_backend
-from tfcompress.ops.gradients import loss_gradients
+from tfcompress.core.backend import require_tensorflow_backend
+from tfcompress.core.gradients import loss_gradients
 
 pytestmark = pytest.mark.jax
 
@@ -69,7 +69,7 @@ def _call_freeze(tmp_path):
 
 
 def _call_tf_gradients(tmp_path):
-    from tfcompress.ops.tf.gradients import loss_gradients as tf_loss_gradients
+    from tfcompress.core.tf_gradients import loss_gradients as tf_loss_gradients
 
     model = _tiny_model()
     tf_loss_gradients(model, model.trainable_variables, np.ones((2, 8)), np.ones((2, 4)))

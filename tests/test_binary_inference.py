@@ -10,15 +10,15 @@ import keras
 import numpy as np
 import pytest
 
+from tfcompress.binary import packed as binary_packed
+from tfcompress.kernels import tf as kernels_tf
 from tfcompress.layers import (
     BinaryConv2D,
     BinaryDense,
-    binary_packed,
     freeze_binary,
     unfreeze_binary,
 )
 from tfcompress.models import digits_binary_cnn
-from tfcompress.ops import tf as tops
 
 RNG = np.random.default_rng(7)
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -75,7 +75,9 @@ def test_frozen_digits_cnn_predicts_the_same(kernel_path, monkeypatch):
     expected = model.predict(x, verbose=0)  # also caches Keras' predict function
 
     calls = []
-    monkeypatch.setattr(tops, "binary_conv2d_inference", _spy(tops.binary_conv2d_inference, calls))
+    monkeypatch.setattr(
+        kernels_tf, "binary_conv2d_inference", _spy(kernels_tf.binary_conv2d_inference, calls)
+    )
     assert freeze_binary(model) == {"conv2": "packed", "conv3": "packed", "dense1": "packed"}
     got = model.predict(x, verbose=0)
     assert calls, "predict after freeze_binary did not run the packed conv"

@@ -8,9 +8,9 @@ import pytest
 
 import tfcompress as tfc
 from tests.layer_checks import check_layer
-from tfcompress.layers.binary import BinaryConv2D, BinaryDense, BinaryDepthwiseConv2D, WeightClip
+from tfcompress.binary.layers import BinaryConv2D, BinaryDense, BinaryDepthwiseConv2D, WeightClip
 from tfcompress.optimizers import Bop
-from tfcompress.quantizers import binary as Q
+from tfcompress.quantization import binary as Q
 
 
 @pytest.mark.parametrize(

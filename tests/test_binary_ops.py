@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcompress.ops import binary as B
-from tfcompress.quantizers import binary as Q
+from tfcompress.quantization import binary as Q
+from tfcompress.quantization import binary_ops as B
 
 # Values that sit on the clip edges (+-1, +-0.5 for clip 0.5), at 0 and beyond.
 EDGES = np.array([-2.0, -1.0, -0.999, -0.5, -0.25, 0.0, 0.25, 0.5, 0.999, 1.0, 1.5], np.float32)

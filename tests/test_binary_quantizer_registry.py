@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.quantizers import binary as Q
+from tfcompress import quantizers as Q
 
 QUANTIZERS = [
     Q.SteSign(clip_value=0.5),

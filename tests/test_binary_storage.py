@@ -109,7 +109,7 @@ def test_binary_cnn_tflite_export_matches_keras(binary_cnn, digits, tmp_path):
 
 
 def test_unipolar_export_gives_int8_weights_and_exact_predictions(binary_cnn, digits, tmp_path):
-    from tfcompress.layers.binary import unipolar_inputs
+    from tfcompress.binary.layers import unipolar_inputs
 
     expected = binary_cnn.predict(digits.x_test, verbose=0)
     with unipolar_inputs():

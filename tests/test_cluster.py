@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tests.layer_checks import check_layer
-from tfcompress.layers.clustered import ClusteredConv1D, ClusteredConv2D, ClusteredDense
-from tfcompress.transforms.cluster import cluster_model
+from tfcompress.clustering.cluster_model import cluster_model
+from tfcompress.clustering.layers import ClusteredConv1D, ClusteredConv2D, ClusteredDense
 
 
 @pytest.mark.parametrize(

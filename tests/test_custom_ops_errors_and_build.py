@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfcompress.kernels.tf import build as _build
 from tfcompress.ops import tf as tops
-from tfcompress.ops.tf import _build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

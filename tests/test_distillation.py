@@ -10,7 +10,7 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress.callbacks import DistillationTeacher
-from tfcompress.ops.distillation import blend_losses, hint_loss, soft_target_loss
+from tfcompress.distillation.losses import blend_losses, hint_loss, soft_target_loss
 
 N = 64  # samples used by the training tests (two batches of 32)
 

@@ -94,8 +94,8 @@ def test_replica_reduce_outside_a_strategy_is_identity():
     import numpy as np
     import tensorflow as tf
 
-    from tfcompress.ops.replicas import replica_max, replica_mean, replica_min
-    from tfcompress.ops.tf.distribute import replica_reduce
+    from tfcompress.core.replicas import replica_max, replica_mean, replica_min
+    from tfcompress.core.tf_distribute import replica_reduce
 
     x = tf.constant([1.0, -2.0, 3.0])
     for reduce in (replica_max, replica_min, replica_mean):

@@ -6,8 +6,8 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress.layers import LowRankConv2D, LowRankDense
+from tfcompress.lowrank import decompositions as lr
 from tfcompress.models import accuracy, train_classifier
-from tfcompress.ops import lowrank as lr
 
 
 def _numpy(x):

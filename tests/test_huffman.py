@@ -5,7 +5,7 @@ import heapq
 import numpy as np
 import pytest
 
-from tfcompress.ops.huffman import MAX_CODE_LENGTH, HuffmanError, code_lengths, decode, encode
+from tfcompress.export.huffman import MAX_CODE_LENGTH, HuffmanError, code_lengths, decode, encode
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 1023, 1024, 1025, 5000])

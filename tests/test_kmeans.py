@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfcompress.ops.kmeans import INITS, assign_clusters, kmeans_1d
+from tfcompress.clustering.kmeans import INITS, assign_clusters, kmeans_1d
 
 
 def _optimal_sse(values: np.ndarray, k: int) -> float:

@@ -9,7 +9,7 @@ import pytest
 import tfcompress as tfc
 from tests.layer_checks import check_layer
 from tfcompress.layers import LowRankConv2D, LowRankDense
-from tfcompress.ops import lowrank as lr
+from tfcompress.lowrank import decompositions as lr
 
 
 def _numpy(x):

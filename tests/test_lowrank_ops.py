@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from tfcompress.ops import lowrank as lr
+from tfcompress.lowrank import decompositions as lr
 
 
 def _matrix_of_rank(rows, cols, rank, seed=0):

@@ -13,8 +13,8 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress.callbacks import GradualPruning
-from tfcompress.layers.quant_activation import QuantizeOutput
-from tfcompress.tflite_export import export
+from tfcompress.export import tflite as export
+from tfcompress.quantization.activation import QuantizeOutput
 
 
 def _bn_relu6(x, name):

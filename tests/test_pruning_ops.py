@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfcompress.ops.pruning import (
+from tfcompress.pruning.masks import (
     TaylorCriterion,
     compute_masks,
     erk_sparsities,

@@ -8,9 +8,9 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress.callbacks import GradualPruning
+from tfcompress.export.sparsity import file_sparsity
 from tfcompress.models import accuracy, digits_cnn, train_classifier
 from tfcompress.tflite_export import TFLiteModel, export
-from tfcompress.tflite_export.sparsity import file_sparsity
 
 
 def _channel_prune(model, x, y, sparsity=0.5, layers=None):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.ops import quantization as q
+from tfcompress.quantization import ops as q
 from tfcompress.quantizers import (
     LSQQuantizer,
     MinMaxQuantizer,

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfcompress.transforms.rewrite import Replacement, layer_selector, rewrite_model
+from tfcompress.core.rewrite import Replacement, layer_selector, rewrite_model
 
 
 def _nested_model():

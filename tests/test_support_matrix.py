@@ -28,8 +28,8 @@ import pytest
 import support_architectures as archs
 
 import tfcompress as tfc
-from tfcompress.ops.prunable import find_prunable
-from tfcompress.ops.pruning import matrix_view
+from tfcompress.pruning.masks import matrix_view
+from tfcompress.pruning.prunable import find_prunable
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "support.md"
 

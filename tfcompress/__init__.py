@@ -19,14 +19,14 @@ from tfcompress import (
     tflite_export,
     transforms,
 )
+from tfcompress.binary.binarize import binarize_model
+from tfcompress.clustering.cluster_model import cluster_model
+from tfcompress.lowrank.factorize import factorize_model
 from tfcompress.packing import pack, unpack
+from tfcompress.pruning.shrink import shrink_model
+from tfcompress.pruning.snip import prune_at_init
+from tfcompress.quantization.quantize_model import quantize_model
 from tfcompress.reporting import summary
-from tfcompress.transforms.binarize import binarize_model
-from tfcompress.transforms.cluster import cluster_model
-from tfcompress.transforms.factorize import factorize_model
-from tfcompress.transforms.prune_at_init import prune_at_init
-from tfcompress.transforms.quantize import quantize_model
-from tfcompress.transforms.shrink import shrink_model
 
 __version__ = "0.1.0"
 

@@ -58,7 +58,7 @@ def digits_binary_cnn(
         >>> model = tfcompress.models.digits_binary_cnn()
         >>> tfcompress.models.train_classifier(model, data, epochs=15, learning_rate=1e-2)
     """
-    from tfcompress.layers.binary import BinaryConv2D, BinaryDense
+    from tfcompress.binary.layers import BinaryConv2D, BinaryDense
 
     binary = {
         "padding": "same",

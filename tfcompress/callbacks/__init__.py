@@ -1,11 +1,11 @@
 """Callbacks for ``model.fit``: pruning, sparse training, distillation, schedules."""
 
-from tfcompress.callbacks.distillation import DistillationTeacher as DistillationTeacher
-from tfcompress.callbacks.flip_ratio import FlipRatio
-from tfcompress.callbacks.learning_rate import LearningRateRewinding as LearningRateRewinding
-from tfcompress.callbacks.learning_rate import mask_update_steps as mask_update_steps
-from tfcompress.callbacks.pruning import GradualPruning, KeepSparsity
-from tfcompress.callbacks.sparse_training import DynamicSparseTraining
+from tfcompress.binary.flip_ratio import FlipRatio
+from tfcompress.distillation.teacher import DistillationTeacher as DistillationTeacher
+from tfcompress.learning_rate.rewinding import LearningRateRewinding as LearningRateRewinding
+from tfcompress.learning_rate.rewinding import mask_update_steps as mask_update_steps
+from tfcompress.pruning.callbacks import GradualPruning, KeepSparsity
+from tfcompress.pruning.sparse_training import DynamicSparseTraining
 
 __all__ = [
     "DistillationTeacher",

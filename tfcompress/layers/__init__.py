@@ -1,24 +1,24 @@
 # ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
 
-from tfcompress.layers.binary import BinaryConv2D
-from tfcompress.layers.binary import BinaryDense
-from tfcompress.layers.binary import BinaryDepthwiseConv2D
-from tfcompress.layers.binary import WeightClip
-from tfcompress.layers.binary import unipolar_inputs
-from tfcompress.layers.quant_activation import QuantizeActivation
-from tfcompress.layers.quant_conv import QuantConv1D
-from tfcompress.layers.quant_conv import QuantConv2D
-from tfcompress.layers.quant_conv import QuantDepthwiseConv2D
-from tfcompress.layers.quant_dense import QuantDense
-from tfcompress.layers.clustered import ClusteredConv1D
-from tfcompress.layers.clustered import ClusteredConv2D
-from tfcompress.layers.clustered import ClusteredDense
-from tfcompress.layers.binary_packed import freeze_binary
-from tfcompress.layers.binary_packed import unfreeze_binary
-from tfcompress.layers.lowrank import LowRankDense
-from tfcompress.layers.lowrank_conv import LowRankConv2D
-from tfcompress.layers.quant_activation import QuantizeOutput
+from tfcompress.binary.layers import BinaryConv2D
+from tfcompress.binary.layers import BinaryDense
+from tfcompress.binary.layers import BinaryDepthwiseConv2D
+from tfcompress.binary.layers import WeightClip
+from tfcompress.binary.layers import unipolar_inputs
+from tfcompress.quantization.activation import QuantizeActivation
+from tfcompress.quantization.conv import QuantConv1D
+from tfcompress.quantization.conv import QuantConv2D
+from tfcompress.quantization.conv import QuantDepthwiseConv2D
+from tfcompress.quantization.dense import QuantDense
+from tfcompress.clustering.layers import ClusteredConv1D
+from tfcompress.clustering.layers import ClusteredConv2D
+from tfcompress.clustering.layers import ClusteredDense
+from tfcompress.binary.packed import freeze_binary
+from tfcompress.binary.packed import unfreeze_binary
+from tfcompress.lowrank.dense import LowRankDense
+from tfcompress.lowrank.conv import LowRankConv2D
+from tfcompress.quantization.activation import QuantizeOutput
 
 __all__: list[str] = [
     "BinaryConv2D",

@@ -6,18 +6,18 @@
 * Binary (1 bit) and ternary (2 bits) kernels with scales.
 """
 
-from tfcompress.packing.binary_store import PackedKernel
-from tfcompress.packing.binary_store import PackedModelReport
-from tfcompress.packing.binary_store import load_packed
-from tfcompress.packing.binary_store import pack_kernel
-from tfcompress.packing.binary_store import save_packed
-from tfcompress.packing.binary_store import unpack_kernel
-from tfcompress.packing.format import PackFormatError
-from tfcompress.packing.format import PackReport
-from tfcompress.packing.format import dumps
-from tfcompress.packing.format import loads
-from tfcompress.packing.format import pack
-from tfcompress.packing.format import unpack
+from tfcompress.binary.store import PackedKernel
+from tfcompress.binary.store import PackedModelReport
+from tfcompress.binary.store import load_packed
+from tfcompress.binary.store import pack_kernel
+from tfcompress.binary.store import save_packed
+from tfcompress.binary.store import unpack_kernel
+from tfcompress.export.archive import PackFormatError
+from tfcompress.export.archive import PackReport
+from tfcompress.export.archive import dumps
+from tfcompress.export.archive import loads
+from tfcompress.export.archive import pack
+from tfcompress.export.archive import unpack
 
 __all__ = [
     "PackedKernel",

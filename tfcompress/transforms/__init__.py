@@ -1,11 +1,11 @@
 """Model -> model transforms that keep the trained weights."""
 
-from tfcompress.transforms.binarize import binarize_model
-from tfcompress.transforms.cluster import cluster_model
-from tfcompress.transforms.factorize import FactorizeReport, expand_lowrank, factorize_model
-from tfcompress.transforms.prune_at_init import prune_at_init
-from tfcompress.transforms.quantize import QuantizeConfig, quantize_model
-from tfcompress.transforms.shrink import shrink_model
+from tfcompress.binary.binarize import binarize_model
+from tfcompress.clustering.cluster_model import cluster_model
+from tfcompress.lowrank.factorize import FactorizeReport, expand_lowrank, factorize_model
+from tfcompress.pruning.shrink import shrink_model
+from tfcompress.pruning.snip import prune_at_init
+from tfcompress.quantization.quantize_model import QuantizeConfig, quantize_model
 
 __all__ = [
     "FactorizeReport",

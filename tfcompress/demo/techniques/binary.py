@@ -49,8 +49,8 @@ def _packed_bytes(model: keras.Model) -> int:
 
 
 def _binary_weights(ctx: DemoContext) -> TechniqueResult:
+    from tfcompress.binary.binarize import binarize_model
     from tfcompress.models import train_classifier
-    from tfcompress.transforms.binarize import binarize_model
 
     model = binarize_model(ctx.float_model)
     if ctx.epochs:

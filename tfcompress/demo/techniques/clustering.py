@@ -3,10 +3,10 @@
 import tempfile
 from pathlib import Path
 
+from tfcompress.clustering.cluster_model import cluster_model
 from tfcompress.demo.runner import DemoContext, Technique, TechniqueResult
 from tfcompress.models import train_classifier
 from tfcompress.packing import pack
-from tfcompress.transforms.cluster import cluster_model
 
 
 def _clustered(ctx: DemoContext) -> TechniqueResult:

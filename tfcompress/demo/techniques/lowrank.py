@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 
 from tfcompress.demo.runner import DemoContext, Technique, TechniqueResult
+from tfcompress.lowrank.factorize import factorize_model
 from tfcompress.models import train_classifier
-from tfcompress.transforms.factorize import factorize_model
 
 TARGET_RATIO = 0.5
 

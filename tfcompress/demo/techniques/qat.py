@@ -2,7 +2,7 @@
 
 from tfcompress.demo.runner import DemoContext, Technique, TechniqueResult
 from tfcompress.models import train_classifier
-from tfcompress.transforms.quantize import quantize_model
+from tfcompress.quantization.quantize_model import quantize_model
 
 
 def _qat(config, note):

@@ -1,0 +1,396 @@
+"""Packed storage of binary (1 bit) and ternary (2 bits) kernels with per-channel scales.
+
+A binary kernel is ``s * scale_c`` with ``s`` in {-1, +1}; a ternary kernel
+is ``+p_c``, ``0`` or ``-n_c`` per output channel ``c`` (TTQ has ``p != n``).
+:func:`pack_kernel` checks that a kernel really has that form (and says where
+it does not), then stores the signs as bits, one row of bytes per output
+channel (the layout XNOR-popcount kernels read), plus float32 scales.
+:func:`unpack_kernel` gives back the identical float32 array.
+
+:func:`save_packed` / :func:`load_packed` store a whole model this way: the
+binary/ternary kernels packed, every other variable as float32, and the
+model's config, in one ``.npz`` file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+__all__ = [
+    "PackedKernel",
+    "PackedModelReport",
+    "load_packed",
+    "pack_kernel",
+    "save_packed",
+    "split_scales",
+    "unpack_kernel",
+]
+
+_KINDS = {"binary": 1, "ternary": 2}
+_FORMAT = "tfcompress.packed/1"
+
+
+def _check_kind(kind: str | None) -> int:
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    return _KINDS[kind]
+
+
+def _channel_scales(kernel: np.ndarray, sign: int, name: str, kind: str) -> np.ndarray:
+    """Per channel, the single magnitude of the entries with that sign (0 if none)."""
+    picked = np.where(np.sign(kernel) == sign, np.abs(kernel), np.nan)
+    with np.errstate(all="ignore"):
+        high = np.nanmax(np.where(np.isnan(picked), -np.inf, picked), axis=0)
+        low = np.nanmin(np.where(np.isnan(picked), np.inf, picked), axis=0)
+    present = np.isfinite(high)
+    bad = np.flatnonzero(present & (high != low))
+    if bad.size:
+        c = int(bad[0])
+        raise ValueError(
+            f"{name}: kernel is not {kind}: output channel {c} has "
+            f"{'positive' if sign > 0 else 'negative'} values of different magnitudes "
+            f"(from {float(low[c])} to {float(high[c])}); expected one magnitude per channel and sign"
+        )
+    return np.where(present, high, 0.0).astype(np.float32)
+
+
+def split_scales(
+    kernel: np.ndarray, kind: str, *, name: str = "kernel"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Splits a binary/ternary kernel into int8 values and per-channel scales.
+
+    Args:
+        kernel: A float array, last axis = output channels.
+        kind: ``"binary"`` or ``"ternary"``.
+        name: Names the kernel in error messages.
+
+    Returns:
+        ``(values, scales)``: int8 values in {-1, +1} (binary) or {-1, 0, +1}
+        (ternary), and float32 scales of shape ``(channels,)`` such that
+        ``values * scales == kernel``. Asymmetric ternary kernels (TTQ) are
+        not representable by one scale: use :func:`pack_kernel`.
+
+    Raises:
+        ValueError: If the kernel is not of that form.
+    """
+    packed = pack_kernel(kernel, kind, name=name)
+    if packed.negative_scales is not None:
+        raise ValueError(f"{name}: positive and negative scales differ; use pack_kernel")
+    values = packed.values()
+    return values, packed.positive_scales
+
+
+@dataclasses.dataclass
+class PackedKernel:
+    """A kernel packed 1 bit (binary) or 2 bits (ternary) per weight.
+
+    Attributes:
+        kind: ``"binary"`` or ``"ternary"``.
+        shape: The kernel's shape (last axis = output channels).
+        bits: uint8 array ``(channels, bytes_per_channel)``; each row holds
+            one output channel's weights in C order of the other axes,
+            least significant bit first. Binary: bit 1 = +1. Ternary: 2-bit
+            codes 0 (zero), 1 (+1), 2 (-1).
+        positive_scales: float32 ``(channels,)``: the magnitude of +1 (and of
+            -1 when ``negative_scales`` is None).
+        negative_scales: float32 ``(channels,)`` or None (symmetric).
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    bits: np.ndarray
+    positive_scales: np.ndarray
+    negative_scales: np.ndarray | None = None
+
+    @property
+    def num_weights(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Stored bytes: packed bits plus float32 scales."""
+        scales = self.positive_scales.nbytes
+        if self.negative_scales is not None:
+            scales += self.negative_scales.nbytes
+        return int(self.bits.nbytes + scales)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight, scales included."""
+        return 8 * self.nbytes / self.num_weights
+
+    def values(self) -> np.ndarray:
+        """The int8 values in {-1, +1} or {-1, 0, +1}, in the kernel's shape."""
+        channels = self.shape[-1]
+        per_channel = self.num_weights // channels if channels else 0
+        width = _KINDS[self.kind]
+        raw = np.unpackbits(self.bits, axis=1, bitorder="little")[:, : per_channel * width]
+        if width == 1:
+            columns = raw.astype(np.int8) * 2 - 1
+        else:
+            codes = raw.reshape(channels, per_channel, 2)
+            code = codes[..., 0] + 2 * codes[..., 1]
+            if np.any(code == 3):
+                raise ValueError("corrupt ternary data: code 3 is not used")
+            columns = np.where(code == 1, 1, np.where(code == 2, -1, 0)).astype(np.int8)
+        return np.ascontiguousarray(columns.T).reshape(self.shape)
+
+
+def pack_kernel(kernel: np.ndarray, kind: str | None, *, name: str = "kernel") -> PackedKernel:
+    """Packs a binary or ternary kernel.
+
+    Args:
+        kernel: Float array whose last axis is the output channels; per
+            channel, every positive entry must have one magnitude, and every
+            negative entry one magnitude (binary: no zeros, and both equal).
+        kind: ``"binary"`` (1 bit per weight) or ``"ternary"`` (2 bits).
+        name: Names the kernel in error messages.
+
+    Returns:
+        A :class:`PackedKernel`; :func:`unpack_kernel` restores ``kernel`` exactly.
+
+    Raises:
+        ValueError: If ``kind`` is unknown, the kernel is not finite, or it is
+            not binary/ternary (the message names the first bad channel).
+
+    Example:
+        >>> packed = pack_kernel(np.sign(np.random.randn(3, 3, 8, 4)), "binary")
+        >>> packed.bits.shape
+        (4, 9)
+    """
+    width = _check_kind(kind)
+    kernel = np.asarray(kernel)
+    if kernel.ndim < 1 or kernel.size == 0:
+        raise ValueError(f"{name}: expected a non-empty kernel, got shape {kernel.shape}")
+    if not np.all(np.isfinite(kernel)):
+        raise ValueError(f"{name}: kernel has non-finite values")
+    kernel = kernel.astype(np.float32)
+    channels = kernel.shape[-1]
+    columns = kernel.reshape(-1, channels)  # (per_channel, channels)
+    positive = _channel_scales(columns, 1, name, kind)
+    negative = _channel_scales(columns, -1, name, kind)
+    zeros = columns == 0
+    if width == 1:
+        has_zero = zeros.any(axis=0) & ~zeros.all(axis=0)
+        if has_zero.any():
+            c = int(np.flatnonzero(has_zero)[0])
+            raise ValueError(
+                f"{name}: kernel is not binary: output channel {c} has zeros next to "
+                "nonzero values; expected +-scale only (use kind='ternary' for zeros)"
+            )
+        both = (columns > 0).any(axis=0) & (columns < 0).any(axis=0)
+        asym = np.flatnonzero(both & (positive != negative))
+        if asym.size:
+            c = int(asym[0])
+            raise ValueError(
+                f"{name}: kernel is not binary: output channel {c} has +{float(positive[c])} and "
+                f"-{float(negative[c])}; expected +-one scale per channel"
+            )
+        bits_in = (columns.T > 0).astype(np.uint8)  # all-zero channels read as +0
+        scale = np.maximum(positive, negative)
+        negative_out = None
+    else:
+        codes = np.where(columns.T > 0, 1, np.where(columns.T < 0, 2, 0)).astype(np.uint8)
+        bits_in = np.stack([codes & 1, codes >> 1], axis=-1).reshape(channels, -1)
+        # A side with no entries takes the other side's scale, so symmetric
+        # kernels store one array.
+        pos_present = (columns > 0).any(axis=0)
+        neg_present = (columns < 0).any(axis=0)
+        scale = np.where(pos_present, positive, negative)
+        negative_full = np.where(neg_present, negative, scale)
+        negative_out = None if np.array_equal(scale, negative_full) else negative_full
+    bits = np.packbits(bits_in, axis=1, bitorder="little")
+    packed = PackedKernel(
+        kind, tuple(int(d) for d in kernel.shape), bits, scale.astype(np.float32), negative_out
+    )
+    return packed
+
+
+def unpack_kernel(packed: PackedKernel) -> np.ndarray:
+    """The float32 kernel :func:`pack_kernel` packed (identical values).
+
+    Example:
+        >>> packed = tfc.packing.pack_kernel(binary_kernel, "binary")  # 1 bit each + scales
+        >>> np.array_equal(tfc.packing.unpack_kernel(packed), binary_kernel)
+        True
+    """
+    values = packed.values().astype(np.float32)
+    if packed.negative_scales is None:
+        return values * packed.positive_scales
+    return np.where(values > 0, packed.positive_scales, 0.0).astype(np.float32) - np.where(
+        values < 0, packed.negative_scales, 0.0
+    ).astype(np.float32)
+
+
+@dataclasses.dataclass
+class PackedModelReport:
+    """What :func:`save_packed` wrote.
+
+    Attributes:
+        path: The file.
+        file_bytes: Size of the file on disk (config and npz headers included).
+        packed_bytes: Bytes of the packed kernels (bits + scales).
+        float_bytes: Bytes of every other variable (float32).
+        binarized_weights: Number of weights stored packed.
+        bits_per_binarized_weight: ``8 * packed_bytes / binarized_weights``.
+        layers: Names of the layers whose kernels were packed.
+    """
+
+    path: str
+    file_bytes: int
+    packed_bytes: int
+    float_bytes: int
+    binarized_weights: int
+    bits_per_binarized_weight: float
+    layers: list[str]
+
+
+def _packable(layer) -> bool:
+    return getattr(layer, "pack_kind", None) is not None and hasattr(layer, "quantized_kernel")
+
+
+def _latent_from_packed(layer, packed: PackedKernel) -> np.ndarray:
+    """A latent kernel whose quantization gives back the packed kernel."""
+    q = layer.kernel_quantizer
+    # Quantizers that derive scales from the weights get the scaled values;
+    # unscaled or learned-scale ones get the bare signs.
+    values = unpack_kernel(packed) if q.scaled and not q.stateful else packed.values()
+    return values.astype(np.float32).reshape(tuple(layer._latent_kernel().shape))
+
+
+def _leaf_layers(model: keras.Model):
+    from tfcompress.core.rewrite import iter_leaf_layers
+
+    return list(iter_leaf_layers(model))
+
+
+def save_packed(model: keras.Model, path: str | os.PathLike) -> PackedModelReport:
+    """Saves ``model`` with its binary/ternary kernels packed (1 or 2 bits each).
+
+    Args:
+        model: A built Sequential or Functional model (tfcompress layers
+            must be registered, which importing tfcompress does).
+        path: Output file (``.npz``; the suffix is added if missing).
+
+    Returns:
+        A :class:`PackedModelReport` with the sizes.
+
+    Raises:
+        ValueError: If the model is not built or a kernel that should be
+            binary/ternary is not.
+
+    Example:
+        >>> report = save_packed(model, "model.npz")
+        >>> restored = load_packed("model.npz")
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+    if not model.built:
+        raise ValueError(f"model {model.name!r} is not built; build it before saving")
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(path.suffix + ".npz")
+    arrays: dict[str, np.ndarray] = {}
+    packed_bytes = float_bytes = binarized = 0
+    packed_layers: list[str] = []
+    # Pack everything first: a bad kernel raises before a file is written.
+    for index, (name, layer) in enumerate(_leaf_layers(model)):
+        kernel_var = layer._latent_kernel() if _packable(layer) else None
+        for v_index, variable in enumerate(layer.weights):
+            key = f"{index}/{v_index}"
+            if kernel_var is not None and variable is kernel_var:
+                packed = pack_kernel(layer.quantized_kernel(), layer.pack_kind, name=name)
+                arrays[key + "/bits"] = packed.bits
+                arrays[key + "/pos"] = packed.positive_scales
+                if packed.negative_scales is not None:
+                    arrays[key + "/neg"] = packed.negative_scales
+                arrays[key + "/meta"] = np.array(
+                    [_KINDS[packed.kind], *packed.shape], dtype=np.int64
+                )
+                packed_bytes += packed.nbytes
+                binarized += packed.num_weights
+                packed_layers.append(name)
+            else:
+                value = np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+                arrays[key] = value
+                float_bytes += value.nbytes
+    header = {"format": _FORMAT, "model": json.loads(model.to_json())}
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return PackedModelReport(
+        path=str(path),
+        file_bytes=path.stat().st_size,
+        packed_bytes=packed_bytes,
+        float_bytes=float_bytes,
+        binarized_weights=binarized,
+        bits_per_binarized_weight=8 * packed_bytes / binarized if binarized else 0.0,
+        layers=packed_layers,
+    )
+
+
+def load_packed(path: str | os.PathLike) -> keras.Model:
+    """Loads a model written by :func:`save_packed`.
+
+    Args:
+        path: The ``.npz`` file.
+
+    Returns:
+        The model with every variable restored; packed kernels unpack to
+        exactly the kernels that were saved.
+
+    Raises:
+        ValueError: If the file is not a tfcompress packed model or does not
+            match the model its config describes.
+
+    Example:
+        >>> tfc.packing.save_packed(binary_model, "bnn.npz")
+        >>> restored = tfc.packing.load_packed("bnn.npz")
+    """
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    if "__header__" not in arrays:
+        raise ValueError(f"{path} is not a tfcompress packed model (no header)")
+    header = json.loads(arrays.pop("__header__").tobytes().decode())
+    if header.get("format") != _FORMAT:
+        raise ValueError(f"{path}: unknown format {header.get('format')!r}, expected {_FORMAT!r}")
+    model = keras.models.model_from_json(json.dumps(header["model"]))
+    for index, (name, layer) in enumerate(_leaf_layers(model)):
+        values = []
+        for v_index, variable in enumerate(layer.weights):
+            key = f"{index}/{v_index}"
+            if key + "/meta" in arrays:
+                meta = arrays[key + "/meta"]
+                kind = {v: k for k, v in _KINDS.items()}[int(meta[0])]
+                packed = PackedKernel(
+                    kind,
+                    tuple(int(d) for d in meta[1:]),
+                    arrays[key + "/bits"],
+                    arrays[key + "/pos"],
+                    arrays.get(key + "/neg"),
+                )
+                if not _packable(layer):
+                    raise ValueError(
+                        f"{path}: layer {name!r} has a packed kernel but is not binary"
+                    )
+                values.append(_latent_from_packed(layer, packed))
+            elif key in arrays:
+                values.append(arrays[key])
+            else:
+                raise ValueError(f"{path}: no value for variable {v_index} of layer {name!r}")
+            if tuple(values[-1].shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"{path}: layer {name!r} variable {v_index} has shape {values[-1].shape}, "
+                    f"the model expects {tuple(variable.shape)}"
+                )
+        if values:
+            layer.set_weights(values)
+    return model

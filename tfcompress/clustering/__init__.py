@@ -1,0 +1,1 @@
+"""Weight clustering (k-means weight sharing): k-means, Clustered* layers and cluster_model."""

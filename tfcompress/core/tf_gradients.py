@@ -1,0 +1,55 @@
+"""Loss gradients of chosen variables on a batch (TensorFlow), for gradient criteria.
+
+Taylor importance, RigL regrowth and SNIP need ``dL/dw`` outside the compiled
+train step, a few times per run; this computes it eagerly on a given batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfcompress.core.backend import require_tensorflow_backend
+
+__all__ = ["loss_gradients"]
+
+
+def loss_gradients(
+    model: keras.Model,
+    variables: Sequence[Any],
+    x: Any,
+    y: Any,
+    loss: Callable[[Any, Any], Any] | None = None,
+) -> list[np.ndarray]:
+    """``dL/dv`` for each of ``variables`` on the batch ``(x, y)``, in inference mode.
+
+    Args:
+        model: The model; its compiled loss is used unless ``loss`` is given.
+        variables: The variables to differentiate.
+        x: A batch of inputs.
+        y: Its targets.
+        loss: ``loss(y_true, y_pred) -> scalar``; required if ``model`` is not compiled
+            (:func:`tfcompress.ops.loss_gradients`, the public entry, checks that).
+
+    Returns:
+        One NumPy gradient per variable (zeros where the loss does not depend on it).
+    """
+    require_tensorflow_backend("gradient-based pruning criteria")
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        for variable in variables:
+            tape.watch(variable.value)
+        y_pred = model(x, training=False)
+        if loss is not None:
+            value = keras.ops.mean(loss(y, y_pred))
+        else:
+            value = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+    grads = tape.gradient(value, [v.value for v in variables])
+    return [
+        np.zeros(tuple(v.shape), np.float32) if g is None else np.asarray(g)
+        for v, g in zip(variables, grads)
+    ]

@@ -1,0 +1,1 @@
+"""Knowledge distillation: the DistillationTeacher callback and its losses."""

@@ -1,0 +1,2 @@
+"""Learning-rate schedules for compression (warm-up cosine, one-cycle, rewinding) and the
+LearningRateRewinding callback."""

@@ -1,0 +1,1 @@
+"""Low-rank factorization: decompositions, LowRank* layers and factorize_model."""
