@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from tfcompress.core.budget import solve_budget
 from tfcompress.lowrank import decompositions as lr
 
 
@@ -134,8 +135,10 @@ def test_greedy_never_loses_to_uniform_even_when_ratio_order_misleads():
     # ends at error 50, uniform rank 2 at 6.3. Starting from uniform rescues it.
     spectra = [np.sqrt([100.0, 50.0]), np.sqrt([50.0, 6.0, 6.0, 0.1, 0.1, 0.1])]
     costs, tops, budget = [10, 1], [2, 6], 22
-    from_ones = lr._greedy([s**2 for s in spectra], costs, budget, [1, 1], tops)
-    assert lr.total_tail_error(spectra, from_ones) == pytest.approx(50.0)
+    options = [[r * c for r in range(1, t + 1)] for c, t in zip(costs, tops)]
+    errors = [[lr.svd_tail_error(s, r) for r in range(1, t + 1)] for s, t in zip(spectra, tops)]
+    from_ones = solve_budget(options, errors, budget, method="greedy")
+    assert from_ones.error == pytest.approx(50.0)
     ranks = lr.allocate_ranks(spectra, costs, budget, tops, method="greedy")
     assert lr.total_tail_error(spectra, ranks) <= lr.total_tail_error(spectra, [2, 2])
     assert lr.total_tail_error(spectra, ranks) == pytest.approx(6.3)

@@ -5,8 +5,8 @@ three things: pick layers, decide a replacement for each, and build a copy of
 the model with the replacements wired in and every other weight kept. This
 module does those things once:
 
-* :func:`layer_selector` turns ``layers=`` (names, types, a predicate) into a
-  predicate, and says clearly when a selection matches nothing;
+* :func:`layer_selector` (from :mod:`tfcompress.core.walk`) turns ``layers=``
+  into a predicate, and says clearly when a selection matches nothing;
 * :func:`rewrite_model` asks ``replace(layer)`` for every leaf layer **before**
   building anything (so a bad layer raises with the user's model untouched),
   clones the model with :func:`keras.models.clone_model` (Sequential,
@@ -17,9 +17,13 @@ module does those things once:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable
 
 import keras
+
+# Re-exported: rewrites walk and select layers the one way every technique does.
+from tfcompress.core.walk import LayerSelection, layer_selector
+from tfcompress.core.walk import walk_layers as iter_leaf_layers
 
 __all__ = [
     "LayerSelection",
@@ -29,8 +33,6 @@ __all__ = [
     "layer_selector",
     "rewrite_model",
 ]
-
-LayerSelection = str | type | Callable[[keras.layers.Layer], bool] | Sequence[str | type] | None
 
 
 @dataclasses.dataclass
@@ -63,75 +65,6 @@ class RewriteLog:
             lines.append(f"left {len(self.skipped)} layer(s) as they were:")
             lines += [f"  {name} ({kind}): {why}" for name, kind, why in self.skipped]
         return "\n".join(lines)
-
-
-def iter_leaf_layers(
-    model: keras.Model, prefix: str = ""
-) -> Iterator[tuple[str, keras.layers.Layer]]:
-    """Yields ``(qualified name, layer)`` for every non-model layer, entering nested models."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from iter_leaf_layers(layer, f"{prefix}{layer.name}/")
-        else:
-            yield f"{prefix}{layer.name}", layer
-
-
-def layer_selector(
-    layers: LayerSelection, model: keras.Model | None = None, argument: str = "layers"
-) -> Callable[[keras.layers.Layer], bool]:
-    """Turns a layer selection into a predicate.
-
-    Args:
-        layers: ``None`` (every layer), a layer name, a layer class or class
-            name, a list mixing names and classes, or a predicate
-            ``layer -> bool``.
-        model: If given, the selection must match at least one of its layers.
-        argument: The argument's name, for error messages.
-
-    Returns:
-        A predicate on layers.
-
-    Raises:
-        TypeError: For a selection of another kind.
-        ValueError: If ``model`` is given and nothing in it matches.
-    """
-    if layers is None:
-        predicate: Callable[[keras.layers.Layer], bool] = lambda layer: True  # noqa: E731
-    elif callable(layers) and not isinstance(layers, type):
-        predicate = layers
-    else:
-        items: Iterable = [layers] if isinstance(layers, (str, type)) else layers
-        names: set[str] = set()
-        classes: list[type] = []
-        for item in items:
-            if isinstance(item, str):
-                names.add(item)
-            elif isinstance(item, type) and issubclass(item, keras.layers.Layer):
-                classes.append(item)
-            else:
-                raise TypeError(
-                    f"{argument} must hold layer names or keras.layers.Layer classes, got {item!r}"
-                )
-        class_tuple = tuple(classes)
-
-        def predicate(layer: keras.layers.Layer) -> bool:
-            return (
-                layer.name in names
-                or type(layer).__name__ in names
-                or isinstance(layer, class_tuple)
-            )
-
-    if (
-        model is not None
-        and layers is not None
-        and not any(predicate(layer) for _, layer in iter_leaf_layers(model))
-    ):
-        available = ", ".join(f"{n} ({type(x).__name__})" for n, x in iter_leaf_layers(model))
-        raise ValueError(
-            f"{argument}={layers!r} matches no layer of model {model.name!r}; "
-            f"its layers are: {available}"
-        )
-    return predicate
 
 
 def _check_cloneable(model: keras.Model) -> None:

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from tfcompress.core.backend import require_tensorflow_backend
+from tfcompress.core.walk import walk_layers
 
 __all__ = [
     "QUANTIZATION_MODES",
@@ -40,7 +41,7 @@ def validate_quantization(quantization: str | None) -> str | None:
 
 def iter_layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     """Every layer inside ``model``, nested models and sublayers included."""
-    yield from model._flatten_layers(include_self=False, recursive=True)
+    yield from (layer for _, layer in walk_layers(model, sublayers=True, models=True))
 
 
 def is_quantization_aware(model: keras.Model) -> bool:

@@ -13,12 +13,14 @@ budget across layers that minimises the total squared error.
 
 from __future__ import annotations
 
-import heapq
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from tfcompress.core.budget import DEFAULT_MAX_WORK, solve_budget
 
 __all__ = [
     "allocate_ranks",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 # Above this many DP cell updates the exact allocation is skipped for the greedy.
-_DP_MAX_WORK = 30_000_000
+_DP_MAX_WORK = DEFAULT_MAX_WORK
 
 
 def _check_matrix(matrix: np.ndarray, argument: str = "matrix") -> np.ndarray:
@@ -146,60 +148,6 @@ def total_tail_error(spectra: Sequence[np.ndarray], ranks: Sequence[int]) -> flo
     return float(sum(svd_tail_error(s, r) for s, r in zip(spectra, ranks)))
 
 
-def _greedy(
-    gains: list[np.ndarray], costs: list[int], budget: int, start: list[int], max_ranks: list[int]
-) -> list[int]:
-    """Adds rank one step at a time, largest error reduction per parameter first."""
-    ranks = list(start)
-    spent = sum(r * c for r, c in zip(ranks, costs))
-    heap = [(-gains[i][r] / costs[i], i) for i, r in enumerate(ranks) if r < max_ranks[i]]
-    heapq.heapify(heap)
-    while heap:
-        _, i = heapq.heappop(heap)
-        if spent + costs[i] > budget:
-            continue  # every later step of layer i costs the same and gains less
-        spent += costs[i]
-        ranks[i] += 1
-        if ranks[i] < max_ranks[i]:
-            heapq.heappush(heap, (-gains[i][ranks[i]] / costs[i], i))
-    return ranks
-
-
-def _dynamic_programming(
-    gains: list[np.ndarray], costs: list[int], budget: int, max_ranks: list[int]
-) -> list[int] | None:
-    """Exact minimum of the total tail error (multiple-choice knapsack), if small enough."""
-    unit = math.gcd(*costs)
-    units = [c // unit for c in costs]
-    cells = budget // unit + 1
-    if cells * sum(max_ranks) > _DP_MAX_WORK:
-        return None
-    # value[b] = the largest kept energy using at most b units for the layers so far.
-    value = np.zeros(cells)
-    choices = np.zeros((len(gains), cells), dtype=np.int32)
-    for layer, (gain, u, top) in enumerate(zip(gains, units, max_ranks)):
-        kept = np.concatenate([[0.0], np.cumsum(gain[:top])])
-        best = np.full(cells, -np.inf)
-        for rank in range(1, top + 1):
-            shift = rank * u
-            if shift >= cells:
-                break
-            candidate = np.full(cells, -np.inf)
-            candidate[shift:] = value[: cells - shift] + kept[rank]
-            better = candidate > best
-            best[better] = candidate[better]
-            choices[layer, better] = rank
-        value = best
-    if not np.isfinite(value[-1]):
-        return None
-    ranks = [0] * len(gains)
-    b = cells - 1
-    for layer in range(len(gains) - 1, -1, -1):
-        ranks[layer] = int(choices[layer, b])
-        b -= ranks[layer] * units[layer]
-    return ranks
-
-
 def allocate_ranks(
     spectra: Sequence[np.ndarray],
     costs: Sequence[int],
@@ -213,8 +161,10 @@ def allocate_ranks(
     every layer) subject to ``sum_l r_l * costs[l] <= budget`` and
     ``1 <= r_l <= max_ranks[l]``.
 
-    ``"dp"`` solves this exactly (a multiple-choice knapsack over the budget
-    in units of the costs' greatest common divisor). ``"greedy"`` adds one rank
+    Each layer's options are ranks ``1..max_ranks[l]``, solved by the shared
+    budget solver (:func:`tfcompress.core.budget.solve_budget`): ``"dp"``
+    solves this exactly (a multiple-choice knapsack over the budget in units
+    of the costs' greatest common divisor). ``"greedy"`` adds one rank
     at a time to the layer with the largest error reduction per parameter,
     twice: from rank 1 everywhere, and from the best uniform rank that fits;
     it returns the better, so it is never worse than a uniform rank at the
@@ -256,23 +206,28 @@ def allocate_ranks(
         raise ValueError(
             f"budget={budget} parameters is below the {minimum} that rank 1 in every layer needs"
         )
+    # Option k of layer l is rank k + 1: it costs (k + 1) * costs[l] and leaves the SVD tail.
+    option_costs = [[r * c for r in range(1, top + 1)] for c, top in zip(costs, tops)]
+    option_errors = [
+        [float(np.sum(g[r:])) for r in range(1, top + 1)] for g, top in zip(gains, tops)
+    ]
+    solve = functools.partial(solve_budget, option_costs, option_errors, int(budget))
     if method in ("auto", "dp"):
-        exact = _dynamic_programming(gains, costs, int(budget), tops)
-        if exact is not None:
-            return exact
-        if method == "dp":
-            raise ValueError(
-                "method='dp' would need a table larger than "
-                f"{_DP_MAX_WORK:,} cells; use method='greedy'"
-            )
-    from_ones = _greedy(gains, costs, budget, [1] * len(gains), tops)
+        allocation = solve(method=method, max_work=_DP_MAX_WORK)
+        if allocation.exact:
+            return [k + 1 for k in allocation.choices]
+    # Greedy twice, from rank 1 everywhere and from the best uniform rank that fits: a ratio
+    # order that spends the budget on cheap small steps cannot then lose to the uniform rank.
     best_uniform = [1] * len(gains)
     for rank in range(1, max(tops) + 1):
         candidate = uniform_ranks(tops, rank)
         if sum(r * c for r, c in zip(candidate, costs)) <= budget:
             best_uniform = candidate
-    from_uniform = _greedy(gains, costs, budget, best_uniform, tops)
-    return min((from_ones, from_uniform), key=lambda ranks: total_tail_error(spectra, ranks))
+    runs = [
+        solve(method="greedy", start=[r - 1 for r in first])
+        for first in ([1] * len(gains), best_uniform)
+    ]
+    return [k + 1 for k in min(runs, key=lambda run: run.error).choices]
 
 
 # --- conv kernels ----------------------------------------------------------

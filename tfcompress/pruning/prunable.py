@@ -16,10 +16,11 @@ treated like Dense (output channels on the last axis).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
+
+from tfcompress.core.walk import LayerSelection, layer_selector, walk_layers
 
 __all__ = ["PrunableWeight", "find_prunable", "prunable_weights"]
 
@@ -102,13 +103,8 @@ def prunable_weights(layer: keras.layers.Layer) -> list[PrunableWeight]:
     return []
 
 
-LayerSelector = str | type | Callable[[keras.layers.Layer], bool] | Sequence[str | type] | None
-
-
-def _leaf_layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not isinstance(layer, keras.Model):
-            yield layer
+# The one selection type (kept under this name for the pruning modules that import it).
+LayerSelector = LayerSelection
 
 
 def find_prunable(model: keras.Model, layers: LayerSelector = None) -> list[PrunableWeight]:
@@ -116,47 +112,26 @@ def find_prunable(model: keras.Model, layers: LayerSelector = None) -> list[Prun
 
     Args:
         model: A built Keras model.
-        layers: ``None`` (every layer with a prunable weight), a layer name, a
-            layer class, a list of names and/or classes, or a predicate
-            ``layer -> bool``.
+        layers: A :data:`~tfcompress.core.walk.LayerSelection`: ``None``
+            (every layer with a prunable weight), a layer name or class name,
+            a layer class, a list of those, or a predicate ``layer -> bool``.
 
     Returns:
         The weights, in model order.
 
     Raises:
-        ValueError: If the model is not built, a named layer does not exist,
-            or the selection matches no prunable layer.
+        TypeError: For a selection item that is not a name or a layer class.
+        ValueError: If the model is not built, a name matches no layer, or
+            the selection matches no prunable layer.
     """
     if not getattr(model, "built", False):
         raise ValueError(
             f"model {getattr(model, 'name', model)!r} is not built: build it (call it on data "
             "or start it with keras.Input) before pruning"
         )
-    leaves = list(_leaf_layers(model))
-    if layers is None:
-        chosen = leaves
-    elif callable(layers) and not isinstance(layers, type):
-        chosen = [layer for layer in leaves if layers(layer)]
-    else:
-        items = [layers] if isinstance(layers, (str, type)) else list(layers)
-        for item in items:
-            if not isinstance(item, (str, type)):
-                raise ValueError(
-                    "layers must be None, a name, a layer class, a list of names/classes or a "
-                    f"predicate, got an item {item!r}"
-                )
-        names = {layer.name for layer in leaves}
-        missing = [i for i in items if isinstance(i, str) and i not in names]
-        if missing:
-            raise ValueError(
-                f"layers={layers!r}: no layer named {missing} in model {model.name!r}; "
-                f"its layers are {sorted(names)}"
-            )
-        chosen = [
-            layer
-            for layer in leaves
-            if any(layer.name == i if isinstance(i, str) else isinstance(layer, i) for i in items)
-        ]
+    # Pruning reaches inside wrappers (the LSTM of a Bidirectional), so sublayers are walked.
+    selected = layer_selector(layers, model, sublayers=True, require_match=False)
+    chosen = [layer for _, layer in walk_layers(model, sublayers=True) if selected(layer)]
     found = [w for layer in chosen for w in prunable_weights(layer)]
     if not found:
         raise ValueError(

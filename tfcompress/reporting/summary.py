@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 
+from tfcompress.core.walk import walk_layers
 from tfcompress.reporting.table import format_table
 
 __all__ = ["LayerSummary", "ModelSummary", "layer_macs", "summary"]
@@ -202,15 +203,6 @@ def _layer_stats(layer: keras.layers.Layer) -> dict[str, Any]:
     return dict(hook()) if callable(hook) else {}
 
 
-def _walk(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
-    """Yields (qualified name, layer) for leaf layers, descending into sub-models."""
-    for child in model.layers:
-        if isinstance(child, keras.Model):
-            yield from _walk(child, f"{prefix}{child.name}/")
-        else:
-            yield f"{prefix}{child.name}", child
-
-
 def _summarize_layer(name: str, layer: keras.layers.Layer) -> LayerSummary | None:
     if isinstance(layer, keras.layers.InputLayer):
         return None
@@ -280,7 +272,7 @@ def summary(model: keras.Model, print_fn: Callable[[str], Any] | None = print) -
             "shape before summarizing it"
         )
     rows = []
-    for name, layer in _walk(model):
+    for name, layer in walk_layers(model):
         row = _summarize_layer(name, layer)
         if row is not None:
             rows.append(row)
