@@ -9,7 +9,7 @@ import pytest
 import tfcompress as tfc
 from tests.layer_checks import check_layer
 from tfcompress.layers import LowRankConv2D, LowRankDense
-from tfcompress.lowrank import decompositions as lr
+from tfcompress.lowrank.conv_decompositions import conv_decomposition
 
 
 def _numpy(x):
@@ -133,7 +133,7 @@ def test_conv_at_true_rank_matches_conv2d(decomposition, conv_kwargs):
 @pytest.mark.parametrize("decomposition", ["channel", "spatial"])
 def test_conv_error_at_lower_rank_equals_the_svd_tail(decomposition):
     kernel = np.random.default_rng(3).standard_normal((3, 3, 4, 8))
-    s = np.linalg.svd(lr.conv_matrix(kernel, decomposition), compute_uv=False)
+    s = np.linalg.svd(conv_decomposition(decomposition).matrix(kernel), compute_uv=False)
     layer = LowRankConv2D(8, 3, 2, decomposition)
     layer.build((None, 6, 6, 4))
     error = layer.set_kernel(kernel)

@@ -7,6 +7,7 @@ import pytest
 
 from tfcompress.core.budget import solve_budget
 from tfcompress.lowrank import decompositions as lr
+from tfcompress.lowrank.conv_decompositions import conv_decomposition
 
 
 def _matrix_of_rank(rows, cols, rank, seed=0):
@@ -157,12 +158,28 @@ def test_allocation_errors():
 def test_conv_factors_compose_back_to_the_kernel(decomposition):
     rng = np.random.default_rng(3)
     kernel = rng.standard_normal((3, 3, 4, 6))
-    matrix = lr.conv_matrix(kernel, decomposition)
+    scheme = conv_decomposition(decomposition)
+    matrix = scheme.matrix(kernel)
     rank = min(matrix.shape) - 1
-    factors = lr.conv_factors(kernel, decomposition, rank)
-    composed = lr.compose_conv_factors(factors, decomposition)
+    factors = scheme.factors(kernel, rank)
+    assert [f.shape for f in factors] == [s[1] for s in scheme.stages(kernel.shape, rank)]
+    assert scheme.params(kernel.shape, rank) == lr.factor_params(*matrix.shape, rank)
+    composed = scheme.compose(factors)
     s = np.linalg.svd(matrix, compute_uv=False)
     np.testing.assert_allclose(np.sum((kernel - composed) ** 2), s[-1] ** 2, rtol=1e-3)
+
+
+def test_tucker2_object_composes_its_factors_and_counts_them():
+    kernel = np.random.default_rng(5).standard_normal((3, 3, 5, 7))
+    scheme = conv_decomposition("tucker2")
+    assert not scheme.svd_based and scheme.normalize_rank([2, 3]) == (2, 3)
+    factors = scheme.factors(kernel, (5, 7))
+    np.testing.assert_allclose(scheme.compose(factors), kernel, atol=1e-10)
+    assert [f.shape for f in factors] == [s[1] for s in scheme.stages(kernel.shape, (5, 7))]
+    assert scheme.params(kernel.shape, (2, 3)) == 2 * 5 + 9 * 2 * 3 + 3 * 7
+    assert scheme.choose_rank(kernel, 9, None) == (5, 7)  # clipped to each mode
+    with pytest.raises(ValueError, match="decomposition must be one of"):
+        conv_decomposition("cp")
 
 
 def test_tucker2_at_full_rank_is_exact_and_hooi_does_not_hurt():

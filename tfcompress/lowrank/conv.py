@@ -9,12 +9,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfcompress.lowrank import decompositions as lr
-from tfcompress.lowrank.dense import _check_rank_arg, _numpy
+from tfcompress.lowrank.conv_decompositions import CONV_DECOMPOSITIONS, conv_decomposition
 
 __all__ = ["CONV_DECOMPOSITIONS", "LowRankConv2D"]
 
-CONV_DECOMPOSITIONS = ("channel", "spatial", "tucker2")
+
+def _numpy(x: Any) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def _pair(value: Any, argument: str) -> tuple[int, int]:
@@ -54,7 +55,8 @@ class LowRankConv2D(keras.layers.Layer):
         filters: Output channels.
         kernel_size: As in ``keras.layers.Conv2D``.
         rank: Inner rank (``"tucker2"``: int or ``(rank_in, rank_out)``).
-        decomposition: ``"channel"``, ``"spatial"`` or ``"tucker2"``.
+        decomposition: ``"channel"``, ``"spatial"`` or ``"tucker2"`` (or a
+            :class:`~tfcompress.lowrank.conv_decompositions.ConvDecomposition`).
         strides, padding, data_format, dilation_rate: As in Conv2D.
         groups: Must be 1 (grouped convolutions are not factorized).
         activation, use_bias, bias_initializer, bias_regularizer,
@@ -106,19 +108,11 @@ class LowRankConv2D(keras.layers.Layer):
         bias_constraint: Any = None,
         **kwargs: Any,
     ) -> None:
-        if decomposition not in CONV_DECOMPOSITIONS:
-            raise ValueError(
-                f"decomposition must be one of {CONV_DECOMPOSITIONS}, got {decomposition!r}"
-            )
+        # The name stays in the config; every decision below asks the object.
+        self._decomposition = conv_decomposition(decomposition)
         if groups != 1:
             raise ValueError(f"LowRankConv2D supports groups=1 only, got groups={groups!r}")
-        self.rank: int | tuple[int, int]
-        if decomposition == "tucker2" and isinstance(rank, (list, tuple)):
-            if len(rank) != 2:
-                raise ValueError(f"rank must be an int or (rank_in, rank_out), got {rank!r}")
-            self.rank = (_check_rank_arg(rank[0]), _check_rank_arg(rank[1]))
-        else:
-            self.rank = _check_rank_arg(rank)
+        self.rank: int | tuple[int, int] = self._decomposition.normalize_rank(rank)
         padding = str(padding).lower()
         if padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
@@ -127,7 +121,7 @@ class LowRankConv2D(keras.layers.Layer):
             raise ValueError(f"filters must be a positive int, got {filters!r}")
         self.filters = int(filters)
         self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.decomposition = decomposition
+        self.decomposition = self._decomposition.name
         self.strides = _pair(strides, "strides")
         self.padding = padding
         data_format = data_format or keras.config.image_data_format()
@@ -155,51 +149,21 @@ class LowRankConv2D(keras.layers.Layer):
         """``(rank_in, rank_out)`` for Tucker-2, ``(rank, rank)`` otherwise."""
         return self.rank if isinstance(self.rank, tuple) else (self.rank, self.rank)
 
+    def _kernel_shape(self, cin: int) -> tuple[int, int, int, int]:
+        return (*self.kernel_size, cin, self.filters)
+
     def _stages(self, cin: int) -> list[tuple[str, tuple[int, int, int, int], tuple, tuple]]:
         """(name, kernel shape, strides, dilation) of each convolution in order."""
-        kh, kw = self.kernel_size
-        sh, sw = self.strides
-        dh, dw = self.dilation_rate
-        f = self.filters
-        if self.decomposition == "channel":
-            r = self.rank
-            return [
-                ("kernel_a", (kh, kw, cin, r), (sh, sw), (dh, dw)),
-                ("kernel_b", (1, 1, r, f), (1, 1), (1, 1)),
-            ]
-        if self.decomposition == "spatial":
-            r = self.rank
-            return [
-                ("kernel_a", (kh, 1, cin, r), (sh, 1), (dh, 1)),
-                ("kernel_b", (1, kw, r, f), (1, sw), (1, dw)),
-            ]
-        r_in, r_out = self.ranks
-        return [
-            ("kernel_a", (1, 1, cin, r_in), (1, 1), (1, 1)),
-            ("kernel_core", (kh, kw, r_in, r_out), (sh, sw), (dh, dw)),
-            ("kernel_b", (1, 1, r_out, f), (1, 1), (1, 1)),
-        ]
-
-    def _check_ranks(self, cin: int) -> None:
-        kh, kw = self.kernel_size
-        if self.decomposition == "channel":
-            lr._check_rank(self.rank, kh * kw * cin, self.filters)
-        elif self.decomposition == "spatial":
-            lr._check_rank(self.rank, kh * cin, kw * self.filters)
-        else:
-            r_in, r_out = self.ranks
-            for argument, r, limit in (("rank_in", r_in, cin), ("rank_out", r_out, self.filters)):
-                if r > limit:
-                    raise ValueError(
-                        f"Tucker-2 {argument}={r} must be <= {limit} (the channels of that mode)"
-                    )
+        return self._decomposition.stages(
+            self._kernel_shape(cin), self.rank, self.strides, self.dilation_rate
+        )
 
     def build(self, input_shape: tuple) -> None:
         axis = -1 if self.data_format == "channels_last" else 1
         cin = input_shape[axis]
         if cin is None:
             raise ValueError(f"{self.name}: the input channel dimension must be known")
-        self._check_ranks(cin)
+        self._decomposition.check_rank(self.rank, self._kernel_shape(cin))
         self._kernels = []
         for name, shape, _, _ in self._stages(cin):
             self._kernels.append(
@@ -283,9 +247,7 @@ class LowRankConv2D(keras.layers.Layer):
         expected = (kh, kw, self._cin, self.filters)
         if w.shape != expected:
             raise ValueError(f"kernel must have shape {expected}, got {w.shape}")
-        for variable, value in zip(
-            self._kernels, lr.conv_factors(w, self.decomposition, self.rank)
-        ):
+        for variable, value in zip(self._kernels, self._decomposition.factors(w, self.rank)):
             variable.assign(value.astype(np.float32))
         if bias is not None and self.bias is not None:
             self.bias.assign(_numpy(bias).astype(self.bias.dtype))
@@ -293,7 +255,7 @@ class LowRankConv2D(keras.layers.Layer):
 
     def effective_kernel(self) -> np.ndarray:
         """The ``(kh, kw, cin, filters)`` kernel the factors compute, as NumPy."""
-        return lr.compose_conv_factors([_numpy(k) for k in self._kernels], self.decomposition)
+        return self._decomposition.compose([_numpy(k) for k in self._kernels])
 
     def compression_stats(self) -> dict[str, Any]:
         """Parameters and MACs per example of the factor chain, for ``tfc.summary``."""

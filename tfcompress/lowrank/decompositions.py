@@ -24,9 +24,8 @@ from tfcompress.core.budget import DEFAULT_MAX_WORK, solve_budget
 
 __all__ = [
     "allocate_ranks",
-    "compose_conv_factors",
-    "conv_factors",
-    "conv_matrix",
+    "check_rank",
+    "check_rank_arg",
     "energy_rank",
     "factor_params",
     "max_useful_rank",
@@ -48,7 +47,17 @@ def _check_matrix(matrix: np.ndarray, argument: str = "matrix") -> np.ndarray:
     return array
 
 
-def _check_rank(rank: int, rows: int, cols: int, argument: str = "rank") -> int:
+def check_rank_arg(rank: Any, argument: str = "rank") -> int:
+    """Checks that a rank argument is an int >= 1 (its upper limit depends on the layer)."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise TypeError(f"{argument} must be an int >= 1, got {rank!r}")
+    if rank < 1:
+        raise ValueError(f"{argument} must be >= 1, got {rank}")
+    return int(rank)
+
+
+def check_rank(rank: int, rows: int, cols: int, argument: str = "rank") -> int:
+    """Checks ``1 <= rank < min(rows, cols)`` for a ``rows x cols`` matrix; returns the int."""
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
         raise TypeError(f"{argument} must be an int, got {rank!r}")
     limit = min(rows, cols)
@@ -85,7 +94,7 @@ def truncated_svd(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray
         True
     """
     array = _check_matrix(matrix)
-    rank = _check_rank(rank, *array.shape)
+    rank = check_rank(rank, *array.shape)
     u, s, vt = np.linalg.svd(array, full_matrices=False)
     root = np.sqrt(s[:rank])
     return (u[:, :rank] * root).astype(np.float32), (root[:, None] * vt[:rank]).astype(np.float32)
@@ -230,34 +239,7 @@ def allocate_ranks(
     return [k + 1 for k in min(runs, key=lambda run: run.error).choices]
 
 
-# --- conv kernels ----------------------------------------------------------
-def conv_matrix(kernel: np.ndarray, decomposition: str) -> np.ndarray:
-    """The matrix whose rank-r SVD gives the ``channel`` or ``spatial`` factors."""
-    kh, kw, cin, f = kernel.shape
-    if decomposition == "channel":
-        return kernel.reshape(kh * kw * cin, f)
-    if decomposition == "spatial":
-        # rows (i, c), cols (j, f): W[i, j, c, f] = sum_k V[i, c, k] H[j, k, f]
-        return kernel.transpose(0, 2, 1, 3).reshape(kh * cin, kw * f)
-    raise ValueError(f"no matrix view for decomposition {decomposition!r}")
-
-
-def conv_factors(kernel: np.ndarray, decomposition: str, rank: Any) -> list[np.ndarray]:
-    """Factors (in stage order) of a ``(kh, kw, cin, filters)`` kernel."""
-    kh, kw, cin, f = kernel.shape
-    if decomposition == "channel":
-        a, b = truncated_svd(conv_matrix(kernel, "channel"), rank)
-        return [a.reshape(kh, kw, cin, rank), b.reshape(1, 1, rank, f)]
-    if decomposition == "spatial":
-        a, b = truncated_svd(conv_matrix(kernel, "spatial"), rank)
-        vertical = a.reshape(kh, cin, rank)[:, None, :, :]
-        horizontal = b.reshape(rank, kw, f).transpose(1, 0, 2)[None, :, :, :]
-        return [vertical, horizontal]
-    r_in, r_out = (rank, rank) if isinstance(rank, (int, np.integer)) else rank
-    u_in, core, u_out = tucker2(kernel, r_in, r_out)
-    return [u_in[None, None], core, u_out.T[None, None]]
-
-
+# --- conv kernels (the decomposition objects are in lowrank/conv_decompositions.py) ---
 def tucker2(
     kernel: np.ndarray, rank_in: int, rank_out: int, sweeps: int = 5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -280,15 +262,3 @@ def tucker2(
         u_out = leading(np.moveaxis(projected, 3, 0).reshape(w.shape[3], -1), rank_out)
     core = np.einsum("hwcf,cr,fs->hwrs", w, u_in, u_out)
     return u_in, core, u_out
-
-
-def compose_conv_factors(factors: list[np.ndarray], decomposition: str) -> np.ndarray:
-    """The ``(kh, kw, cin, filters)`` kernel a chain of factors computes."""
-    if decomposition == "channel":
-        a, b = factors
-        return np.einsum("hwcr,rf->hwcf", a, b[0, 0])
-    if decomposition == "spatial":
-        a, b = factors
-        return np.einsum("hcr,wrf->hwcf", a[:, 0], b[0])
-    u_in, core, u_out = factors
-    return np.einsum("cr,hwrs,sf->hwcf", u_in[0, 0], core, u_out[0, 0])

@@ -21,14 +21,6 @@ from tfcompress.lowrank import decompositions as lr
 __all__ = ["LowRankDense"]
 
 
-def _check_rank_arg(rank: Any) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise TypeError(f"rank must be an int >= 1, got {rank!r}")
-    if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
-    return int(rank)
-
-
 def _numpy(x: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x))
 
@@ -113,7 +105,7 @@ class LowRankDense(keras.layers.Layer):
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
             raise ValueError(f"units must be a positive int, got {units!r}")
         self.units = int(units)
-        self.rank = _check_rank_arg(rank)
+        self.rank = lr.check_rank_arg(rank)
         self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -130,7 +122,7 @@ class LowRankDense(keras.layers.Layer):
         input_dim = input_shape[-1]
         if input_dim is None:
             raise ValueError(f"{self.name}: the last input dimension must be known")
-        lr._check_rank(self.rank, input_dim, self.units)
+        lr.check_rank(self.rank, input_dim, self.units)
         self._built_input_shape = tuple(input_shape)
         self.kernel_a = self.add_weight(
             name="kernel_a",

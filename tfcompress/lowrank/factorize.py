@@ -9,15 +9,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfcompress.core.rewrite import (
-    LayerSelection,
-    Replacement,
-    iter_leaf_layers,
-    layer_selector,
-    rewrite_model,
-)
+from tfcompress.core.rewrite import Replacement, rewrite_model
+from tfcompress.core.walk import LayerSelection, layer_selector, walk_layers
+from tfcompress.lowrank import conv_decompositions
 from tfcompress.lowrank import decompositions as lr
-from tfcompress.lowrank.conv import CONV_DECOMPOSITIONS, LowRankConv2D
+from tfcompress.lowrank.conv import LowRankConv2D
 from tfcompress.lowrank.dense import LowRankDense
 from tfcompress.reporting.table import format_table
 
@@ -99,7 +95,20 @@ class _Candidate:
     cols: int
     spectrum: np.ndarray
     dense_params: int  # kernel only; the bias is unchanged
+    decomposition: (
+        conv_decompositions.ConvDecomposition | None
+    )  # None: a Dense kernel (a plain SVD)
     rank: Any = None
+
+    @property
+    def svd_based(self) -> bool:
+        return self.decomposition is None or self.decomposition.svd_based
+
+    def params(self, rank: Any) -> int:
+        """Kernel parameters of the factors at ``rank``."""
+        if self.decomposition is None:
+            return lr.factor_params(self.rows, self.cols, rank)
+        return self.decomposition.params(self.layer.kernel.shape, rank)
 
 
 def _factorizable(layer: keras.layers.Layer) -> str | None:
@@ -116,25 +125,19 @@ def _factorizable(layer: keras.layers.Layer) -> str | None:
     return None
 
 
-def _matrix(layer: keras.layers.Layer, decomposition: str) -> np.ndarray:
-    kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
-    if isinstance(layer, keras.layers.Dense):
-        return kernel
-    # Tucker-2 is not an SVD of one matrix; the channel view has the same norm.
-    return lr.conv_matrix(kernel, "spatial" if decomposition == "spatial" else "channel")
+def _kernel(layer: keras.layers.Layer) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
 
 
-def _check_arguments(rank, energy, target_ratio, conv_decomposition) -> str:
+def _check_arguments(
+    rank, energy, target_ratio, decomposition: conv_decompositions.ConvDecomposition
+) -> str:
     given = [n for n, v in (("rank", rank), ("energy", energy), ("target_ratio", target_ratio))
              if v is not None]  # fmt: skip
     if len(given) != 1:
         raise ValueError(
             "give exactly one of rank, energy or target_ratio, got "
             + (", ".join(given) if given else "none")
-        )
-    if conv_decomposition not in CONV_DECOMPOSITIONS:
-        raise ValueError(
-            f"conv_decomposition must be one of {CONV_DECOMPOSITIONS}, got {conv_decomposition!r}"
         )
     if rank is not None:
         ranks = rank.items() if isinstance(rank, Mapping) else [("rank", rank)]
@@ -155,29 +158,12 @@ def _check_arguments(rank, energy, target_ratio, conv_decomposition) -> str:
                 "target_ratio must be in (0, 1) (parameters of the factorized model over "
                 f"the original's), got {target_ratio}"
             )
-        if conv_decomposition == "tucker2":
+        if not decomposition.svd_based:
             raise ValueError(
                 "target_ratio needs an SVD-based conv_decomposition ('channel' or 'spatial'); "
-                "got 'tucker2'"
+                f"got {decomposition.name!r}"
             )
     return given[0]
-
-
-def _tucker_ranks(cand: _Candidate, rank, energy) -> tuple[int, int]:
-    kernel = np.asarray(keras.ops.convert_to_numpy(cand.layer.kernel), dtype=np.float64)
-    cin, filters = kernel.shape[2], kernel.shape[3]
-    if energy is None:
-        return min(rank, cin), min(rank, filters)
-    modes = []
-    for axis in (2, 3):
-        unfolded = np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1)
-        modes.append(lr.energy_rank(np.linalg.svd(unfolded, compute_uv=False), energy))
-    return modes[0], modes[1]
-
-
-def _tucker_params(layer: keras.layers.Layer, ranks: tuple[int, int]) -> int:
-    kh, kw, cin, filters = layer.kernel.shape
-    return ranks[0] * cin + kh * kw * ranks[0] * ranks[1] + ranks[1] * filters
 
 
 def factorize_model(
@@ -237,9 +223,10 @@ def factorize_model(
         >>> report.param_ratio  # <= 0.5
         >>> tfc.models.train_classifier(small, data, epochs=3)  # short fine-tune
     """
-    mode = _check_arguments(rank, energy, target_ratio, conv_decomposition)
+    decomposition = conv_decompositions.conv_decomposition(conv_decomposition, "conv_decomposition")
+    mode = _check_arguments(rank, energy, target_ratio, decomposition)
     if isinstance(rank, Mapping) and layers is None:
-        leaves = list(iter_leaf_layers(model))
+        leaves = list(walk_layers(model))
         unknown = [k for k in rank if not any(k in (q, x.name) for q, x in leaves)]
         if unknown:
             raise ValueError(
@@ -254,7 +241,7 @@ def factorize_model(
     candidates: list[_Candidate] = []
     skipped: list[tuple[str, str, str]] = []
     seen: set[int] = set()
-    for name, layer in iter_leaf_layers(model):
+    for name, layer in walk_layers(model):
         if id(layer) in seen or not selector(layer) or not layer.weights:
             continue
         seen.add(id(layer))
@@ -264,7 +251,12 @@ def factorize_model(
                 raise TypeError(f"cannot factorize layer {name!r}: {reason}")
             skipped.append((name, type(layer).__name__, reason))
             continue
-        matrix = _matrix(layer, conv_decomposition)
+        scheme = decomposition if isinstance(layer, keras.layers.Conv2D) else None
+        # Tucker-2 is not an SVD of one matrix; its channel view has the same norm.
+        view = (
+            scheme if scheme is not None and scheme.svd_based else conv_decompositions.ChannelSVD()
+        )
+        matrix = _kernel(layer) if scheme is None else view.matrix(_kernel(layer))
         candidates.append(
             _Candidate(
                 name=name,
@@ -273,11 +265,11 @@ def factorize_model(
                 cols=matrix.shape[1],
                 spectrum=np.linalg.svd(matrix, compute_uv=False),
                 dense_params=int(matrix.size),
+                decomposition=scheme,
             )
         )
 
-    chosen = _choose_ranks(model, candidates, skipped, mode, rank, energy, target_ratio,
-                           conv_decomposition)  # fmt: skip
+    chosen = _choose_ranks(model, candidates, skipped, mode, rank, energy, target_ratio)
     if not chosen:
         value = {"rank": rank, "energy": energy, "target_ratio": target_ratio}[mode]
         details = "; ".join(f"{n}: {why}" for n, _, why in skipped) or "no Dense/Conv2D layer"
@@ -299,7 +291,7 @@ def factorize_model(
             new: keras.layers.Layer = LowRankDense.from_config({**config, "rank": cand.rank})
         else:
             new = LowRankConv2D.from_config(
-                {**config, "rank": cand.rank, "decomposition": conv_decomposition}
+                {**config, "rank": cand.rank, "decomposition": decomposition.name}
             )
 
         def initialize(new_layer, old_layer, name=cand.name):
@@ -318,7 +310,7 @@ def factorize_model(
                 matrix_shape=(c.rows, c.cols),
                 rank=c.rank,
                 params_before=c.dense_params,
-                params_after=_factor_params(c, conv_decomposition),
+                params_after=c.params(c.rank),
                 squared_error=errors[c.name],
                 relative_error=float(np.sqrt(errors[c.name] / max(np.sum(c.spectrum**2), 1e-30))),
             )
@@ -333,12 +325,6 @@ def factorize_model(
     return (new_model, report) if return_report else new_model
 
 
-def _factor_params(cand: _Candidate, decomposition: str) -> int:
-    if isinstance(cand.layer, keras.layers.Conv2D) and decomposition == "tucker2":
-        return _tucker_params(cand.layer, cand.rank)
-    return lr.factor_params(cand.rows, cand.cols, cand.rank)
-
-
 def _rank_for(rank: int | Mapping[str, int], cand: _Candidate) -> int | None:
     """The fixed rank of a layer; a dict may name it by qualified ("outer/inner") or own name."""
     if not isinstance(rank, Mapping):
@@ -347,7 +333,7 @@ def _rank_for(rank: int | Mapping[str, int], cand: _Candidate) -> int | None:
 
 
 def _choose_ranks(
-    model, candidates, skipped, mode, rank, energy, target_ratio, decomposition
+    model, candidates, skipped, mode, rank, energy, target_ratio
 ) -> dict[int, _Candidate]:
     """Sets ``rank`` on the candidates worth factorizing; the rest go to ``skipped``."""
     chosen: dict[int, _Candidate] = {}
@@ -382,13 +368,15 @@ def _choose_ranks(
 
     for c in candidates:
         kind = type(c.layer).__name__
-        if isinstance(c.layer, keras.layers.Conv2D) and decomposition == "tucker2":
-            value = _rank_for(rank, c)
-            c.rank = _tucker_ranks(c, value, energy)
-            after = _tucker_params(c.layer, c.rank)
+        if not c.svd_based:  # ranks per mode, chosen by the decomposition itself
+            value = None if mode == "energy" else _rank_for(rank, c)
+            if mode == "rank" and value is None:
+                continue
+            c.rank = c.decomposition.choose_rank(_kernel(c.layer), value, energy)
+            after = c.params(c.rank)
             if after >= c.dense_params:
-                skipped.append((c.name, kind, f"Tucker-2 ranks {c.rank} need {after} >= "
-                                f"{c.dense_params} parameters"))  # fmt: skip
+                skipped.append((c.name, kind, f"{c.decomposition.name} ranks {c.rank} need "
+                                f"{after} >= {c.dense_params} parameters"))  # fmt: skip
                 continue
             chosen[id(c.layer)] = c
             continue
@@ -402,7 +390,7 @@ def _choose_ranks(
                 continue
         else:
             r = lr.energy_rank(c.spectrum, energy)
-        after = lr.factor_params(c.rows, c.cols, r)
+        after = c.params(r)
         if after >= c.dense_params:
             skipped.append(
                 (c.name, kind, f"rank {r} needs {after} >= {c.dense_params} kernel parameters")
@@ -463,7 +451,7 @@ def expand_lowrank(model: keras.Model) -> keras.Model:
         >>> small = tfc.factorize_model(model, target_ratio=0.5)
         >>> qat = tfc.quantize_model(tfc.transforms.expand_lowrank(small))
     """
-    if not any(isinstance(x, (LowRankDense, LowRankConv2D)) for _, x in iter_leaf_layers(model)):
+    if not any(isinstance(x, (LowRankDense, LowRankConv2D)) for _, x in walk_layers(model)):
         raise ValueError(f"model {model.name!r} has no LowRankDense or LowRankConv2D layer")
 
     def replace(layer: keras.layers.Layer) -> Replacement | None:
