@@ -6,11 +6,14 @@ it (editable, with the ``test`` extra); later runs reuse it and reinstall only
 when ``pyproject.toml`` changes. Needs only Python 3.10+ with pip and venv.
 
     python3 run.py demo                 # tfcompress demo (extra args are passed on)
-    python3 run.py test                 # the test suite (2 workers), then its JAX subset
-    python3 run.py test ARGS            # pytest ARGS only, on $KERAS_BACKEND (default tensorflow)
+    python3 run.py test                 # import rules, the test suite (2 workers), its JAX subset
+    python3 run.py test ARGS            # import rules, then pytest ARGS on $KERAS_BACKEND
     python3 run.py bench qat            # python benchmarks/qat.py (needs the bench extra)
 
-Without arguments, ``test`` runs the whole suite on TensorFlow and then, in a
+``test`` first checks the import rules of ``pyproject.toml`` (``lint-imports``:
+core below the technique packages, techniques independent, no cycles) and
+stops there if one is broken. Without arguments, it then runs the whole suite
+on TensorFlow and then, in a
 second pytest process with KERAS_BACKEND=jax, the tests marked ``jax`` (layers,
 quantizers, schedules, pruning and distillation callbacks); it fails if either
 fails. Run only the JAX subset with ``KERAS_BACKEND=jax python3 run.py test -m jax``.
@@ -74,6 +77,15 @@ def _test_both_backends(cmd: list[str], env: dict[str, str]) -> int:
     return code or jax_code
 
 
+def _lint_imports(env: dict[str, str]) -> int:
+    cmd = [str(BIN / ("lint-imports.exe" if os.name == "nt" else "lint-imports"))]
+    _log(" ".join(cmd))
+    code = subprocess.call(cmd, cwd=ROOT, env=env)
+    if code:
+        _log("import rules broken (see above; the contracts are in pyproject.toml): no tests run")
+    return code
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "bench"):
         print(__doc__)
@@ -89,6 +101,8 @@ def main(argv: list[str]) -> int:
         cmd = [str(PYTHON), "-m", "tfcompress", "demo", *rest]
     elif command == "test":
         _ensure_venv("test")
+        if code := _lint_imports(env):
+            return code
         cmd = [str(PYTHON), "-m", "pytest", *rest]
         if not rest:
             return _test_both_backends(cmd, env)

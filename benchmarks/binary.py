@@ -26,9 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 
 from tfcompress.datasets import load_digits
-from tfcompress.demo.techniques.binary import digits_float_twin
 from tfcompress.export import tflite as export
-from tfcompress.models import accuracy, digits_binary_cnn, train_classifier
+from tfcompress.models import accuracy, digits_binary_cnn, digits_float_twin, train_classifier
 from tfcompress.packing import save_packed
 from tfcompress.reporting.table import format_table
 

@@ -31,9 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress.datasets import load_digits
-from tfcompress.demo.techniques.binary import digits_float_twin
 from tfcompress.layers import freeze_binary
-from tfcompress.models import digits_binary_cnn, train_classifier
+from tfcompress.models import digits_binary_cnn, digits_float_twin, train_classifier
 from tfcompress.ops import tf as tops
 from tfcompress.reporting import format_table
 

@@ -174,7 +174,7 @@ def test_pruning_names():
 # Packed binary inference (issues 7 + 9).
 EXPECTED_BINARY_INFERENCE = {
     "layers": {"freeze_binary", "unfreeze_binary"},
-    "models": {"digits_binary_cnn"},
+    "models": {"digits_binary_cnn", "digits_float_twin"},
 }
 
 

@@ -11,7 +11,14 @@ import numpy as np
 
 from tfcompress.datasets import Split
 
-__all__ = ["accuracy", "digits_binary_cnn", "digits_cnn", "digits_mlp", "train_classifier"]
+__all__ = [
+    "accuracy",
+    "digits_binary_cnn",
+    "digits_cnn",
+    "digits_float_twin",
+    "digits_mlp",
+    "train_classifier",
+]
 
 
 def digits_cnn(input_shape: tuple[int, ...] = (8, 8, 1), num_classes: int = 10) -> keras.Model:
@@ -90,6 +97,51 @@ def digits_binary_cnn(
             layers.Dense(num_classes, name="logits"),
         ],
         name="digits_binary_cnn",
+    )
+
+
+def digits_float_twin(
+    input_shape: tuple[int, ...] = (8, 8, 1), num_classes: int = 10
+) -> keras.Model:
+    """:func:`digits_binary_cnn` with every layer float and ReLU activations.
+
+    The float anchor that binary networks are compared against: the same
+    shapes and BatchNorm placement, so accuracy and size differences come from
+    binarization alone.
+
+    Args:
+        input_shape: Input image shape.
+        num_classes: Output classes.
+
+    Returns:
+        An uncompiled ``keras.Sequential`` model.
+
+    Example:
+        >>> model = tfcompress.models.digits_float_twin()
+    """
+    layers = keras.layers
+    conv = {"padding": "same", "use_bias": False}
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.Conv2D(32, 3, name="conv1", **conv),
+            layers.BatchNormalization(name="bn1"),
+            layers.ReLU(),
+            layers.Conv2D(64, 3, name="conv2", **conv),
+            layers.BatchNormalization(name="bn2"),
+            layers.ReLU(),
+            layers.MaxPooling2D(2, name="pool1"),
+            layers.Conv2D(128, 3, name="conv3", **conv),
+            layers.BatchNormalization(name="bn3"),
+            layers.ReLU(),
+            layers.MaxPooling2D(2, name="pool2"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(128, use_bias=False, name="dense1"),
+            layers.BatchNormalization(name="bn4"),
+            layers.ReLU(),
+            layers.Dense(num_classes, name="logits"),
+        ],
+        name="digits_float_twin",
     )
 
 

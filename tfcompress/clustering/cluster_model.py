@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfcompress.clustering.kmeans import INITS, _check_clusters, kmeans_1d
+from tfcompress.clustering.kmeans import INITS, check_clusters, kmeans_1d
 from tfcompress.clustering.layers import (
     ClusteredConv1D,
     ClusteredConv2D,
@@ -92,7 +92,7 @@ def cluster_model(
         >>> clustered = tfc.cluster_model(model, clusters=16)
         >>> clustered.compile(...); clustered.fit(x, y, epochs=2)
     """
-    clusters = _check_clusters(clusters)
+    clusters = check_clusters(clusters)
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     explicit = layers is not None

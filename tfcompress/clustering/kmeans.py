@@ -67,7 +67,8 @@ class KMeansResult:
     converged: bool
 
 
-def _check_clusters(clusters: int) -> int:
+def check_clusters(clusters: int) -> int:
+    """Checks a cluster count: an int in ``[2, MAX_CLUSTERS]``; returns it as an int."""
     if isinstance(clusters, bool) or not isinstance(clusters, (int, np.integer)):
         raise TypeError(f"clusters must be an int, got {type(clusters).__name__} {clusters!r}")
     if not 2 <= clusters <= MAX_CLUSTERS:
@@ -265,7 +266,7 @@ def kmeans_1d(
         >>> result = kmeans_1d(w, 256)
         >>> kernel = result.centroids[result.labels]
     """
-    k = _check_clusters(clusters)
+    k = check_clusters(clusters)
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if max_iter < 0:

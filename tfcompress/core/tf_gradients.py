@@ -32,7 +32,7 @@ def loss_gradients(
         x: A batch of inputs.
         y: Its targets.
         loss: ``loss(y_true, y_pred) -> scalar``; required if ``model`` is not compiled
-            (:func:`tfcompress.ops.loss_gradients`, the public entry, checks that).
+            (:func:`tfcompress.core.gradients.loss_gradients`, the backend-neutral entry, checks that).
 
     Returns:
         One NumPy gradient per variable (zeros where the loss does not depend on it).

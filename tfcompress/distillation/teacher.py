@@ -20,8 +20,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfcompress.core.serialization import deserialize_schedule, serialize_schedule
 from tfcompress.distillation.losses import blend_losses, hint_loss, soft_target_loss
-from tfcompress.learning_rate.schedules import _deserialize_schedule, _serialize_schedule
 
 
 def _scale_for_replicas(value: Any) -> Any:
@@ -433,8 +433,8 @@ class DistillationTeacher(keras.callbacks.Callback):
         """Config; the teacher is stored as its architecture (not its weights)."""
         return {
             "teacher": keras.saving.serialize_keras_object(self.teacher),
-            "temperature": _serialize_schedule(self.temperature),
-            "alpha": _serialize_schedule(self.alpha),
+            "temperature": serialize_schedule(self.temperature),
+            "alpha": serialize_schedule(self.alpha),
             "losses": None
             if self.losses is None
             else [keras.saving.serialize_keras_object(item) for item in self.losses],
@@ -447,8 +447,8 @@ class DistillationTeacher(keras.callbacks.Callback):
     def from_config(cls, config: dict[str, Any]) -> DistillationTeacher:
         config = dict(config)
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
-        config["temperature"] = _deserialize_schedule(config["temperature"])
-        config["alpha"] = _deserialize_schedule(config["alpha"])
+        config["temperature"] = deserialize_schedule(config["temperature"])
+        config["alpha"] = deserialize_schedule(config["alpha"])
         if config.get("losses") is not None:
             config["losses"] = [
                 keras.saving.deserialize_keras_object(item) for item in config["losses"]

@@ -16,12 +16,8 @@ from typing import Any
 import keras
 
 from tfcompress.core.backend_state import StepTracker, sync_state
-from tfcompress.learning_rate.schedules import (
-    _deserialize_schedule,
-    _serialize_schedule,
-    rewound_step,
-    validate_restarts,
-)
+from tfcompress.core.serialization import deserialize_schedule, serialize_schedule
+from tfcompress.learning_rate.schedules import rewound_step, validate_restarts
 
 __all__ = ["LearningRateRewinding", "mask_update_steps"]
 
@@ -166,7 +162,7 @@ class LearningRateRewinding(keras.callbacks.Callback):
     def get_config(self) -> dict[str, Any]:
         """Config; a ``pruning`` callback is stored as the restart steps it gave."""
         return {
-            "schedule": _serialize_schedule(self.schedule),
+            "schedule": serialize_schedule(self.schedule),
             "restart_steps": list(self._restarts),
             "period": self.period,
             "rewind_to": self.rewind_to,
@@ -175,5 +171,5 @@ class LearningRateRewinding(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LearningRateRewinding:
         config = dict(config)
-        config["schedule"] = _deserialize_schedule(config["schedule"])
+        config["schedule"] = deserialize_schedule(config["schedule"])
         return cls(**config)

@@ -16,6 +16,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfcompress.core.serialization import deserialize_schedule, serialize_schedule
+
 __all__ = [
     "OneCycle",
     "Rewinding",
@@ -172,18 +174,6 @@ def rewound_step(
         last = ops.maximum(last, by_period)
         restarted = ops.logical_or(restarted, by_period > 0)
     return ops.where(restarted, float(rewind_to) + s - last, s)
-
-
-def _serialize_schedule(schedule: Any) -> Any:
-    if isinstance(schedule, (int, float)):
-        return float(schedule)
-    return keras.saving.serialize_keras_object(schedule)
-
-
-def _deserialize_schedule(config: Any) -> Any:
-    if isinstance(config, (int, float)):
-        return float(config)
-    return keras.saving.deserialize_keras_object(config)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -383,7 +373,7 @@ class Rewinding(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "schedule": _serialize_schedule(self.schedule),
+            "schedule": serialize_schedule(self.schedule),
             "restart_steps": list(self.restart_steps),
             "period": self.period,
             "rewind_to": self.rewind_to,
@@ -392,5 +382,5 @@ class Rewinding(keras.optimizers.schedules.LearningRateSchedule):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Rewinding:
         config = dict(config)
-        config["schedule"] = _deserialize_schedule(config["schedule"])
+        config["schedule"] = deserialize_schedule(config["schedule"])
         return cls(**config)

@@ -10,12 +10,12 @@ import keras
 import numpy as np
 
 from tfcompress.core.rewrite import Replacement, rewrite_model
+from tfcompress.core.table import format_table
 from tfcompress.core.walk import LayerSelection, layer_selector, walk_layers
 from tfcompress.lowrank import conv_decompositions
 from tfcompress.lowrank import decompositions as lr
 from tfcompress.lowrank.conv import LowRankConv2D
 from tfcompress.lowrank.dense import LowRankDense
-from tfcompress.reporting.table import format_table
 
 __all__ = ["FactorizeReport", "FactorizedLayer", "expand_lowrank", "factorize_model"]
 

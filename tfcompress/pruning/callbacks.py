@@ -24,7 +24,7 @@ __all__ = ["GradualPruning", "KeepSparsity"]
 _GRADIENT_SAMPLES = 256
 
 
-def _gradient_batch(data: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
+def gradient_batch(data: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``index``-th chunk (cycling) of ``data=(x, y)``: deterministic for a resume."""
     x, y = data
     n = len(x)
@@ -262,7 +262,7 @@ class GradualPruning(MaskedTraining):
         if self.criterion.needs_gradients:
             from tfcompress.core.gradients import loss_gradients
 
-            x, y = _gradient_batch(self.data, step // self.frequency)
+            x, y = gradient_batch(self.data, step // self.frequency)
             self.sync_state()
             gradients = loss_gradients(self.model, [t.variable for t in self.targets], x, y)
         return compute_masks(

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfcompress.pruning.callbacks import _gradient_batch, validate_data
+from tfcompress.pruning.callbacks import gradient_batch, validate_data
 from tfcompress.pruning.masking import MaskedTraining, deserialize_layers, serialize_layers
 from tfcompress.pruning.masks import erk_sparsities, rigl_update, validate_sparsity
 from tfcompress.pruning.prunable import LayerSelector
@@ -133,7 +133,7 @@ class DynamicSparseTraining(MaskedTraining):
             return
         from tfcompress.core.gradients import loss_gradients
 
-        x, y = _gradient_batch(self.data, step // self.update_frequency)
+        x, y = gradient_batch(self.data, step // self.update_frequency)
         variables = [t.variable for t in self.targets]
         self.sync_state()
         gradients = loss_gradients(self.model, variables, x, y)

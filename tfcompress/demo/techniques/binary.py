@@ -1,4 +1,4 @@
-"""Demo rows for binary networks, and the binary digits CNN the tests and benchmark train."""
+"""Demo rows for binary networks."""
 
 from __future__ import annotations
 
@@ -8,37 +8,10 @@ from pathlib import Path
 import keras
 
 from tfcompress.demo.runner import DemoContext, Technique, TechniqueResult
-from tfcompress.models import digits_binary_cnn  # re-exported: it used to live here
+from tfcompress.models import digits_binary_cnn, digits_float_twin
 
-__all__ = ["TECHNIQUES", "digits_binary_cnn", "digits_float_twin"]
-
-
-def digits_float_twin(input_shape: tuple[int, ...] = (8, 8, 1), num_classes: int = 10):
-    """:func:`digits_binary_cnn` with every layer float and ReLU activations (the anchor)."""
-    layers = keras.layers
-    conv = {"padding": "same", "use_bias": False}
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            layers.Conv2D(32, 3, name="conv1", **conv),
-            layers.BatchNormalization(name="bn1"),
-            layers.ReLU(),
-            layers.Conv2D(64, 3, name="conv2", **conv),
-            layers.BatchNormalization(name="bn2"),
-            layers.ReLU(),
-            layers.MaxPooling2D(2, name="pool1"),
-            layers.Conv2D(128, 3, name="conv3", **conv),
-            layers.BatchNormalization(name="bn3"),
-            layers.ReLU(),
-            layers.MaxPooling2D(2, name="pool2"),
-            layers.Flatten(name="flatten"),
-            layers.Dense(128, use_bias=False, name="dense1"),
-            layers.BatchNormalization(name="bn4"),
-            layers.ReLU(),
-            layers.Dense(num_classes, name="logits"),
-        ],
-        name="digits_float_twin",
-    )
+# digits_float_twin stays importable from here for scripts written against the demo.
+__all__ = ["TECHNIQUES", "digits_float_twin"]
 
 
 def _packed_bytes(model: keras.Model) -> int:

@@ -16,9 +16,9 @@ import tensorflow as tf
 
 from tfcompress.core.backend import require_tensorflow_backend
 from tfcompress.kernels.tf.binary_ops import (
-    _bits_of,
     binary_conv2d,
     binary_matmul,
+    bits_of,
     pack_bits,
 )
 
@@ -128,7 +128,7 @@ def binary_dense_inference(
     if k is None:
         raise ValueError(f"x must have a known last dimension, got shape {x.shape}")
     packed_kernel = tf.convert_to_tensor(packed_kernel)
-    bits = _bits_of(packed_kernel.dtype, "packed_kernel")
+    bits = bits_of(packed_kernel.dtype, "packed_kernel")
     xp = pack_bits(
         tf.cast(x, tf.float32) if not x.dtype.is_floating else x, bits, use_kernels=use_kernels
     )
@@ -178,7 +178,7 @@ def binary_conv2d_inference(
     if x.shape.rank != 4 or x.shape[-1] is None:
         raise ValueError(f"x must be NHWC with a known channel count, got shape {x.shape}")
     packed_filters = tf.convert_to_tensor(packed_filters)
-    bits = _bits_of(packed_filters.dtype, "packed_filters")
+    bits = bits_of(packed_filters.dtype, "packed_filters")
     xp = pack_bits(
         tf.cast(x, tf.float32) if not x.dtype.is_floating else x, bits, use_kernels=use_kernels
     )

@@ -76,7 +76,8 @@ def _lib(use_kernels: bool | None):
     return lib
 
 
-def _bits_of(dtype: tf.DType, name: str) -> int:
+def bits_of(dtype: tf.DType, name: str) -> int:
+    """Bits per packed word of ``dtype`` (int32: 32, int64: 64); ``name`` is for the error."""
     for bits, word in _WORD_DTYPES.items():
         if dtype == word:
             return bits
@@ -214,7 +215,7 @@ def unpack_bits(
     """
     require_tensorflow_backend("unpack_bits (a custom TensorFlow op)")
     packed = tf.convert_to_tensor(packed)
-    bits = _bits_of(packed.dtype, "packed")
+    bits = bits_of(packed.dtype, "packed")
     if int(k) < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     k = int(k)
@@ -257,7 +258,7 @@ def _unpack_fallback(packed: tf.Tensor, k: int, bits: int) -> tf.Tensor:
 
 
 def _check_pair(a: tf.Tensor, b: tf.Tensor, a_name: str, b_name: str) -> int:
-    bits = _bits_of(a.dtype, a_name)
+    bits = bits_of(a.dtype, a_name)
     if b.dtype != a.dtype:
         raise ValueError(
             f"{a_name} and {b_name} must use the same word type, got "
