@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from tfcompress.core.backend import require_tensorflow_backend
+from tfcompress.core.protocols import is_quantization_aware as layer_is_quantization_aware
 from tfcompress.core.walk import walk_layers
 
 __all__ = [
@@ -54,7 +55,7 @@ def is_quantization_aware(model: keras.Model) -> bool:
         >>> tfc.tflite_export.is_quantization_aware(tfc.quantize_model(model))
         True
     """
-    return any(getattr(layer, "is_quantization_aware", False) for layer in iter_layers(model))
+    return any(layer_is_quantization_aware(layer) for layer in iter_layers(model))
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from typing import Any
 
 import keras
 
+from tfcompress.core.protocols import PrunableLayer
 from tfcompress.core.walk import LayerSelection, layer_selector, walk_layers
 
 __all__ = ["PrunableWeight", "find_prunable", "prunable_weights"]
@@ -67,10 +68,9 @@ def prunable_weights(layer: keras.layers.Layer) -> list[PrunableWeight]:
             other than variables or :class:`PrunableWeight` objects.
     """
     layers = keras.layers
-    hook = getattr(layer, "prunable_weights", None)
-    if callable(hook):
+    if isinstance(layer, PrunableLayer):
         found = []
-        for item in hook():
+        for item in layer.prunable_weights():
             if isinstance(item, PrunableWeight):
                 found.append(dataclasses.replace(item, layer=layer))
             elif isinstance(item, keras.Variable):

@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.core.protocols import CompressionStatsLayer
 from tfcompress.core.walk import walk_layers
 from tfcompress.reporting.table import format_table
 
@@ -199,8 +200,7 @@ def _einsum_free(layer: keras.layers.EinsumDense) -> int:
 
 
 def _layer_stats(layer: keras.layers.Layer) -> dict[str, Any]:
-    hook = getattr(layer, "compression_stats", None)
-    return dict(hook()) if callable(hook) else {}
+    return dict(layer.compression_stats()) if isinstance(layer, CompressionStatsLayer) else {}
 
 
 def _summarize_layer(name: str, layer: keras.layers.Layer) -> LayerSummary | None:
