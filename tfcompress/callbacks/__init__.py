@@ -1,11 +1,12 @@
 """Callbacks for ``model.fit``: pruning, sparse training, distillation, schedules."""
 
-from tfcompress.binary.flip_ratio import FlipRatio
+from tfcompress.binary.flip_ratio import FlipRatio as FlipRatio
 from tfcompress.distillation.teacher import DistillationTeacher as DistillationTeacher
 from tfcompress.learning_rate.rewinding import LearningRateRewinding as LearningRateRewinding
 from tfcompress.learning_rate.rewinding import mask_update_steps as mask_update_steps
-from tfcompress.pruning.callbacks import GradualPruning, KeepSparsity
-from tfcompress.pruning.sparse_training import DynamicSparseTraining
+from tfcompress.pruning.callbacks import GradualPruning as GradualPruning
+from tfcompress.pruning.callbacks import KeepSparsity as KeepSparsity
+from tfcompress.pruning.sparse_training import DynamicSparseTraining as DynamicSparseTraining
 
 __all__ = [
     "DistillationTeacher",

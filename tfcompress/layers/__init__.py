@@ -1,42 +1,41 @@
-# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
 
-from tfcompress.binary.layers import BinaryConv2D
-from tfcompress.binary.layers import BinaryDense
-from tfcompress.binary.layers import BinaryDepthwiseConv2D
-from tfcompress.binary.layers import WeightClip
-from tfcompress.binary.layers import unipolar_inputs
-from tfcompress.quantization.activation import QuantizeActivation
-from tfcompress.quantization.conv import QuantConv1D
-from tfcompress.quantization.conv import QuantConv2D
-from tfcompress.quantization.conv import QuantDepthwiseConv2D
-from tfcompress.quantization.dense import QuantDense
-from tfcompress.clustering.layers import ClusteredConv1D
-from tfcompress.clustering.layers import ClusteredConv2D
-from tfcompress.clustering.layers import ClusteredDense
-from tfcompress.binary.packed import freeze_binary
-from tfcompress.binary.packed import unfreeze_binary
-from tfcompress.lowrank.dense import LowRankDense
-from tfcompress.lowrank.conv import LowRankConv2D
-from tfcompress.quantization.activation import QuantizeOutput
+from tfcompress.binary.layers import BinaryConv2D as BinaryConv2D
+from tfcompress.binary.layers import BinaryDense as BinaryDense
+from tfcompress.binary.layers import BinaryDepthwiseConv2D as BinaryDepthwiseConv2D
+from tfcompress.binary.layers import WeightClip as WeightClip
+from tfcompress.binary.layers import unipolar_inputs as unipolar_inputs
+from tfcompress.binary.packed import freeze_binary as freeze_binary
+from tfcompress.binary.packed import unfreeze_binary as unfreeze_binary
+from tfcompress.clustering.layers import ClusteredConv1D as ClusteredConv1D
+from tfcompress.clustering.layers import ClusteredConv2D as ClusteredConv2D
+from tfcompress.clustering.layers import ClusteredDense as ClusteredDense
+from tfcompress.lowrank.conv import LowRankConv2D as LowRankConv2D
+from tfcompress.lowrank.dense import LowRankDense as LowRankDense
+from tfcompress.quantization.activation import QuantizeActivation as QuantizeActivation
+from tfcompress.quantization.activation import QuantizeOutput as QuantizeOutput
+from tfcompress.quantization.conv import QuantConv1D as QuantConv1D
+from tfcompress.quantization.conv import QuantConv2D as QuantConv2D
+from tfcompress.quantization.conv import QuantDepthwiseConv2D as QuantDepthwiseConv2D
+from tfcompress.quantization.dense import QuantDense as QuantDense
 
-__all__: list[str] = [
+__all__ = [
     "BinaryConv2D",
     "BinaryDense",
     "BinaryDepthwiseConv2D",
-    "WeightClip",
-    "unipolar_inputs",
-    "QuantizeActivation",
-    "QuantConv1D",
-    "QuantConv2D",
-    "QuantDepthwiseConv2D",
-    "QuantDense",
     "ClusteredConv1D",
     "ClusteredConv2D",
     "ClusteredDense",
+    "LowRankConv2D",
+    "LowRankDense",
+    "QuantConv1D",
+    "QuantConv2D",
+    "QuantDense",
+    "QuantDepthwiseConv2D",
+    "QuantizeActivation",
+    "QuantizeOutput",
+    "WeightClip",
     "freeze_binary",
     "unfreeze_binary",
-    "LowRankDense",
-    "LowRankConv2D",
-    "QuantizeOutput",
+    "unipolar_inputs",
 ]

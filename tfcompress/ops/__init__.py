@@ -3,14 +3,15 @@
 TensorFlow-only kernels live in :mod:`tfcompress.ops.tf`.
 """
 
-from tfcompress.clustering.kmeans import assign_clusters, kmeans_1d
+from tfcompress.clustering.kmeans import assign_clusters as assign_clusters
+from tfcompress.clustering.kmeans import kmeans_1d as kmeans_1d
 from tfcompress.distillation.losses import blend_losses as blend_losses
 from tfcompress.distillation.losses import hint_loss as hint_loss
 from tfcompress.distillation.losses import soft_target_loss as soft_target_loss
 from tfcompress.lowrank import decompositions as lowrank
-from tfcompress.ops import tf
+from tfcompress.ops import tf as tf
 
-__all__: list[str] = [
+__all__ = [
     "assign_clusters",
     "blend_losses",
     "hint_loss",

@@ -1,8 +1,7 @@
-# ruff: noqa: I001  (one import and one name per line: feature branches append theirs)
 """Optimizers for compressed layers: Bop for binary weights."""
 
-from tfcompress.binary.bop import Bop
-from tfcompress.binary.bop import is_binary_variable
+from tfcompress.binary.bop import Bop as Bop
+from tfcompress.binary.bop import is_binary_variable as is_binary_variable
 
 __all__ = [
     "Bop",

@@ -1,4 +1,3 @@
-# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Packed storage formats.
 
 * ``tfc.pack`` / ``tfc.unpack``: a compact, validated archive of a whole model
@@ -6,30 +5,30 @@
 * Binary (1 bit) and ternary (2 bits) kernels with scales.
 """
 
-from tfcompress.binary.store import PackedKernel
-from tfcompress.binary.store import PackedModelReport
-from tfcompress.binary.store import load_packed
-from tfcompress.binary.store import pack_kernel
-from tfcompress.binary.store import save_packed
-from tfcompress.binary.store import unpack_kernel
-from tfcompress.export.archive import PackFormatError
-from tfcompress.export.archive import PackReport
-from tfcompress.export.archive import dumps
-from tfcompress.export.archive import loads
-from tfcompress.export.archive import pack
-from tfcompress.export.archive import unpack
+from tfcompress.binary.store import PackedKernel as PackedKernel
+from tfcompress.binary.store import PackedModelReport as PackedModelReport
+from tfcompress.binary.store import load_packed as load_packed
+from tfcompress.binary.store import pack_kernel as pack_kernel
+from tfcompress.binary.store import save_packed as save_packed
+from tfcompress.binary.store import unpack_kernel as unpack_kernel
+from tfcompress.export.archive import PackFormatError as PackFormatError
+from tfcompress.export.archive import PackReport as PackReport
+from tfcompress.export.archive import dumps as dumps
+from tfcompress.export.archive import loads as loads
+from tfcompress.export.archive import pack as pack
+from tfcompress.export.archive import unpack as unpack
 
 __all__ = [
-    "PackedKernel",
-    "PackedModelReport",
-    "load_packed",
-    "pack_kernel",
-    "save_packed",
-    "unpack_kernel",
     "PackFormatError",
     "PackReport",
+    "PackedKernel",
+    "PackedModelReport",
     "dumps",
+    "load_packed",
     "loads",
     "pack",
+    "pack_kernel",
+    "save_packed",
     "unpack",
+    "unpack_kernel",
 ]

@@ -1,42 +1,41 @@
-# ruff: noqa: I001, RUF022  (one import and one name per line: feature branches append theirs)
 """Serializable quantizer objects (config + call) with straight-through gradients."""
 
-from tfcompress.quantization.base import Quantizer
-from tfcompress.quantization.learned import LSQQuantizer
-from tfcompress.quantization.learned import PACTQuantizer
-from tfcompress.quantization.registry import PRESETS
-from tfcompress.quantization.registry import deserialize
-from tfcompress.quantization.registry import get
-from tfcompress.quantization.registry import register_preset
-from tfcompress.quantization.registry import serialize
-from tfcompress.quantization.uniform import MinMaxQuantizer
-from tfcompress.quantization.uniform import MovingAverageQuantizer
-from tfcompress.quantization.binary import TTQ
-from tfcompress.quantization.binary import ApproxSign
-from tfcompress.quantization.binary import BinaryQuantizer
-from tfcompress.quantization.binary import DoReFa
-from tfcompress.quantization.binary import MagnitudeAwareSign
-from tfcompress.quantization.binary import SteSign
-from tfcompress.quantization.binary import SteTern
-from tfcompress.quantization.binary import SwishSign
+from tfcompress.quantization.base import Quantizer as Quantizer
+from tfcompress.quantization.binary import TTQ as TTQ
+from tfcompress.quantization.binary import ApproxSign as ApproxSign
+from tfcompress.quantization.binary import BinaryQuantizer as BinaryQuantizer
+from tfcompress.quantization.binary import DoReFa as DoReFa
+from tfcompress.quantization.binary import MagnitudeAwareSign as MagnitudeAwareSign
+from tfcompress.quantization.binary import SteSign as SteSign
+from tfcompress.quantization.binary import SteTern as SteTern
+from tfcompress.quantization.binary import SwishSign as SwishSign
+from tfcompress.quantization.learned import LSQQuantizer as LSQQuantizer
+from tfcompress.quantization.learned import PACTQuantizer as PACTQuantizer
+from tfcompress.quantization.registry import PRESETS as PRESETS
+from tfcompress.quantization.registry import deserialize as deserialize
+from tfcompress.quantization.registry import get as get
+from tfcompress.quantization.registry import register_preset as register_preset
+from tfcompress.quantization.registry import serialize as serialize
+from tfcompress.quantization.uniform import MinMaxQuantizer as MinMaxQuantizer
+from tfcompress.quantization.uniform import MovingAverageQuantizer as MovingAverageQuantizer
 
-__all__: list[str] = [
-    "Quantizer",
-    "LSQQuantizer",
-    "PACTQuantizer",
+__all__ = [
     "PRESETS",
+    "TTQ",
+    "ApproxSign",
+    "BinaryQuantizer",
+    "DoReFa",
+    "LSQQuantizer",
+    "MagnitudeAwareSign",
+    "MinMaxQuantizer",
+    "MovingAverageQuantizer",
+    "PACTQuantizer",
+    "Quantizer",
+    "SteSign",
+    "SteTern",
+    "SwishSign",
     "deserialize",
     "get",
     "register_preset",
     "serialize",
-    "MinMaxQuantizer",
-    "MovingAverageQuantizer",
-    "ApproxSign",
-    "BinaryQuantizer",
-    "DoReFa",
-    "MagnitudeAwareSign",
-    "SteSign",
-    "SteTern",
-    "SwishSign",
-    "TTQ",
 ]

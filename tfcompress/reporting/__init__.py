@@ -1,7 +1,11 @@
 """Summaries, tables and plots of a model's compression state."""
 
-from tfcompress.reporting.summary import LayerSummary, ModelSummary, layer_macs, summary
-from tfcompress.reporting.table import format_table, format_value
+from tfcompress.reporting.summary import LayerSummary as LayerSummary
+from tfcompress.reporting.summary import ModelSummary as ModelSummary
+from tfcompress.reporting.summary import layer_macs as layer_macs
+from tfcompress.reporting.summary import summary as summary
+from tfcompress.reporting.table import format_table as format_table
+from tfcompress.reporting.table import format_value as format_value
 
 __all__ = [
     "LayerSummary",

@@ -6,13 +6,13 @@ Example:
     >>> print(report)
 """
 
-from tfcompress.export.converter import (
-    QUANTIZATION_MODES,
-    convert,
-    is_quantization_aware,
-)
-from tfcompress.export.interpreter import OpInfo, TFLiteModel
-from tfcompress.export.tflite import ExportReport, export
+from tfcompress.export.converter import QUANTIZATION_MODES as QUANTIZATION_MODES
+from tfcompress.export.converter import convert as convert
+from tfcompress.export.converter import is_quantization_aware as is_quantization_aware
+from tfcompress.export.interpreter import OpInfo as OpInfo
+from tfcompress.export.interpreter import TFLiteModel as TFLiteModel
+from tfcompress.export.tflite import ExportReport as ExportReport
+from tfcompress.export.tflite import export as export
 
 __all__ = [
     "QUANTIZATION_MODES",

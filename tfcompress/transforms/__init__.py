@@ -1,11 +1,14 @@
 """Model -> model transforms that keep the trained weights."""
 
-from tfcompress.binary.binarize import binarize_model
-from tfcompress.clustering.cluster_model import cluster_model
-from tfcompress.lowrank.factorize import FactorizeReport, expand_lowrank, factorize_model
-from tfcompress.pruning.shrink import shrink_model
-from tfcompress.pruning.snip import prune_at_init
-from tfcompress.quantization.quantize_model import QuantizeConfig, quantize_model
+from tfcompress.binary.binarize import binarize_model as binarize_model
+from tfcompress.clustering.cluster_model import cluster_model as cluster_model
+from tfcompress.lowrank.factorize import FactorizeReport as FactorizeReport
+from tfcompress.lowrank.factorize import expand_lowrank as expand_lowrank
+from tfcompress.lowrank.factorize import factorize_model as factorize_model
+from tfcompress.pruning.shrink import shrink_model as shrink_model
+from tfcompress.pruning.snip import prune_at_init as prune_at_init
+from tfcompress.quantization.quantize_model import QuantizeConfig as QuantizeConfig
+from tfcompress.quantization.quantize_model import quantize_model as quantize_model
 
 __all__ = [
     "FactorizeReport",

@@ -14,7 +14,7 @@ from tfcompress.kernels.tf import pack_conv2d_kernel as pack_conv2d_kernel
 from tfcompress.kernels.tf import pack_dense_kernel as pack_dense_kernel
 from tfcompress.kernels.tf import unpack_bits as unpack_bits
 
-__all__: list[str] = [
+__all__ = [
     "binary_conv2d",
     "binary_conv2d_inference",
     "binary_dense_inference",
