@@ -148,7 +148,7 @@ def _concrete_function(model: keras.Model, specs: list):
     return convert_to_constants.convert_variables_to_constants_v2(serve.get_concrete_function())
 
 
-def as_input_batches(data: Any, num_inputs: int) -> Iterator[list[np.ndarray]]:
+def _as_input_batches(data: Any, num_inputs: int) -> Iterator[list[np.ndarray]]:
     """Yields lists of float arrays (one per model input) from arrays, datasets or iterables."""
     if isinstance(data, np.ndarray) or (
         isinstance(data, (list, tuple))
@@ -176,7 +176,7 @@ def _representative_dataset(data: Any, num_inputs: int, max_samples: int, verbos
     def generator():
         progress = keras.utils.Progbar(max_samples, verbose=verbose, unit_name="sample")
         seen = 0
-        for batch in as_input_batches(data, num_inputs):
+        for batch in _as_input_batches(data, num_inputs):
             take = min(len(batch[0]), max_samples - seen)
             if take <= 0:
                 break

@@ -14,7 +14,7 @@ import numpy as np
 
 from tfcompress.core.backend import require_tensorflow_backend
 from tfcompress.export.converter import (
-    as_input_batches,
+    _as_input_batches,
     convert,
     signature_specs,
     validate_quantization,
@@ -110,7 +110,7 @@ def _stack(batches: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
 
 def _verification_inputs(data: Any, specs: list, limit: int) -> list[np.ndarray]:
     batches, seen = [], 0
-    for batch in as_input_batches(data, len(specs)):
+    for batch in _as_input_batches(data, len(specs)):
         batches.append(batch)
         seen += len(batch[0])
         if seen >= limit:
