@@ -7,6 +7,8 @@ import pytest
 
 from tfcompress.core.budget import solve_budget
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also in the JAX subset
+
 
 def _random_instance(seed, layers=3, options=4):
     rng = np.random.default_rng(seed)

@@ -6,6 +6,8 @@ import pytest
 
 from tfcompress.core.capture import capture_activations
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also in the JAX subset
+
 
 def _nested_model():
     inner = keras.Sequential(

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 import tfcompress as tfc
 from tfcompress.core.protocols import (
@@ -11,6 +12,8 @@ from tfcompress.core.protocols import (
     is_quantization_aware,
 )
 from tfcompress.pruning.prunable import find_prunable
+
+pytestmark = pytest.mark.jax  # backend-agnostic: also in the JAX subset
 
 
 class _Scaled(keras.layers.Layer):

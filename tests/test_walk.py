@@ -8,6 +8,8 @@ from tfcompress.core.rewrite import iter_leaf_layers
 from tfcompress.core.walk import layer_selector, walk_layers
 from tfcompress.pruning.prunable import find_prunable
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also in the JAX subset
+
 
 def _nested_model():
     inner = keras.Sequential(
