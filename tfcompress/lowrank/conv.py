@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfcompress.lowrank.conv_decompositions import CONV_DECOMPOSITIONS, conv_decomposition
+from tfcompress.lowrank.conv_decompositions import CONV_DECOMPOSITIONS, Stage, conv_decomposition
 
 __all__ = ["CONV_DECOMPOSITIONS", "LowRankConv2D"]
 
@@ -152,8 +152,13 @@ class LowRankConv2D(keras.layers.Layer):
     def _kernel_shape(self, cin: int) -> tuple[int, int, int, int]:
         return (*self.kernel_size, cin, self.filters)
 
-    def _stages(self, cin: int) -> list[tuple[str, tuple[int, int, int, int], tuple, tuple]]:
-        """(name, kernel shape, strides, dilation) of each convolution in order."""
+    def stages(self, cin: int | None = None) -> list[Stage]:
+        """(weight name, kernel shape, strides, dilation) of each convolution, in order.
+
+        Args:
+            cin: Input channels (default: those the layer was built with).
+        """
+        cin = self._cin if cin is None else cin
         return self._decomposition.stages(
             self._kernel_shape(cin), self.rank, self.strides, self.dilation_rate
         )
@@ -165,7 +170,7 @@ class LowRankConv2D(keras.layers.Layer):
             raise ValueError(f"{self.name}: the input channel dimension must be known")
         self._decomposition.check_rank(self.rank, self._kernel_shape(cin))
         self._kernels = []
-        for name, shape, _, _ in self._stages(cin):
+        for name, shape, _, _ in self.stages(cin):
             self._kernels.append(
                 self.add_weight(
                     name=name,
@@ -191,7 +196,7 @@ class LowRankConv2D(keras.layers.Layer):
 
     def call(self, inputs: Any) -> Any:
         x = inputs
-        for kernel, (_, _, strides, dilation) in zip(self._kernels, self._stages(self._cin)):
+        for kernel, (_, _, strides, dilation) in zip(self._kernels, self.stages()):
             x = ops.conv(
                 x,
                 kernel,
@@ -267,7 +272,7 @@ class LowRankConv2D(keras.layers.Layer):
         if all(d is not None for d in shape[1:]):
             # Each stage's MACs: its kernel size times its output positions.
             macs = 0
-            for size, (_, kshape, strides, dilation) in zip(sizes, self._stages(self._cin)):
+            for size, (_, kshape, strides, dilation) in zip(sizes, self.stages()):
                 shape = _conv_output_shape(
                     shape, kshape[3], kshape[:2], strides, dilation, self.padding, self.data_format
                 )

@@ -30,6 +30,7 @@ __all__ = [
     "ChannelSVD",
     "ConvDecomposition",
     "SpatialSVD",
+    "Stage",
     "Tucker2",
     "conv_decomposition",
 ]

@@ -412,7 +412,7 @@ def _stock_stages(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
                 name=f"{layer.name}_b", **common,
             ),
         ]  # fmt: skip
-    stages = layer._stages(layer._cin)
+    stages = layer.stages()
     out = []
     for i, (suffix, shape, strides, dilation) in enumerate(stages):
         last = i == len(stages) - 1
