@@ -23,6 +23,9 @@ QUANTIZER_CLASSES = sorted(
     ),
     key=lambda cls: cls.__name__,
 )
+# Backend-agnostic: the JAX subset runs it too.
+pytestmark = pytest.mark.jax
+
 # One stateless and one stateful quantizer of each family.
 MIXED = ["int8_per_channel", "int4_lsq", "ste_sign", "magnitude_aware_sign", "ttq", "dorefa"]
 
