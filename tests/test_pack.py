@@ -106,11 +106,18 @@ def test_another_format_is_refused(tmp_path):
             loads(junk)
 
 
+def _reseal(data: bytes) -> bytes:
+    """A forged version-2 archive: length and CRC-32 recomputed over edited bytes."""
+    body = data[:-4]
+    body = body[:12] + struct.pack("<Q", len(body) + 4) + body[20:]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
 def _with_config(data: bytes, edit) -> bytes:
-    (length,) = struct.unpack("<I", data[12:16])
-    config = json.loads(zlib.decompress(data[16 : 16 + length]))
+    (length,) = struct.unpack("<I", data[20:24])
+    config = json.loads(zlib.decompress(data[24 : 24 + length]))
     new = zlib.compress(json.dumps(edit(config)).encode())
-    return data[:12] + struct.pack("<I", len(new)) + new + data[16 + length :]
+    return _reseal(data[:20] + struct.pack("<I", len(new)) + new + data[24 + length :])
 
 
 def test_specific_malformations_are_refused():
@@ -118,8 +125,11 @@ def test_specific_malformations_are_refused():
     data, _ = dumps(model)
     with pytest.raises(PackFormatError, match="version"):
         loads(data[:8] + struct.pack("<H", 99) + data[10:])
-    with pytest.raises(PackFormatError, match="trailing"):
+    with pytest.raises(PackFormatError, match="1 unexpected bytes after the declared end"):
         loads(data + b"\0")
+    # Past the checksum, the decoder still refuses what does not parse.
+    with pytest.raises(PackFormatError, match="trailing bytes after the last record"):
+        loads(_reseal(data[:-4] + b"\0" + data[-4:]))
 
     def evil_module(config):
         config["config"]["layers"][1]["module"] = "os"

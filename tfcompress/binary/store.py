@@ -9,18 +9,25 @@ channel (the layout XNOR-popcount kernels read), plus float32 scales.
 
 :func:`save_packed` / :func:`load_packed` store a whole model this way: the
 binary/ternary kernels packed, every other variable as float32, and the
-model's config, in one ``.npz`` file.
+model's config, in one ``.npz`` file. The file is replaced atomically; the
+loader verifies every member's zip CRC-32 before decoding it, checks the
+member list the header declares, and raises
+:class:`~tfcompress.core.io.UnreadableFileError` for anything malformed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
+
+from tfcompress.core.io import UnreadableFileError, atomic_write
 
 __all__ = [
     "PackedKernel",
@@ -284,6 +291,8 @@ def save_packed(model: keras.Model, path: str | os.PathLike) -> PackedModelRepor
     Raises:
         ValueError: If the model is not built or a kernel that should be
             binary/ternary is not.
+        OSError: If the file cannot be written (a previous file at ``path`` is
+            then unchanged: the file is replaced atomically).
 
     Example:
         >>> report = save_packed(model, "model.npz")
@@ -320,10 +329,11 @@ def save_packed(model: keras.Model, path: str | os.PathLike) -> PackedModelRepor
                 value = np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
                 arrays[key] = value
                 float_bytes += value.nbytes
-    header = {"format": _FORMAT, "model": json.loads(model.to_json())}
+    # "members" lets the loader notice a missing or extra array (the zip's CRCs cover contents).
+    header = {"format": _FORMAT, "model": json.loads(model.to_json()), "members": sorted(arrays)}
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with atomic_write(path, "wb") as f:
         np.savez(f, **arrays)
     return PackedModelReport(
         path=str(path),
@@ -339,6 +349,10 @@ def save_packed(model: keras.Model, path: str | os.PathLike) -> PackedModelRepor
 def load_packed(path: str | os.PathLike) -> keras.Model:
     """Loads a model written by :func:`save_packed`.
 
+    Every zip member's CRC-32 is checked before its bytes are decoded, arrays
+    are read without pickle, and every array is checked against the model its
+    config describes before any weight is set.
+
     Args:
         path: The ``.npz`` file.
 
@@ -347,50 +361,169 @@ def load_packed(path: str | os.PathLike) -> keras.Model:
         exactly the kernels that were saved.
 
     Raises:
-        ValueError: If the file is not a tfcompress packed model or does not
-            match the model its config describes.
+        UnreadableFileError: (a ``ValueError``) naming the file and what is
+            wrong, if it is not a tfcompress packed model: not a zip archive,
+            a CRC mismatch, a missing or extra array, a config that cannot be
+            deserialized, an array that does not fit its variable.
+        FileNotFoundError: If ``path`` does not exist.
 
     Example:
         >>> tfc.packing.save_packed(binary_model, "bnn.npz")
         >>> restored = tfc.packing.load_packed("bnn.npz")
     """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    if "__header__" not in arrays:
-        raise ValueError(f"{path} is not a tfcompress packed model (no header)")
-    header = json.loads(arrays.pop("__header__").tobytes().decode())
+    data = path.read_bytes()
+    try:
+        return _load_packed(data, path)
+    except UnreadableFileError:
+        raise
+    except (MemoryError, RecursionError) as error:
+        raise UnreadableFileError(path, f"{type(error).__name__} while decoding") from None
+    except Exception as error:
+        # A failure no check anticipated: still this file's fault, still our error type.
+        raise UnreadableFileError(
+            path, f"cannot be decoded ({type(error).__name__}: {error})"
+        ) from error
+
+
+# A stored member is exactly as large as its data; deflate expands at most ~1032x.
+_MAX_EXPANSION = 1100
+
+
+def _read_members(data: bytes, path: Path) -> dict[str, np.ndarray]:
+    if not data:
+        raise UnreadableFileError(path, "the file is empty")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except Exception as error:  # BadZipFile, and struct/value errors on mangled records
+        raise UnreadableFileError(path, f"not a valid .npz (zip) archive: {error}") from None
+    arrays: dict[str, np.ndarray] = {}
+    with archive:
+        for info in infos:
+            name = info.filename
+            if not name.endswith(".npy") or name[:-4] in arrays:
+                raise UnreadableFileError(path, f"unexpected or repeated zip member {name!r}")
+            if info.file_size > _MAX_EXPANSION * len(data) + 1024:
+                raise UnreadableFileError(
+                    path, f"zip member {name!r} declares {info.file_size} bytes"
+                )
+            try:
+                raw = archive.read(info)  # checks the member's CRC-32
+            except Exception as error:  # BadZipFile, zlib.error, NotImplementedError, ...
+                raise UnreadableFileError(path, f"zip member {name!r}: {error}") from None
+            buffer = io.BytesIO(raw)
+            try:
+                array = np.lib.format.read_array(buffer, allow_pickle=False)
+            except Exception as error:
+                raise UnreadableFileError(
+                    path, f"zip member {name!r} is not a valid .npy array: {error}"
+                ) from None
+            if buffer.tell() != len(raw):
+                raise UnreadableFileError(path, f"zip member {name!r} has trailing bytes")
+            arrays[name[:-4]] = array
+    return arrays
+
+
+def _read_header(arrays: dict[str, np.ndarray], path: Path) -> dict:
+    raw = arrays.pop("__header__", None)
+    if raw is None:
+        raise UnreadableFileError(path, "not a tfcompress packed model (no header)")
+    try:
+        header = json.loads(np.asarray(raw, dtype=np.uint8).tobytes().decode("utf-8"))
+    except (ValueError, TypeError, RecursionError) as error:
+        raise UnreadableFileError(path, f"the header is not valid JSON: {error}") from None
+    if not isinstance(header, dict):
+        raise UnreadableFileError(path, "the header is not a JSON object")
     if header.get("format") != _FORMAT:
-        raise ValueError(f"{path}: unknown format {header.get('format')!r}, expected {_FORMAT!r}")
-    model = keras.models.model_from_json(json.dumps(header["model"]))
+        raise UnreadableFileError(
+            path, f"unknown format {header.get('format')!r}, expected {_FORMAT!r}"
+        )
+    members = header.get("members")
+    if members is not None and sorted(arrays) != members:
+        missing = sorted(set(map(str, members)) - set(arrays))
+        extra = sorted(set(arrays) - set(map(str, members)))
+        raise UnreadableFileError(
+            path, f"arrays differ from the header's list (missing {missing}, extra {extra})"
+        )
+    return header
+
+
+def _stored_kernel(arrays: dict, key: str, name: str, path: Path) -> PackedKernel:
+    meta = arrays[key + "/meta"]
+    kinds = {v: k for k, v in _KINDS.items()}
+    if meta.dtype != np.int64 or meta.ndim != 1 or meta.size < 2 or int(meta[0]) not in kinds:
+        raise UnreadableFileError(path, f"layer {name!r}: malformed packed-kernel metadata")
+    kind, shape = kinds[int(meta[0])], tuple(int(d) for d in meta[1:])
+    if min(shape) <= 0:
+        raise UnreadableFileError(path, f"layer {name!r}: packed kernel shape {shape}")
+    channels = shape[-1]
+    row_bytes = -(-(int(np.prod(shape)) // channels) * _KINDS[kind] // 8)
+    bits, pos = arrays.get(key + "/bits"), arrays.get(key + "/pos")
+    neg = arrays.get(key + "/neg")
+    if bits is None or bits.dtype != np.uint8 or bits.shape != (channels, row_bytes):
+        raise UnreadableFileError(
+            path, f"layer {name!r}: packed bits do not match the kernel shape {shape}"
+        )
+    for scales in (pos, neg):
+        if scales is not None and (scales.dtype != np.float32 or scales.shape != (channels,)):
+            raise UnreadableFileError(path, f"layer {name!r}: scales do not match {channels}")
+    if pos is None:
+        raise UnreadableFileError(path, f"layer {name!r}: packed kernel without scales")
+    return PackedKernel(kind, shape, bits, pos, neg)
+
+
+def _load_packed(data: bytes, path: Path) -> keras.Model:
+    arrays = _read_members(data, path)
+    header = _read_header(arrays, path)
+    try:
+        model = keras.models.model_from_json(json.dumps(header["model"]))
+    except Exception as error:  # Keras raises many types on a bad config
+        raise UnreadableFileError(
+            path, f"the model config cannot be deserialized ({type(error).__name__}: {error})"
+        ) from None
+    used = set()
+    assignments = []
     for index, (name, layer) in enumerate(_leaf_layers(model)):
         values = []
         for v_index, variable in enumerate(layer.weights):
             key = f"{index}/{v_index}"
             if key + "/meta" in arrays:
-                meta = arrays[key + "/meta"]
-                kind = {v: k for k, v in _KINDS.items()}[int(meta[0])]
-                packed = PackedKernel(
-                    kind,
-                    tuple(int(d) for d in meta[1:]),
-                    arrays[key + "/bits"],
-                    arrays[key + "/pos"],
-                    arrays.get(key + "/neg"),
-                )
                 if not _packable(layer):
-                    raise ValueError(
-                        f"{path}: layer {name!r} has a packed kernel but is not binary"
+                    raise UnreadableFileError(
+                        path, f"layer {name!r} has a packed kernel but is not binary"
                     )
-                values.append(_latent_from_packed(layer, packed))
+                packed = _stored_kernel(arrays, key, name, path)
+                try:
+                    value = _latent_from_packed(layer, packed)
+                except ValueError as error:
+                    raise UnreadableFileError(path, f"layer {name!r}: {error}") from None
+                used.update(k for k in arrays if k.startswith(key + "/"))
             elif key in arrays:
-                values.append(arrays[key])
+                value = arrays[key]
+                used.add(key)
+                if value.dtype != np.float32:
+                    raise UnreadableFileError(
+                        path, f"layer {name!r} variable {v_index} is {value.dtype}, not float32"
+                    )
             else:
-                raise ValueError(f"{path}: no value for variable {v_index} of layer {name!r}")
-            if tuple(values[-1].shape) != tuple(variable.shape):
-                raise ValueError(
-                    f"{path}: layer {name!r} variable {v_index} has shape {values[-1].shape}, "
-                    f"the model expects {tuple(variable.shape)}"
+                raise UnreadableFileError(
+                    path, f"no value for variable {v_index} of layer {name!r}"
                 )
+            if tuple(value.shape) != tuple(variable.shape):
+                raise UnreadableFileError(
+                    path,
+                    f"layer {name!r} variable {v_index} has shape {tuple(value.shape)}, "
+                    f"the model expects {tuple(variable.shape)}",
+                )
+            values.append(value)
         if values:
-            layer.set_weights(values)
+            assignments.append((layer, values))
+    if set(arrays) - used:
+        raise UnreadableFileError(
+            path, f"arrays the model does not use: {sorted(set(arrays) - used)}"
+        )
+    # Nothing is assigned before every array has been checked.
+    for layer, values in assignments:
+        layer.set_weights(values)
     return model
