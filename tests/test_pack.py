@@ -106,6 +106,28 @@ def test_another_format_is_refused(tmp_path):
             loads(junk)
 
 
+def test_version_2_checksum_and_length_are_checked_before_decoding(tmp_path):
+    model = tfc.models.digits_mlp(hidden=(8,))
+    report = tfc.pack(model, tmp_path / "m.tfcp")
+    data = (tmp_path / "m.tfcp").read_bytes()
+    assert data[8:10] == struct.pack("<H", 2) and report.bytes == len(data)
+    assert struct.unpack("<Q", data[12:20])[0] == len(data)
+    assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10  # one bit in the middle of the weights
+    (tmp_path / "bad.tfcp").write_bytes(bytes(flipped))
+    with pytest.raises(tfc.UnreadableFileError, match="checksum mismatch") as caught:
+        tfc.unpack(tmp_path / "bad.tfcp")
+    assert caught.value.path == str(tmp_path / "bad.tfcp")
+    assert str(caught.value).startswith(f"cannot read {str(tmp_path / 'bad.tfcp')!r}: ")
+    with pytest.raises(
+        PackFormatError, match=f"truncated at byte 100: the header declares {len(data)}"
+    ):
+        loads(data[:100], path="cut.tfcp")
+    with pytest.raises(FileNotFoundError):
+        tfc.unpack(tmp_path / "missing.tfcp")
+
+
 def _reseal(data: bytes) -> bytes:
     """A forged version-2 archive: length and CRC-32 recomputed over edited bytes."""
     body = data[:-4]
