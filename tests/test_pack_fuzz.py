@@ -113,7 +113,7 @@ def _forge(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     cut=st.integers(24, len(ARCHIVE) - 4),
     flips=st.lists(st.tuples(st.integers(20, len(ARCHIVE) - 5), st.integers(1, 255)), max_size=4),
