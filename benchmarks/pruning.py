@@ -292,7 +292,9 @@ def main() -> None:
         "arms": results,
         "tfmot": tfmot,
     }
-    (RESULTS / "pruning.json").write_text(json.dumps(payload, indent=2))
+    from tfcompress.core.io import write_text
+
+    write_text(RESULTS / "pruning.json", json.dumps(payload, indent=2))
     print(f"wrote {RESULTS / 'pruning.json'}")
 
 

@@ -21,6 +21,7 @@ from tfcompress import (
 )
 from tfcompress.binary.binarize import binarize_model
 from tfcompress.clustering.cluster_model import cluster_model
+from tfcompress.core.io import UnreadableFileError
 from tfcompress.lowrank.factorize import factorize_model
 from tfcompress.packing import pack, unpack
 from tfcompress.pruning.shrink import shrink_model
@@ -53,4 +54,5 @@ __all__ = [
     "pack",
     "unpack",
     "cluster_model",
+    "UnreadableFileError",
 ]

@@ -23,6 +23,24 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+def _keras_file_problem(file: Path) -> str | None:
+    """Why ``file`` is not a readable .keras archive (a zip holding config.json), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if "config.json" not in archive.namelist():
+                return "the zip archive has no config.json"
+            bad = archive.testzip()  # reads every member and checks its CRC-32
+    except zipfile.BadZipFile as error:
+        return f"it is not a zip archive ({error})"
+    except Exception as error:  # zlib.error, unsupported compression, EOFError...
+        return f"its zip archive is damaged ({type(error).__name__}: {error})"
+    if bad is not None:
+        return f"member {bad!r} fails its CRC-32 check (the file is corrupted)"
+    return None
+
+
 def _load_model(path: str, unsafe: bool = False):
     import keras
 
@@ -33,6 +51,13 @@ def _load_model(path: str, unsafe: bool = False):
         raise CLIError(f"model file {path!r} does not exist")
     if file.suffix != ".keras":
         raise CLIError(f"model file {path!r} must be a Keras v3 '.keras' file")
+    problem = _keras_file_problem(file)
+    if problem is not None:
+        # Keras itself reports a damaged archive as "File not found".
+        raise CLIError(
+            f"could not load {path!r}: it is not a valid .keras file: {problem}. Expected a "
+            "complete file saved with model.save('model.keras')"
+        )
     try:
         return keras.models.load_model(file, safe_mode=not unsafe, compile=False)
     except Exception as error:
@@ -43,19 +68,38 @@ def _load_model(path: str, unsafe: bool = False):
         ) from error
 
 
+_NPZ_EXPECTED = (
+    "expected a NumPy .npz archive (numpy.savez) with the inputs under 'x' (or as its first "
+    "array) and optional labels under 'y'"
+)
+
+
 def _load_npz(path: str, argument: str):
+    import zipfile
+
     import numpy as np
 
     file = Path(path)
     if not file.is_file():
         raise CLIError(f"{argument} file {path!r} does not exist")
+    if not zipfile.is_zipfile(file):
+        raise CLIError(
+            f"could not read {argument} {path!r}: it is not a .npz file; {_NPZ_EXPECTED}"
+        )
     try:
-        with file.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
+        with np.load(file, allow_pickle=False) as archive:
+            names = [n for n in archive.files if f"{n}.npy" in archive.zip.namelist()]
+            arrays = {k: archive[k] for k in names}
     except Exception as error:
-        raise CLIError(f"could not read {argument} {path!r} as a .npz file: {error}") from error
+        # numpy's own message for object arrays recommends unsafe loading: never pass that on.
+        reason = (
+            "it holds object arrays, which are never loaded (that would run pickle)"
+            if "pickle" in str(error)
+            else f"it is not a valid .npz file ({type(error).__name__}: {error})"
+        )
+        raise CLIError(f"could not read {argument} {path!r}: {reason}; {_NPZ_EXPECTED}") from None
     if not arrays:
-        raise CLIError(f"{argument} {path!r} holds no arrays")
+        raise CLIError(f"{argument} {path!r} holds no arrays; {_NPZ_EXPECTED}")
     x = arrays.get("x", next(iter(arrays.values())))
     return x, arrays.get("y")
 

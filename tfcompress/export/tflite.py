@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from tfcompress.core.backend import require_tensorflow_backend
+from tfcompress.core.io import write_bytes
 from tfcompress.export.converter import (
     _as_input_batches,
     convert,
@@ -187,6 +188,8 @@ def export(
         ValueError: Unknown ``quantization``; int8 without representative data;
             a model with no defined inputs.
         FileNotFoundError: ``path`` is in a directory that does not exist.
+        OSError: The file cannot be written (a previous file at ``path`` is
+            then unchanged: it is replaced atomically).
 
     Example:
         >>> report = tfcompress.export.tflite(
@@ -226,7 +229,7 @@ def export(
         sparse = _convert(True)
         if len(sparse) < len(flatbuffer) and runs_with_default_delegate(sparse, num_threads):
             flatbuffer = sparse
-    target.write_bytes(flatbuffer)
+    write_bytes(target, flatbuffer)  # atomic: a failed write keeps a previous file
     report = ExportReport(
         path=str(target),
         quantization=quantization,
