@@ -93,7 +93,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tfcompress.export import tflite as export
+    from tfcompress.export.tflite import export
     from tfcompress.export.converter import validate_quantization
 
     try:
