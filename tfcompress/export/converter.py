@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -233,12 +234,14 @@ def _concrete_function(model: keras.Model, structure: Any):
     from tensorflow.python.framework import convert_to_constants
 
     specs = keras.tree.flatten(structure)
+    names: list[str] = []
 
     @tf.function(input_signature=specs)
     def serve(*args):
         outputs = model(keras.tree.pack_sequence_as(structure, list(args)), training=False)
         paths = [path for path, _ in keras.tree.flatten_with_path(outputs)]
-        return dict(zip(tensor_names(paths, "output"), keras.tree.flatten(outputs)))
+        names[:] = tensor_names(paths, "output")
+        return keras.tree.flatten(outputs)
 
     # Freeze variables into constants: the converter otherwise keeps them as
     # resource variables (VAR_HANDLE/READ_VARIABLE) that nothing initialises in
@@ -249,22 +252,41 @@ def _concrete_function(model: keras.Model, structure: Any):
     # quantized layers then fail conversion with ERROR_NEEDS_FLEX_OPS. Letting the
     # converter freeze (experimental_lower_to_saved_model = False) was tried too: the
     # file then has no signature, which tfcompress.tflite_export's interpreter needs.
-    return convert_to_constants.convert_variables_to_constants_v2(serve.get_concrete_function())
+    frozen = convert_to_constants.convert_variables_to_constants_v2(serve.get_concrete_function())
+
+    # Freezing returns the outputs as a flat list, and the file's signature
+    # would name them output_0, ...; calling the frozen function from a
+    # function that returns a dict keeps the names (and so the structure).
+    @tf.function(input_signature=specs)
+    def named(*args):
+        return dict(zip(names, frozen(*args)))
+
+    return named.get_concrete_function()
 
 
-def _representative_dataset(calibration: CalibrationData, batch: int | None, verbose: int):
-    """The converter's generator: flat input lists, with a progress bar over what is used."""
+def _representative_dataset(
+    calibration: CalibrationData, names: list[str], batch: int | None, verbose: int
+):
+    """The converter's generator, with a progress bar over the examples it uses.
+
+    It yields ``{signature input name: batch}``: a plain list would be matched
+    to the graph's input tensors in their internal order, which need not be the
+    signature's (a multi-input model would then calibrate on swapped inputs).
+    """
 
     def generator():
         progress = keras.utils.Progbar(calibration.num_samples, verbose=verbose, unit_name="sample")
+        # Every batch has the same size: the calibrator resizes the graph to the
+        # first batch, and a smaller last one fails to prepare in some graphs.
+        # Padding repeats examples, which leaves min/max ranges unchanged.
+        size = batch or min(_CALIBRATION_BATCH, calibration.num_samples)
         seen = 0
-        for part in calibration.batches(batch or _CALIBRATION_BATCH):
+        for part in calibration.batches(size):
             real = len(part[0])
-            if batch and real < batch:  # a fixed-batch graph: pad by repeating the last one
-                part = [np.concatenate([p, np.repeat(p[-1:], batch - real, 0)]) for p in part]
-            yield part
+            if real < size:
+                part = [np.concatenate([p, np.repeat(p[-1:], size - real, 0)]) for p in part]
+            yield dict(zip(names, part))
             seen += real
-            seen += len(part[0])
             progress.update(seen)
 
     return generator
@@ -384,12 +406,14 @@ def convert(
         if calibration is not None:
             batch = specs[0].shape[0]
             converter.representative_dataset = _representative_dataset(
-                calibration, None if batch is None else int(batch), verbose
+                calibration, [s.name for s in specs], None if batch is None else int(batch), verbose
             )
         if not quantization_aware:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
-        with _native_log_capture():
+        with _native_log_capture(), warnings.catch_warnings():
+            # the calibrator reads dict batches with tf.lite.Interpreter, which warns
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             return converter.convert()
     except Exception as error:
         recurrent = recurrent_layers(model)
