@@ -81,7 +81,7 @@ def test_list_model_takes_a_list_or_a_dict_of_input_names():
             _image_model,
             np.zeros((10, 28, 28)),
             ValueError,
-            r"representative_data has shape \(10, 28, 28\); model 'cnn'.s input has shape "
+            r"representative_data has shape \(10, 28, 28\); the input of model 'cnn' has shape "
             r"\(None, 8, 8, 1\)",
         ),
         (_image_model, "x_train.npz", TypeError, r"got str 'x_train.npz'.*np.load"),
@@ -98,8 +98,8 @@ def test_list_model_takes_a_list_or_a_dict_of_input_names():
             _dict_model,
             {"token_ids": np.zeros((2, 5)), "padding_mask": np.zeros((2, 7))},
             ValueError,
-            r"representative_data\['padding_mask'\] has shape \(2, 7\); model 'text'.s input "
-            r"'padding_mask' has shape \(None, 5\)",
+            r"representative_data\['padding_mask'\] has shape \(2, 7\); input 'padding_mask' of "
+            r"model 'text' has shape \(None, 5\)",
         ),
         (_list_model, [np.zeros((4, 3)), np.zeros((5, 2))], ValueError, r"\(4, 5\)"),
         (_image_model, 3.5, TypeError, "got float"),

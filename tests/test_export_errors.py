@@ -45,7 +45,7 @@ def test_non_finite_outputs_fail_verification(tmp_path):
         (
             np.zeros((20, 28, 28, 1), "float32"),
             ValueError,
-            r"representative_data has shape \(20, 28, 28, 1\); model 'small'.s input has shape "
+            r"representative_data has shape \(20, 28, 28, 1\); the input of model 'small' has shape "
             r"\(None, 8, 8, 1\)",
         ),
         ("calib.npz", TypeError, r"representative_data must be model inputs.*got str"),

@@ -293,7 +293,7 @@ class _Reader:
         label = f"{self.argument}{where}{_where(path)}"
         name = _spec_name(spec)
         expected = _shape(spec)
-        input_label = f"input {name!r}" if name and len(self.flat_specs) > 1 else "input"
+        input_label = f"input {name!r}" if name and len(self.flat_specs) > 1 else "the input"
         try:
             array = np.asarray(value)
         except Exception as error:
@@ -302,7 +302,7 @@ class _Reader:
             ) from error
         if array.dtype.kind not in "biuf":
             raise TypeError(
-                f"{label} has dtype {array.dtype}; {self.model}'s {input_label} takes "
+                f"{label} has dtype {array.dtype}; {input_label} of {self.model} takes "
                 f"numbers ({_dtype(spec).name})"
             )
         if batched is None and array.ndim == len(expected) - 1:
@@ -311,7 +311,7 @@ class _Reader:
             e is not None and e != g for e, g in zip(expected[1:], array.shape[1:])
         ):
             raise ValueError(
-                f"{label} has shape {tuple(array.shape)}; {self.model}'s {input_label} has "
+                f"{label} has shape {tuple(array.shape)}; {input_label} of {self.model} has "
                 f"shape {expected} (first axis: examples; None: any size)"
             )
         if array.dtype.kind == "f":

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,6 +14,7 @@ import numpy as np
 
 from tfcompress.core.backend import require_tensorflow_backend
 from tfcompress.core.calibration import CalibrationData, calibration_data, model_input_structure
+from tfcompress.core.native_logs import native_log_capture
 from tfcompress.export.interpreter import structure_from_names
 
 __all__ = [
@@ -292,30 +291,6 @@ def _representative_dataset(
     return generator
 
 
-@contextlib.contextmanager
-def _native_log_capture():
-    """Keeps the converter's C++ log lines off stderr unless conversion fails."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        os.dup2(log.fileno(), fd)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, fd)
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-20000:])
-            raise
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-
-
 def convert(
     model: keras.Model | str | os.PathLike,
     quantization: str | None = None,
@@ -393,7 +368,7 @@ def convert(
     check_finite_weights(model)
 
     # freezing runs Grappler, which logs to stderr too
-    with _native_log_capture(), float32_compute(model):
+    with native_log_capture(), float32_compute(model):
         function = _concrete_function(model, structure)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     if quantization is not None:
@@ -411,7 +386,7 @@ def convert(
         if not quantization_aware:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
-        with _native_log_capture(), warnings.catch_warnings():
+        with native_log_capture(), warnings.catch_warnings():
             # the calibrator reads dict batches with tf.lite.Interpreter, which warns
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             return converter.convert()
