@@ -151,11 +151,12 @@ def _without_tensorflow_logs_setting():
 
 
 def test_help_imports_no_tensorflow():
-    # `python -m tfcompress --help`, as CPython runs it (argv[0] is "-m" while the package
+    # `python -m tfcompress --help` as CPython runs it (argv[0] is "-m" while the package
     # loads), then a look at what got imported.
     code = (
         "import runpy, sys\n"
         "sys.argv = ['-m', '--help']\n"
+        "sys.orig_argv[:] = [sys.executable, '-m', 'tfcompress', '--help']\n"
         "try:\n"
         "    runpy.run_module('tfcompress', run_name='__main__', alter_sys=True)\n"
         "except SystemExit as exit:\n"
@@ -173,6 +174,36 @@ def test_help_imports_no_tensorflow():
     assert result.returncode == 0, result.stderr
     assert "export" in result.stdout and "HEAVY []" in result.stdout
     assert result.stderr == ""
+    # the real command, with Python's import log
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "tfcompress", "export", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_without_tensorflow_logs_setting(),
+    )
+    assert result.returncode == 0 and "--calibration" in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "tfcompress.cli" in imported
+    assert not {"tensorflow", "keras", "numpy"} & imported
+
+
+def test_other_programs_importing_tfcompress_get_every_layer_registered(tmp_path):
+    # only the tfcompress command starts lazily: `python -m app` importing it does not
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "__init__.py").write_text("import tfcompress\n")
+    (app / "__main__.py").write_text(
+        "import keras, tfcompress\n"
+        "print(keras.saving.get_registered_object('tfcompress>QuantDense') is not None)\n"
+    )
+    env = _without_tensorflow_logs_setting()
+    env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("True")
 
 
 def test_export_prints_no_tensorflow_log_noise(saved_model, tmp_path):

@@ -18,7 +18,11 @@ def _cli_startup() -> bool:
     tfcompress`` imports every module, which registers every layer with Keras.
     """
     argv0 = _sys.argv[0] if _sys.argv else ""
-    return argv0 == "-m" or _os.path.basename(argv0).removesuffix(".exe") == "tfcompress"
+    if argv0 == "-m":  # CPython is locating the module of `python -m MODULE`
+        original = list(getattr(_sys, "orig_argv", []))
+        module = original[original.index("-m") + 1] if "-m" in original[:-1] else ""
+        return module in ("tfcompress", "tfcompress.cli", "tfcompress.__main__")
+    return _os.path.basename(argv0).removesuffix(".exe") == "tfcompress"
 
 
 _load_everything = globals().get("_load_everything", False)  # kept across load_all's reload
