@@ -64,6 +64,9 @@ def test_dict_inputs_in_model_structure_and_dtypes():
     assert inputs["token_ids"].shape == (4, 5)
     batches = tf.data.Dataset.from_tensor_slices(data).batch(4)
     assert calibration_data(batches, model).num_samples == 6
+    structured = list(calib.input_batches(4))
+    assert [b["token_ids"].shape for b in structured] == [(4, 5), (2, 5)]
+    assert model(structured[0]).shape == (4, 5, 4)
 
 
 def test_list_model_takes_a_list_or_a_dict_of_input_names():

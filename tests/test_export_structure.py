@@ -140,3 +140,14 @@ def test_list_inputs_and_outputs_stay_lists(tmp_path):
     got = TFLiteModel(report.path).predict(x)
     assert isinstance(got, list) and [g.shape for g in got] == [(6, 4), (6, 1)]
     _assert_same_structure_and_close(got, model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_dict_keys_that_cannot_be_signature_names_fall_back_to_flat_names(tmp_path):
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    model = keras.Model({"first input": a, "second input": b}, {"sum out": a + 2 * b})
+    x = {"first input": np.ones((4, 3), "float32"), "second input": np.zeros((4, 3), "float32")}
+    report = export(model, tmp_path / "m.tflite", verify_data=x, verbose=0)
+    assert report.verified and report.max_abs_diff < 1e-6
+    lite = TFLiteModel(report.path)
+    assert lite.input_names == ["input_0", "input_1"] and lite.output_names == ["output_0"]
+    np.testing.assert_allclose(lite.predict(x), np.ones((4, 3)))

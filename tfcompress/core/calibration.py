@@ -114,6 +114,14 @@ class CalibrationData:
             stop = min(start + batch_size, n)
             yield [a[start:stop] for a in self.arrays]
 
+    def input_batches(self, batch_size: int, limit: int | None = None) -> Iterator[Any]:
+        """Batches in the model's input structure, ready for ``model(batch)``.
+
+        What a post-training method iterates over to capture activations.
+        """
+        for part in self.batches(batch_size, limit):
+            yield keras.tree.pack_sequence_as(self.structure, part)
+
 
 def calibration_data(
     data: Any,

@@ -130,6 +130,13 @@ class TFLiteModel:
             and all(not isinstance(v, (Mapping, list, tuple)) for v in x)
         ):
             return [np.asarray(v) for v in x]  # flat, in file order
+        if (
+            isinstance(x, Mapping)
+            and isinstance(self._input_template, list)
+            and len(x) == len(self.input_names)
+        ):
+            # a file whose dict keys could not be signature names: keras.tree's order
+            return [np.asarray(x[key]) for key in sorted(x)]
         return [np.asarray(v) for v in _flatten_like(x, self._input_template, "x")]
 
     def predict(self, x: Any, batch_size: int = 64) -> Any:
