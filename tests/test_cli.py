@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,8 +115,10 @@ def test_calibration_of_the_wrong_shape_is_one_line(saved_model, tmp_path, capsy
     assert main([*argv, str(calibration)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and "Traceback" not in err
-    assert (
-        "x has shape (20, 28, 28); the input of model 'sequential' has shape (None, 8, 8, 1)" in err
+    assert re.search(
+        r"x has shape \(20, 28, 28\); the input of model 'sequential\w*' has shape "
+        r"\(None, 8, 8, 1\)",
+        err,
     )
     assert not (tmp_path / "m.tflite").exists()
 
