@@ -2,7 +2,9 @@
 
 Backend checks and per-backend state, gradients of a loss, replica reductions,
 layer walking and selection (``walk``), model rewriting (``rewrite``),
-activation capture (``capture``), the budget solver (``budget``), the layer
-protocols (``protocols``), schedule serialization and plain-text tables.
-Nothing here imports a technique (import-linter checks it).
+calibration data (``calibration``: one normaliser for arrays, datasets and
+generators, shape-checked against the model's inputs), activation capture
+(``capture``), the budget solver (``budget``), the layer protocols
+(``protocols``), atomic file writes (``io``), schedule serialization and
+plain-text tables. Nothing here imports a technique (import-linter checks it).
 """

@@ -5,11 +5,11 @@
 * Binary (1 bit) and ternary (2 bits) kernels with scales.
 """
 
+from tfcompress.binary.packed_file import PackedModelReport as PackedModelReport
+from tfcompress.binary.packed_file import load_packed as load_packed
+from tfcompress.binary.packed_file import save_packed as save_packed
 from tfcompress.binary.store import PackedKernel as PackedKernel
-from tfcompress.binary.store import PackedModelReport as PackedModelReport
-from tfcompress.binary.store import load_packed as load_packed
 from tfcompress.binary.store import pack_kernel as pack_kernel
-from tfcompress.binary.store import save_packed as save_packed
 from tfcompress.binary.store import unpack_kernel as unpack_kernel
 from tfcompress.export.archive import PackFormatError as PackFormatError
 from tfcompress.export.archive import PackReport as PackReport
