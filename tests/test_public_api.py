@@ -67,6 +67,8 @@ EXPECTED_QUANT_LAYERS = {
     "QuantDepthwiseConv2D",
     "QuantDense",
     "QuantizeOutput",
+    "QuantConv2DTranspose",
+    "QuantSeparableConv2D",
 }
 
 

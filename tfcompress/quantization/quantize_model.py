@@ -216,6 +216,8 @@ def _plan(model, config, scheme, layers) -> tuple[dict[int, LayerPlan], list[Ski
     plans: dict[int, LayerPlan] = {}
     skipped: list[SkippedLayer] = []
     for qualified, layer in iter_leaf_layers(model):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
         rule = scheme.rule_for(layer)
         if rule is not None and rule.role == "output" and not config.quantize_activation_layers:
             rule = None

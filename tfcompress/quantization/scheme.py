@@ -188,7 +188,7 @@ class WeightRule(QuantizeRule):
 
     def scale_output_channels(self, new_layer, old_layer, factor: np.ndarray) -> None:
         """Sets ``new_layer``'s kernel to ``old_layer``'s with output channel ``c`` times ``factor[c]``."""
-        kernel = np.asarray(keras.ops.convert_to_numpy(old_layer.kernel), np.float64)
+        kernel = np.asarray(keras.ops.convert_to_numpy(old_layer.kernel.value), np.float64)
         _variable(new_layer, "kernel").assign((kernel * factor).astype("float32"))
 
     def replacement(self, layer, plan):
@@ -208,7 +208,7 @@ class WeightRule(QuantizeRule):
 
 class _DepthwiseRule(WeightRule):
     def scale_output_channels(self, new_layer, old_layer, factor):
-        kernel = np.asarray(keras.ops.convert_to_numpy(old_layer.kernel), np.float64)
+        kernel = np.asarray(keras.ops.convert_to_numpy(old_layer.kernel.value), np.float64)
         factor = factor.reshape(kernel.shape[2], kernel.shape[3])
         _variable(new_layer, "kernel").assign((kernel * factor).astype("float32"))
 
@@ -221,13 +221,15 @@ class _SeparableRule(WeightRule):
         return config
 
     def scale_output_channels(self, new_layer, old_layer, factor):
-        pointwise = np.asarray(keras.ops.convert_to_numpy(old_layer.pointwise_kernel), np.float64)
+        pointwise = np.asarray(
+            keras.ops.convert_to_numpy(old_layer.pointwise_kernel.value), np.float64
+        )
         new_layer.pointwise_kernel.assign((pointwise * factor).astype("float32"))
 
 
 class _TransposeRule(WeightRule):
     def scale_output_channels(self, new_layer, old_layer, factor):
-        kernel = np.asarray(keras.ops.convert_to_numpy(old_layer.kernel), np.float64)
+        kernel = np.asarray(keras.ops.convert_to_numpy(old_layer.kernel.value), np.float64)
         _variable(new_layer, "kernel").assign((kernel * factor[:, None]).astype("float32"))
 
 
@@ -247,7 +249,7 @@ def _copy_variables(new_layer, old_layer) -> None:
                 f"{type(new_layer).__name__} has no variable {variable.name!r} to take "
                 f"{type(old_layer).__name__} {old_layer.name!r}'s weights"
             )
-        by_name[variable.name].assign(keras.ops.convert_to_numpy(variable))
+        by_name[variable.name].assign(variable.value)
 
 
 def _batch_norm_affine(old_layer, bn) -> tuple[np.ndarray, np.ndarray]:
