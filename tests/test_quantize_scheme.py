@@ -1,6 +1,8 @@
 """quantize_model's scheme (user rules), skipped-layer records, config names, new conv layers,
 warnings for layers left float, and models with dict inputs/outputs and operation nodes."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -83,6 +85,15 @@ def test_a_subclassed_rule_decides_the_replacement():
         "d1": SkipReason.NO_RULE,
         "out": SkipReason.NO_RULE,
     }
+    # An "output" rule switched off by quantize_activation_layers=False: recorded, no warning.
+    off = {"scheme": QuantizeScheme.default().register(Scale, OutputRangeRule())}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, log = tfc.quantize_model(
+            _scale_model(), {**off, "quantize_activation_layers": False}, return_log=True
+        )
+    assert [name for name, _, _ in log.replaced] == ["d1", "out"]
+    assert log.skipped == [("my_scale", "Scale", SkipReason.OUTPUT_RANGES_OFF)]
     with pytest.raises(TypeError, match=r"rule must be a QuantizeRule, got str"):
         QuantizeScheme().register(Scale, "output")
     with pytest.raises(TypeError, match=r"config.scheme must be a QuantizeScheme"):

@@ -55,6 +55,7 @@ class SkipReason(str, enum.Enum):
     OVERRIDE = "kept float by override"
     NOT_SELECTED = "not selected"
     NO_RULE = "no int8 rule for this layer type"
+    OUTPUT_RANGES_OFF = "quantize_activation_layers=False"
 
     def __str__(self) -> str:
         return self.value
@@ -219,11 +220,14 @@ def _plan(model, config, scheme, layers) -> tuple[dict[int, LayerPlan], list[Ski
         if isinstance(layer, keras.layers.InputLayer):
             continue
         rule = scheme.rule_for(layer)
-        if rule is not None and rule.role == "output" and not config.quantize_activation_layers:
-            rule = None
         if rule is not None and rule.role == "pass_through":
             continue
         if getattr(layer, "is_quantization_aware", False):
+            continue
+        if rule is not None and rule.role == "output" and not config.quantize_activation_layers:
+            skipped.append(
+                SkippedLayer(qualified, type(layer).__name__, SkipReason.OUTPUT_RANGES_OFF)
+            )
             continue
         if rule is None:
             if explicit and selected(layer):
