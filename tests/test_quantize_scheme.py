@@ -157,6 +157,9 @@ def test_separable_and_transpose_are_quantized_and_folded_conv3d_is_named(tmp_pa
     expected = model.predict(x, verbose=0)
     got = qat.predict(x, verbose=0)
     assert np.abs(got - expected).max() <= 0.06 * np.abs(expected).max()
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), got)
     tfc.tflite_export.export(qat, tmp_path / "q.tflite", quantization="int8", verbose=0)
     ops = tfc.tflite_export.TFLiteModel(tmp_path / "q.tflite").ops()
     int8 = {op.name for op in ops if op.output_dtypes == ("int8",) and "int8" in op.input_dtypes}
