@@ -26,6 +26,7 @@ EXPECTED_TOP_LEVEL = {
     "pack",
     "unpack",
     "cluster_model",
+    "UnreadableFileError",
 }
 
 EXPECTED_EXPORT = {
