@@ -68,6 +68,8 @@ EXPECTED_QUANT_LAYERS = {
     "QuantDepthwiseConv2D",
     "QuantDense",
     "QuantizeOutput",
+    "QuantConv2DTranspose",
+    "QuantSeparableConv2D",
 }
 
 

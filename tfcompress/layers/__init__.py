@@ -18,6 +18,26 @@ from tfcompress.quantization.conv import QuantConv1D as QuantConv1D
 from tfcompress.quantization.conv import QuantConv2D as QuantConv2D
 from tfcompress.quantization.conv import QuantDepthwiseConv2D as QuantDepthwiseConv2D
 from tfcompress.quantization.dense import QuantDense as QuantDense
+from tfcompress.binary.layers import BinaryConv2D
+from tfcompress.binary.layers import BinaryDense
+from tfcompress.binary.layers import BinaryDepthwiseConv2D
+from tfcompress.binary.layers import WeightClip
+from tfcompress.binary.layers import unipolar_inputs
+from tfcompress.quantization.activation import QuantizeActivation
+from tfcompress.quantization.conv import QuantConv1D
+from tfcompress.quantization.conv import QuantConv2D
+from tfcompress.quantization.conv import QuantDepthwiseConv2D
+from tfcompress.quantization.dense import QuantDense
+from tfcompress.clustering.layers import ClusteredConv1D
+from tfcompress.clustering.layers import ClusteredConv2D
+from tfcompress.clustering.layers import ClusteredDense
+from tfcompress.binary.packed import freeze_binary
+from tfcompress.binary.packed import unfreeze_binary
+from tfcompress.lowrank.dense import LowRankDense
+from tfcompress.lowrank.conv import LowRankConv2D
+from tfcompress.quantization.activation import QuantizeOutput
+from tfcompress.quantization.conv_transpose import QuantConv2DTranspose
+from tfcompress.quantization.separable_conv import QuantSeparableConv2D
 
 __all__ = [
     "BinaryConv2D",
@@ -38,4 +58,9 @@ __all__ = [
     "freeze_binary",
     "unfreeze_binary",
     "unipolar_inputs",
+    "LowRankDense",
+    "LowRankConv2D",
+    "QuantizeOutput",
+    "QuantConv2DTranspose",
+    "QuantSeparableConv2D",
 ]
