@@ -17,27 +17,9 @@ from tfcompress.quantization.activation import QuantizeOutput as QuantizeOutput
 from tfcompress.quantization.conv import QuantConv1D as QuantConv1D
 from tfcompress.quantization.conv import QuantConv2D as QuantConv2D
 from tfcompress.quantization.conv import QuantDepthwiseConv2D as QuantDepthwiseConv2D
+from tfcompress.quantization.conv_transpose import QuantConv2DTranspose as QuantConv2DTranspose
 from tfcompress.quantization.dense import QuantDense as QuantDense
-from tfcompress.binary.layers import BinaryConv2D
-from tfcompress.binary.layers import BinaryDense
-from tfcompress.binary.layers import BinaryDepthwiseConv2D
-from tfcompress.binary.layers import WeightClip
-from tfcompress.binary.layers import unipolar_inputs
-from tfcompress.quantization.activation import QuantizeActivation
-from tfcompress.quantization.conv import QuantConv1D
-from tfcompress.quantization.conv import QuantConv2D
-from tfcompress.quantization.conv import QuantDepthwiseConv2D
-from tfcompress.quantization.dense import QuantDense
-from tfcompress.clustering.layers import ClusteredConv1D
-from tfcompress.clustering.layers import ClusteredConv2D
-from tfcompress.clustering.layers import ClusteredDense
-from tfcompress.binary.packed import freeze_binary
-from tfcompress.binary.packed import unfreeze_binary
-from tfcompress.lowrank.dense import LowRankDense
-from tfcompress.lowrank.conv import LowRankConv2D
-from tfcompress.quantization.activation import QuantizeOutput
-from tfcompress.quantization.conv_transpose import QuantConv2DTranspose
-from tfcompress.quantization.separable_conv import QuantSeparableConv2D
+from tfcompress.quantization.separable_conv import QuantSeparableConv2D as QuantSeparableConv2D
 
 __all__ = [
     "BinaryConv2D",
@@ -50,17 +32,14 @@ __all__ = [
     "LowRankDense",
     "QuantConv1D",
     "QuantConv2D",
+    "QuantConv2DTranspose",
     "QuantDense",
     "QuantDepthwiseConv2D",
+    "QuantSeparableConv2D",
     "QuantizeActivation",
     "QuantizeOutput",
     "WeightClip",
     "freeze_binary",
     "unfreeze_binary",
     "unipolar_inputs",
-    "LowRankDense",
-    "LowRankConv2D",
-    "QuantizeOutput",
-    "QuantConv2DTranspose",
-    "QuantSeparableConv2D",
 ]

@@ -2,35 +2,24 @@
 
 from tfcompress.binary.binarize import binarize_model as binarize_model
 from tfcompress.clustering.cluster_model import cluster_model as cluster_model
+from tfcompress.core.rewrite import Replacement as Replacement
 from tfcompress.lowrank.factorize import FactorizeReport as FactorizeReport
 from tfcompress.lowrank.factorize import expand_lowrank as expand_lowrank
 from tfcompress.lowrank.factorize import factorize_model as factorize_model
 from tfcompress.pruning.shrink import shrink_model as shrink_model
 from tfcompress.pruning.snip import prune_at_init as prune_at_init
+from tfcompress.quantization.quantize_model import CONFIG_NAMES as CONFIG_NAMES
 from tfcompress.quantization.quantize_model import QuantizeConfig as QuantizeConfig
+from tfcompress.quantization.quantize_model import SkippedLayer as SkippedLayer
+from tfcompress.quantization.quantize_model import SkipReason as SkipReason
 from tfcompress.quantization.quantize_model import quantize_model as quantize_model
-from tfcompress.binary.binarize import binarize_model
-from tfcompress.clustering.cluster_model import cluster_model
-from tfcompress.core.rewrite import Replacement
-from tfcompress.lowrank.factorize import FactorizeReport, expand_lowrank, factorize_model
-from tfcompress.pruning.shrink import shrink_model
-from tfcompress.pruning.snip import prune_at_init
-from tfcompress.quantization.quantize_model import (
-    CONFIG_NAMES,
-    QuantizeConfig,
-    SkippedLayer,
-    SkipReason,
-    quantize_model,
-)
-from tfcompress.quantization.scheme import (
-    ActivationRule,
-    LayerPlan,
-    OutputRangeRule,
-    PassThroughRule,
-    QuantizeRule,
-    QuantizeScheme,
-    WeightRule,
-)
+from tfcompress.quantization.scheme import ActivationRule as ActivationRule
+from tfcompress.quantization.scheme import LayerPlan as LayerPlan
+from tfcompress.quantization.scheme import OutputRangeRule as OutputRangeRule
+from tfcompress.quantization.scheme import PassThroughRule as PassThroughRule
+from tfcompress.quantization.scheme import QuantizeRule as QuantizeRule
+from tfcompress.quantization.scheme import QuantizeScheme as QuantizeScheme
+from tfcompress.quantization.scheme import WeightRule as WeightRule
 
 __all__ = [
     "CONFIG_NAMES",
