@@ -8,6 +8,7 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress.callbacks import DynamicSparseTraining, GradualPruning, KeepSparsity
+from tfcompress.pruning import PruningMask
 
 
 def _data(n=64, shape=(16,), classes=4, seed=0):
@@ -107,10 +108,10 @@ def test_every_kernel_layer_type_is_pruned_in_place(tmp_path):
         variable = getattr(model.get_layer(name), attr)
         assert _zeros(variable) == pytest.approx(0.6, abs=0.02), name
         assert history.history[f"sparsity/{name}"][-1] == pytest.approx(_zeros(variable))
-        assert variable.constraint is None  # handed back after fit
+        assert isinstance(variable.constraint, PruningMask)  # the masks stay with the model
 
 
-def test_logs_reach_csv_logger_and_masks_detach(tmp_path):
+def test_logs_reach_csv_logger_and_masks_stay_until_removed(tmp_path):
     model = _mlp()
     x, y = _data()
     log = tmp_path / "log.csv"
@@ -127,7 +128,11 @@ def test_logs_reach_csv_logger_and_masks_detach(tmp_path):
     assert float(rows[-1]["sparsity"]) == pytest.approx(0.5)
     assert float(rows[-1]["sparsity/d1"]) == pytest.approx(0.5)
     assert _zeros(model.get_layer("d2").kernel) == 0.0
-    # A later fit without the callback trains densely again.
+    # A later fit without the callback keeps the zeros ...
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert _zeros(model.get_layer("d1").kernel) == 0.5
+    # ... until the masks are removed on purpose.
+    assert tfc.remove_masks(model) == 1
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert _zeros(model.get_layer("d1").kernel) < 0.01
 

@@ -25,6 +25,7 @@ from tfcompress.lowrank.factorize import factorize_model
 from tfcompress.packing import pack, unpack
 from tfcompress.pruning.shrink import shrink_model
 from tfcompress.pruning.snip import prune_at_init
+from tfcompress.pruning.constraint import remove_masks
 from tfcompress.quantization.quantize_model import quantize_model
 from tfcompress.reporting import summary
 
@@ -53,4 +54,5 @@ __all__ = [
     "pack",
     "unpack",
     "cluster_model",
+    "remove_masks",
 ]
