@@ -171,34 +171,42 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated crash")
 
 
-def _run(tmp_path, interrupt):
+def _run(tmp_path, interrupt, backup_first=True, earlier_epochs=0):
     x, y = _data(n=48)
     model = _mlp(seed=3)
 
     def callbacks(extra=()):
-        return [
-            keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
-            GradualPruning(0.7, begin_step=3, end_step=30, frequency=3),
-            *extra,
-        ]
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+        pruning = GradualPruning(0.7, begin_step=3, end_step=30, frequency=3)
+        listed = [backup, pruning] if backup_first else [pruning, backup]
+        return [*listed, *extra]
 
     fit = dict(batch_size=8, epochs=6, verbose=0, shuffle=False)
+    if earlier_epochs:  # training before pruning: the run counts from its own start
+        model.fit(x, y, batch_size=8, epochs=earlier_epochs, verbose=0, shuffle=False)
     if interrupt:
         with pytest.raises(KeyboardInterrupt):
-            model.fit(x, y, callbacks=callbacks([_Interrupt(at_step=21)]), **fit)  # mid epoch 4
+            stop = _Interrupt(at_step=21 + 6 * earlier_epochs)  # mid epoch 4
+            model.fit(x, y, callbacks=callbacks([stop]), **fit)
         model = _mlp(seed=99)  # a fresh process would rebuild the model
     model.fit(x, y, callbacks=callbacks(), **fit)
     return model
 
 
-def test_interrupted_run_resumed_with_backup_and_restore_matches_uninterrupted(tmp_path):
-    straight = _run(tmp_path / "a", interrupt=False)
-    resumed = _run(tmp_path / "b", interrupt=True)
+@pytest.mark.parametrize(
+    "backup_first, earlier_epochs", [(True, 0), (False, 2)], ids=["backup-first", "after-training"]
+)
+def test_interrupted_run_resumed_with_backup_and_restore_matches_uninterrupted(
+    tmp_path, backup_first, earlier_epochs
+):
+    straight = _run(tmp_path / "a", False, backup_first, earlier_epochs)
+    resumed = _run(tmp_path / "b", True, backup_first, earlier_epochs)
     assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy())
     for a, b in zip(straight.weights, resumed.weights):
-        a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
-        np.testing.assert_array_equal(a == 0, b == 0)
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    for name in ("d1", "d2"):
+        masks = [m.get_layer(name).kernel.constraint.value() for m in (straight, resumed)]
+        np.testing.assert_array_equal(*masks)
     assert _zeros(resumed.get_layer("d1").kernel) == pytest.approx(0.7, abs=1 / 512)
 
 

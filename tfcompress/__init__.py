@@ -23,9 +23,9 @@ from tfcompress.binary.binarize import binarize_model
 from tfcompress.clustering.cluster_model import cluster_model
 from tfcompress.lowrank.factorize import factorize_model
 from tfcompress.packing import pack, unpack
+from tfcompress.pruning.constraint import remove_masks
 from tfcompress.pruning.shrink import shrink_model
 from tfcompress.pruning.snip import prune_at_init
-from tfcompress.pruning.constraint import remove_masks
 from tfcompress.quantization.quantize_model import quantize_model
 from tfcompress.reporting import summary
 

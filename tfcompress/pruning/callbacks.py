@@ -68,7 +68,7 @@ class GradualPruning(MaskedTraining):
     has done before. Layers keep their names and classes; the masks stay on the
     model after ``fit``, in later fits and in its ``.keras`` file, until
     :func:`tfcompress.remove_masks`. An update due after the run's last step
-    (``end_step`` equal to the number of steps) is applied when training ends,
+    (``end_step`` equal to the number of steps) is applied right after it,
     so the target holds exactly from ``end_step`` on. Every callback's epoch
     logs get ``sparsity`` and ``sparsity/<layer>`` (TensorBoard included,
     wherever it is listed).

@@ -125,6 +125,7 @@ class MaskedTraining(keras.callbacks.Callback):
         self._sizes: list[int] = []
         self._attached_to: Any = None
         self._started = False
+        self._run_end: int | None = None
         self._offset = 0
         self._epoch_base = 0
         self._reporting = True
@@ -169,6 +170,11 @@ class MaskedTraining(keras.callbacks.Callback):
     def weight_values(self) -> list[np.ndarray]:
         self.sync_state()
         return [np.asarray(keras.ops.convert_to_numpy(t.variable)) for t in self.targets]
+
+    @property
+    def masks(self) -> list[keras.Variable]:
+        """The mask variables of the targets, in target order."""
+        return [constraint.mask for constraint in self.constraints]
 
     def mask_values(self) -> list[np.ndarray]:
         return [constraint.value() for constraint in self.constraints]
@@ -381,7 +387,8 @@ class MaskedTraining(keras.callbacks.Callback):
             constraint.progress = self.progress
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
         remaining = (epochs - epoch) * steps if epochs and steps else None
-        self.resolve(None if remaining is None else step + remaining)
+        self._run_end = None if remaining is None else step + remaining
+        self.resolve(self._run_end)
         self._offset = StepTracker.read(self.model) - step
         self._started = True
         if not resumed:
@@ -423,6 +430,10 @@ class MaskedTraining(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.progress.step = self._epoch_base + batch + 1
+        if self._run_end is not None and self.progress.step >= self._run_end:
+            # An update due after the fit's last step (e.g. end_step = the run's
+            # length) is applied now, before the epoch's logs and checkpoints.
+            self._advance(self.progress.step)
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         self._reporting = False  # no val_sparsity: validation does not change masks
@@ -438,8 +449,7 @@ class MaskedTraining(keras.callbacks.Callback):
             print(f"{type(self).__name__}: epoch {epoch + 1} sparsity {overall:.4f}")
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        # An update due after the last step (e.g. end_step = the run's length)
-        # is applied now, so the model leaves fit at its schedule's value.
+        # A fit that stopped early still leaves at its schedule's value.
         if self._started:
             self._advance(self.progress.step)
         self._uninstall_metrics()

@@ -100,7 +100,7 @@ class SparsitySchedule:
     def update_steps(self, total_steps: int) -> tuple[int, ...]:
         """The update steps in ``[0, total_steps]`` of a run of ``total_steps`` steps.
 
-        Step ``total_steps`` counts: masks due then are applied when training ends.
+        Step ``total_steps`` counts: masks due then are applied right after the last step.
         """
         schedule = self.resolved(total_steps)
         return tuple(s for s in range(total_steps + 1) if schedule.is_update_step(s))
