@@ -194,8 +194,15 @@ def attach_mask(model: Any, layer: Any, variable: Any) -> PruningMask:
     constraint = PruningMask(mask, variable.constraint)
     variable.constraint = constraint
     if attribute is not None:
-        setattr(layer, attribute, constraint)
+        _set_constraint(layer, attribute, constraint)
     return constraint
+
+
+def _set_constraint(layer: Any, attribute: str, value: Any) -> None:
+    # A read-only property (an RNN layer forwarding its cell's constraint) keeps
+    # the mask on the variable only: it acts in training but is not in the config.
+    with contextlib.suppress(AttributeError):
+        setattr(layer, attribute, value)
 
 
 def strip_mask_configs(layer_config: dict) -> list[str]:
@@ -253,7 +260,7 @@ def remove_masks(model: keras.Model) -> int:
         for attribute in [a for a in vars(layer) if a.endswith("_constraint")]:
             value = getattr(layer, attribute)
             if isinstance(value, PruningMask):
-                setattr(layer, attribute, value.inner)
+                _set_constraint(layer, attribute, value.inner)
     for variable in model.weights:
         if isinstance(variable.constraint, PruningMask):
             variable.constraint = variable.constraint.inner
