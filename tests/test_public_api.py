@@ -27,6 +27,7 @@ EXPECTED_TOP_LEVEL = {
     "unpack",
     "cluster_model",
     "remove_masks",
+    "UnreadableFileError",
 }
 
 EXPECTED_EXPORT = {
