@@ -5,29 +5,6 @@ Layers you swap in, callbacks you add to ``model.fit``, model transforms that
 keep trained weights, and a TFLite/LiteRT export verified against Keras.
 """
 
-from tfcompress import (
-    callbacks,
-    datasets,
-    layers,
-    models,
-    ops,
-    optimizers,
-    packing,
-    quantizers,
-    reporting,
-    schedules,
-    tflite_export,
-    transforms,
-)
-from tfcompress.binary.binarize import binarize_model
-from tfcompress.clustering.cluster_model import cluster_model
-from tfcompress.lowrank.factorize import factorize_model
-from tfcompress.packing import pack, unpack
-from tfcompress.pruning.constraint import remove_masks
-from tfcompress.pruning.shrink import shrink_model
-from tfcompress.pruning.snip import prune_at_init
-from tfcompress.quantization.quantize_model import quantize_model
-from tfcompress.reporting import summary
 import os as _os
 import sys as _sys
 from typing import TYPE_CHECKING as _TYPE_CHECKING
@@ -70,6 +47,7 @@ if _TYPE_CHECKING or _load_everything or not _cli_startup():
     from tfcompress.core.io import UnreadableFileError
     from tfcompress.lowrank.factorize import factorize_model
     from tfcompress.packing import pack, unpack
+    from tfcompress.pruning.constraint import remove_masks
     from tfcompress.pruning.shrink import shrink_model
     from tfcompress.pruning.snip import prune_at_init
     from tfcompress.quantization.quantize_model import quantize_model
