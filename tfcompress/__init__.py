@@ -8,28 +8,6 @@ import os as _os
 import sys as _sys
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from tfcompress import callbacks as callbacks
-from tfcompress import datasets as datasets
-from tfcompress import layers as layers
-from tfcompress import models as models
-from tfcompress import ops as ops
-from tfcompress import optimizers as optimizers
-from tfcompress import packing as packing
-from tfcompress import quantizers as quantizers
-from tfcompress import reporting as reporting
-from tfcompress import schedules as schedules
-from tfcompress import tflite_export as tflite_export
-from tfcompress import transforms as transforms
-from tfcompress.binary.binarize import binarize_model as binarize_model
-from tfcompress.clustering.cluster_model import cluster_model as cluster_model
-from tfcompress.lowrank.factorize import factorize_model as factorize_model
-from tfcompress.packing import pack as pack
-from tfcompress.packing import unpack as unpack
-from tfcompress.pruning.shrink import shrink_model as shrink_model
-from tfcompress.pruning.snip import prune_at_init as prune_at_init
-from tfcompress.quantization.quantize_model import quantize_model as quantize_model
-from tfcompress.reporting import summary as summary
-
 
 def _cli_startup() -> bool:
     """True while ``python -m tfcompress`` or the ``tfcompress`` script starts.
@@ -49,29 +27,29 @@ def _cli_startup() -> bool:
 _load_everything = globals().get("_load_everything", False)  # kept across load_all's reload
 
 if _TYPE_CHECKING or _load_everything or not _cli_startup():
-    from tfcompress import (
-        callbacks,
-        datasets,
-        layers,
-        models,
-        ops,
-        optimizers,
-        packing,
-        quantizers,
-        reporting,
-        schedules,
-        tflite_export,
-        transforms,
-    )
-    from tfcompress.binary.binarize import binarize_model
-    from tfcompress.clustering.cluster_model import cluster_model
-    from tfcompress.core.io import UnreadableFileError
-    from tfcompress.lowrank.factorize import factorize_model
-    from tfcompress.packing import pack, unpack
-    from tfcompress.pruning.shrink import shrink_model
-    from tfcompress.pruning.snip import prune_at_init
-    from tfcompress.quantization.quantize_model import quantize_model
-    from tfcompress.reporting import summary
+    from tfcompress import callbacks as callbacks
+    from tfcompress import datasets as datasets
+    from tfcompress import layers as layers
+    from tfcompress import models as models
+    from tfcompress import ops as ops
+    from tfcompress import optimizers as optimizers
+    from tfcompress import packing as packing
+    from tfcompress import quantizers as quantizers
+    from tfcompress import reporting as reporting
+    from tfcompress import schedules as schedules
+    from tfcompress import tflite_export as tflite_export
+    from tfcompress import transforms as transforms
+    from tfcompress.binary.binarize import binarize_model as binarize_model
+    from tfcompress.clustering.cluster_model import cluster_model as cluster_model
+    from tfcompress.core.io import UnreadableFileError as UnreadableFileError
+    from tfcompress.lowrank.factorize import factorize_model as factorize_model
+    from tfcompress.packing import pack as pack
+    from tfcompress.packing import unpack as unpack
+    from tfcompress.pruning.constraint import remove_masks as remove_masks
+    from tfcompress.pruning.shrink import shrink_model as shrink_model
+    from tfcompress.pruning.snip import prune_at_init as prune_at_init
+    from tfcompress.quantization.quantize_model import quantize_model as quantize_model
+    from tfcompress.reporting import summary as summary
 
 
 def load_all() -> None:
@@ -114,6 +92,7 @@ __all__ = [
     "prune_at_init",
     "quantize_model",
     "quantizers",
+    "remove_masks",
     "reporting",
     "schedules",
     "shrink_model",

@@ -10,6 +10,7 @@ from tfcompress.distillation.losses import hint_loss as hint_loss
 from tfcompress.distillation.losses import soft_target_loss as soft_target_loss
 from tfcompress.lowrank import decompositions as lowrank
 from tfcompress.ops import tf as tf
+from tfcompress.pruning import masks as pruning
 
 __all__ = [
     "assign_clusters",
@@ -17,6 +18,7 @@ __all__ = [
     "hint_loss",
     "kmeans_1d",
     "lowrank",
+    "pruning",
     "soft_target_loss",
     "tf",
 ]

@@ -6,6 +6,7 @@ from tfcompress.core.rewrite import Replacement as Replacement
 from tfcompress.lowrank.factorize import FactorizeReport as FactorizeReport
 from tfcompress.lowrank.factorize import expand_lowrank as expand_lowrank
 from tfcompress.lowrank.factorize import factorize_model as factorize_model
+from tfcompress.pruning.constraint import remove_masks as remove_masks
 from tfcompress.pruning.shrink import shrink_model as shrink_model
 from tfcompress.pruning.snip import prune_at_init as prune_at_init
 from tfcompress.quantization.quantize_model import CONFIG_NAMES as CONFIG_NAMES
@@ -41,5 +42,6 @@ __all__ = [
     "factorize_model",
     "prune_at_init",
     "quantize_model",
+    "remove_masks",
     "shrink_model",
 ]
