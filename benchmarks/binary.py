@@ -27,7 +27,7 @@ import keras
 
 from tfcompress.datasets import load_digits
 from tfcompress.demo.techniques.binary import digits_float_twin
-from tfcompress.export import tflite as export
+from tfcompress.export.tflite import export
 from tfcompress.models import accuracy, digits_binary_cnn, train_classifier
 from tfcompress.packing import save_packed
 from tfcompress.reporting.table import format_table

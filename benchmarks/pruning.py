@@ -135,7 +135,7 @@ print("JSON" + json.dumps({"float_accuracy": float_acc, "accuracy": acc, "sparsi
 
 def main() -> None:
     import tfcompress as tfc
-    from tfcompress.export import tflite as export
+    from tfcompress.export.tflite import export
     from tfcompress.models import accuracy, digits_cnn, train_classifier
     from tfcompress.reporting.table import format_table
 
@@ -310,7 +310,7 @@ def main() -> None:
 def _qat_after_pruning(pruned, data, out, float_export) -> dict:
     """Deep-compression order: prune, then one epoch of int8 QAT that keeps the zeros."""
     import tfcompress as tfc
-    from tfcompress.export import tflite as export
+    from tfcompress.export.tflite import export
     from tfcompress.models import accuracy, train_classifier
 
     keras.utils.set_random_seed(1)
