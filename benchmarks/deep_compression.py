@@ -4,7 +4,8 @@ Prints and writes ``benchmarks/results/deep_compression.json``:
 
 1. k-means timing: ``tfcompress.ops.kmeans_1d`` on a 4096x4096 float32 matrix
    into 256 clusters vs scikit-learn's KMeans fitted on a 1% sample, both
-   errors measured on all weights, in the same process.
+   errors measured on all weights, in the same process (arms interleaved by
+   ``tfcompress.bench.timing``; min and median of 3 rounds, load recorded).
 2. For LeNet-300-100 (``digits_mlp``) and the digits CNN: accuracy and size
    after pruning, after clustering (+ centroid fine-tuning), after Huffman
    (``tfc.pack``), vs the float32 bytes of the weights; the clustered model's
