@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress.bench.timing import time_arms
+from tfcompress.core.io import write_text
 from tfcompress.datasets import load_digits
 from tfcompress.demo.techniques.binary import digits_float_twin
 from tfcompress.layers import freeze_binary
@@ -196,7 +197,7 @@ def main() -> None:
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     payload = {"conditions": conditions, "matmul": mm, "cnn": cnn, "timings": timings}
-    RESULTS.write_text(json.dumps(payload, indent=2))
+    write_text(RESULTS, json.dumps(payload, indent=2))
     print(f"wrote {RESULTS}")
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 import tfcompress as tfc
 from tfcompress.bench.timing import Timing, time_arms
+from tfcompress.core.io import atomic_write, write_text
 from tfcompress.datasets import load_digits
 from tfcompress.lowrank.factorize import expand_lowrank
 from tfcompress.models import accuracy, digits_cnn, digits_mlp, train_classifier
@@ -179,7 +180,8 @@ def _plot(rows, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png")
     plt.close(fig)
 
 
@@ -244,7 +246,7 @@ def main() -> None:
     out = RESULTS / "lowrank.json"
     meta = {"batch": b, "rounds": rounds, "runs": runs, "quick": quick, "seconds": elapsed}
     payload = {"meta": meta, "rows": rows, "timings": timings}
-    out.write_text(json.dumps(payload, indent=2, default=str))
+    write_text(out, json.dumps(payload, indent=2, default=str))
     _plot(rows, RESULTS / "lowrank.png")
     print(f"\nWrote {out} and {RESULTS / 'lowrank.png'} ({elapsed:.0f} s)")
 

@@ -303,7 +303,9 @@ def main() -> None:
         "train_step_timing": steps_timing.to_dict(),
         "latency_timing": latency.to_dict(),
     }
-    (RESULTS / "pruning.json").write_text(json.dumps(payload, indent=2))
+    from tfcompress.core.io import write_text
+
+    write_text(RESULTS / "pruning.json", json.dumps(payload, indent=2))
     print(f"wrote {RESULTS / 'pruning.json'}")
 
 

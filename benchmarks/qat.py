@@ -34,6 +34,7 @@ import numpy as np
 import tfcompress as tfc
 from tfcompress.bench import timing as timing_module
 from tfcompress.bench.timing import Timing, time_arms
+from tfcompress.core.io import write_text
 from tfcompress.models import accuracy, digits_cnn, train_classifier
 from tfcompress.reporting import format_table
 
@@ -346,7 +347,7 @@ def main() -> dict:
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "qat.json").write_text(json.dumps(result, indent=2, default=str))
+    write_text(RESULTS / "qat.json", json.dumps(result, indent=2, default=str))
     return result
 
 

@@ -88,6 +88,14 @@ LAYER_EXAMPLES = {
     "QuantConv1D": (lambda: tfc.layers.QuantConv1D(4, 3), (2, 8, 2)),
     "QuantConv2D": (lambda: tfc.layers.QuantConv2D(4, 3, strides=2), (2, 7, 7, 2)),
     "QuantDepthwiseConv2D": (lambda: tfc.layers.QuantDepthwiseConv2D(3), (2, 6, 6, 2)),
+    "QuantSeparableConv2D": (
+        lambda: tfc.layers.QuantSeparableConv2D(4, 3, depth_multiplier=2),
+        (2, 6, 6, 2),
+    ),
+    "QuantConv2DTranspose": (
+        lambda: tfc.layers.QuantConv2DTranspose(4, 3, strides=2, padding="same"),
+        (2, 4, 4, 2),
+    ),
     "QuantizeActivation": (lambda: tfc.layers.QuantizeActivation(activation="relu"), (2, 5)),
     "QuantizeOutput": (
         lambda: tfc.layers.QuantizeOutput(keras.layers.AveragePooling2D(2)),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tfcompress.core.io import atomic_write
+
 __all__ = ["plot_size_vs_accuracy"]
 
 
@@ -55,6 +57,9 @@ def plot_size_vs_accuracy(
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        with atomic_write(out, "wb") as handle:
+            fig.savefig(handle, format=out.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return out
