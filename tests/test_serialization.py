@@ -16,6 +16,7 @@ import inspect
 import pkgutil
 
 import keras
+import numpy as np
 import pytest
 from serialization_checks import check_layer_serialization, check_serialization
 
@@ -77,6 +78,9 @@ EXAMPLES = {
     "TTQ": lambda: tfc.quantizers.TTQ(threshold=0.1, initial_scale=0.5),
     "Bop": lambda: tfc.optimizers.Bop(threshold=1e-6, gamma=1e-3, fp_optimizer="adam"),
     "WeightClip": lambda: tfc.layers.WeightClip(0.5),
+    "PruningMask": lambda: keras.saving.get_registered_object("tfcompress>PruningMask")(
+        np.array([[1, 0, 1], [0, 1, 1]], "float32"), inner=tfc.layers.WeightClip(0.5)
+    ),
 }
 
 # Class name -> (factory, input shape with batch): every layer needs one.
