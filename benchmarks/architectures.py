@@ -20,7 +20,8 @@ block after block, to logits around 1e-11, and agreement numbers would mean noth
 
 Per arm: TFLite bytes, gzip bytes, interpreter latency (one thread, batch 1, median
 of ``--runs`` invokes per round, minimum over ``--rounds`` rounds, every arm's
-interpreter interleaved in each round in ONE process) and ratios to ``float``
+interpreter interleaved in each round in ONE process, by ``tfcompress.bench.timing``,
+which records the load average and the CPU's instruction sets beside the numbers) and ratios to ``float``
 measured in the same run; parameters and MACs from ``tfc.summary``; TFLite-vs-Keras
 agreement (max abs difference, top-1 agreement) on the synthetic inputs.
 
@@ -49,6 +50,7 @@ import keras
 import numpy as np
 
 import tfcompress as tfc
+from tfcompress.bench.timing import Timing, time_arms
 from tfcompress.core.io import write_text
 from tfcompress.reporting.table import format_table
 from tfcompress.tflite_export import TFLiteModel, export
@@ -194,14 +196,16 @@ def _arm(name: str, base: keras.Model, x, y, args, path: Path) -> tuple[dict, ke
     return info, model
 
 
-def _latencies(files: dict[str, Path], x: np.ndarray, rounds: int, runs: int) -> dict:
-    """Min over rounds of the median invoke time (ms); arms interleaved in every round."""
+def _latencies(files: dict[str, Path], x: np.ndarray, rounds: int, runs: int) -> Timing:
+    """Batch-1 invoke time per arm (``tfcompress.bench.timing``): arms interleaved in every
+    round, one sample per round (the median of ``runs`` invokes), min and median over rounds."""
     models = {arm: TFLiteModel(str(p), num_threads=1) for arm, p in files.items()}
-    best = dict.fromkeys(models, float("inf"))
-    for _ in range(rounds):
-        for arm, lite in models.items():
-            best[arm] = min(best[arm], lite.latency_ms(x[:1], runs=runs, warmup=2))
-    return best
+    sample = x[:1]
+    arms = {
+        arm: (lambda lite=lite: lite.predict(sample, batch_size=1)) for arm, lite in models.items()
+    }
+    baseline = "float" if "float" in arms else None
+    return time_arms(arms, baseline=baseline, rounds=rounds, number=runs, warmup=2, reduce="median")
 
 
 def run_config(config: str, args) -> dict:
@@ -227,15 +231,21 @@ def run_config(config: str, args) -> dict:
             f"[{config}] {arm}: {json.dumps({k: v for k, v in info.items() if k != 'op_counts'})}"
         )
         sys.stdout.flush()
-    latency = _latencies(files, x, args.rounds, args.runs)
+    timing = _latencies(files, x, args.rounds, args.runs) if files else None
     base = arms.get("float", {})
     for arm, info in arms.items():
-        if arm in latency:
-            info["latency_ms"] = latency[arm]
+        if timing is not None and arm in timing.arms:
+            info["latency_ms"] = 1000 * timing.min(arm)
+            info["latency_median_ms"] = 1000 * timing.median(arm)
         for key in ("bytes", "gzip_bytes", "latency_ms", "params", "macs"):
             if key in info and base.get(key):
                 info[f"{key}_ratio"] = info[key] / base[key]
-    return {"alpha": alpha, "input_size": size, "arms": arms}
+    return {
+        "alpha": alpha,
+        "input_size": size,
+        "arms": arms,
+        "latency_timing": None if timing is None else timing.to_dict(),
+    }
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 Part 1: ``binary_matmul`` on packed operands vs float32 ``tf.linalg.matmul`` of the same shape,
 from (256, 1024) x (1024, 1024) up to (1024, 4096) x (4096, 4096). The packed arm is timed on
 pre-packed operands (the weight is packed once offline; packing the activations is timed as its
-own arm too). Arms are interleaved in one process; each figure is the minimum over repeats.
+own arm too). Arms are interleaved in one process (``tfcompress.bench.timing``); each figure is
+the minimum over repeats, the median is kept beside it.
 
 Part 2: the binary digits CNN (``tfcompress.models.digits_binary_cnn``: conv1 and logits float,
 conv2/conv3/dense1 BinaryConv2D/BinaryDense with binary weights and inputs), trained 2 epochs,
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcompress.bench.timing import time_arms
 from tfcompress.core.io import write_text
 from tfcompress.datasets import load_digits
 from tfcompress.layers import freeze_binary
@@ -41,24 +42,11 @@ SHAPES = [(256, 1024, 1024), (512, 2048, 2048), (1024, 4096, 4096)]
 RESULTS = Path(__file__).parent / "results" / "custom_ops.json"
 
 
-def interleaved_min(arms: dict, repeats: int) -> dict:
-    """Runs every arm once per round, round after round; returns each arm's minimum seconds."""
-    for fn in arms.values():  # warm-up (tracing, allocation)
-        fn()
-    best = {name: float("inf") for name in arms}
-    for _ in range(repeats):
-        for name, fn in arms.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def signs(rng, *shape):
     return tf.constant(np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32))
 
 
-def bench_matmul(repeats: int) -> list[dict]:
+def bench_matmul(repeats: int, timings: list) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for m, k, n in SHAPES:
@@ -82,15 +70,16 @@ def bench_matmul(repeats: int) -> list[dict]:
                 tops.pack_bits(x, 64), b, k
             ).numpy(),
         }
-        t = interleaved_min(arms, repeats)
-        base = t["float32 matmul"]
-        for name, sec in t.items():
+        t = time_arms(arms, baseline="float32 matmul", rounds=repeats)
+        timings.append({"shape": f"({m},{k})x({k},{n})", **t.to_dict()})
+        for name, arm in t.arms.items():
             rows.append(
                 {
                     "shape": f"({m},{k})x({k},{n})",
                     "arm": name,
-                    "ms": 1e3 * sec,
-                    "speedup_vs_float32": base / sec,
+                    "ms": 1e3 * arm.min,
+                    "median_ms": 1e3 * arm.median,
+                    "speedup_vs_float32": 1 / arm.ratio_min,
                 }
             )
     return rows
@@ -107,7 +96,7 @@ def _copy(model):
     return clone
 
 
-def bench_cnn(repeats: int) -> list[dict]:
+def bench_cnn(repeats: int, timings: list) -> list[dict]:
     """The real binary digits CNN (BinaryConv2D/BinaryDense) with and without the packed ops."""
     data = load_digits()
     keras.utils.set_random_seed(0)
@@ -133,15 +122,17 @@ def bench_cnn(repeats: int) -> list[dict]:
             assert np.allclose(out, ref, rtol=1e-4, atol=1e-4), (name, np.abs(out - ref).max())
             assert np.array_equal(out.argmax(-1), ref.argmax(-1)), name
         arms = {name: (lambda fn=fn, x=x: fn(x).numpy()) for name, fn in fns.items()}
-        t = interleaved_min(arms, repeats * 5)
-        for name, sec in t.items():
+        t = time_arms(arms, baseline="binary CNN, Keras float path", rounds=repeats * 5)
+        timings.append({"shape": f"batch {batch}", **t.to_dict()})
+        for name, arm in t.arms.items():
             rows.append(
                 {
                     "shape": f"batch {batch}",
                     "arm": name,
-                    "ms": 1e3 * sec,
-                    "speedup_vs_keras_binary": t["binary CNN, Keras float path"] / sec,
-                    "speedup_vs_fallback": t["binary CNN, frozen, pure-TF fallback"] / sec,
+                    "ms": 1e3 * arm.min,
+                    "median_ms": 1e3 * arm.median,
+                    "speedup_vs_keras_binary": 1 / arm.ratio_min,
+                    "speedup_vs_fallback": t.ratio("binary CNN, frozen, pure-TF fallback", to=name),
                 }
             )
     return rows
@@ -164,14 +155,15 @@ def main() -> None:
     conditions = {
         "tensorflow": tf.__version__,
         "kernel_isa": tops.kernel_isa(),
-        "cpu_count": os.cpu_count(),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
-        "loadavg_before": os.getloadavg()[0],
     }
-    mm = [] if args.cnn_only else bench_matmul(args.repeats)
-    cnn = bench_cnn(args.repeats)
-    conditions["loadavg_after"] = os.getloadavg()[0]
-    headers = ["shape", "arm", "ms", "speedup_vs_float32"]
+    # Each timing records the machine's conditions (load average before/after, CPU flags).
+    timings: list[dict] = []
+    mm = [] if args.cnn_only else bench_matmul(args.repeats, timings)
+    cnn = bench_cnn(args.repeats, timings)
+    for timing in timings:
+        timing["conditions"].update(conditions)
+    headers = ["shape", "arm", "ms", "median_ms", "speedup_vs_float32"]
     if mm:
         print(
             format_table(
@@ -180,7 +172,14 @@ def main() -> None:
                 "Packed binary matmul vs float32 tf.linalg.matmul",
             )
         )
-    headers_cnn = ["shape", "arm", "ms", "speedup_vs_keras_binary", "speedup_vs_fallback"]
+    headers_cnn = [
+        "shape",
+        "arm",
+        "ms",
+        "median_ms",
+        "speedup_vs_keras_binary",
+        "speedup_vs_fallback",
+    ]
     print(
         format_table(
             [[r[h] for h in headers_cnn] for r in cnn],
@@ -188,9 +187,16 @@ def main() -> None:
             "Binary digits CNN inference: packed ops (freeze_binary) vs the Keras path",
         )
     )
-    print("conditions:", conditions)
+    print(
+        "conditions:",
+        {
+            **timings[0]["conditions"],
+            "load_average_after": timings[-1]["conditions"]["load_average_after"],
+        },
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS, json.dumps({"conditions": conditions, "matmul": mm, "cnn": cnn}, indent=2))
+    payload = {"conditions": conditions, "matmul": mm, "cnn": cnn, "timings": timings}
+    write_text(RESULTS, json.dumps(payload, indent=2))
     print(f"wrote {RESULTS}")
 
 

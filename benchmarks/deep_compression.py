@@ -4,7 +4,8 @@ Prints and writes ``benchmarks/results/deep_compression.json``:
 
 1. k-means timing: ``tfcompress.ops.kmeans_1d`` on a 4096x4096 float32 matrix
    into 256 clusters vs scikit-learn's KMeans fitted on a 1% sample, both
-   errors measured on all weights, in the same process.
+   errors measured on all weights, in the same process (arms interleaved by
+   ``tfcompress.bench.timing``; min and median of 3 rounds, load recorded).
 2. For LeNet-300-100 (``digits_mlp``) and the digits CNN: accuracy and size
    after pruning, after clustering (+ centroid fine-tuning), after Huffman
    (``tfc.pack``), vs the float32 bytes of the weights; the clustered model's
@@ -25,7 +26,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,6 +34,7 @@ import keras
 import numpy as np
 
 import tfcompress as tfc
+from tfcompress.bench.timing import time_arms
 from tfcompress.clustering.kmeans import assign_clusters, kmeans_1d
 from tfcompress.core.io import write_text
 from tfcompress.models import accuracy, digits_cnn, digits_mlp, train_classifier
@@ -51,36 +52,41 @@ def kmeans_timing(repeats: int = 3) -> dict:
     rng = np.random.default_rng(0)
     weights = (rng.standard_normal((4096, 4096)) * 0.02).astype("float32")
     flat = weights.reshape(-1)
-    ours_t, sk_t = [], []
-    ours = theirs = None
-    for r in range(repeats):  # interleaved arms, min over repeats
-        start = time.perf_counter()
-        ours = kmeans_1d(weights, 256)
-        ours_t.append(time.perf_counter() - start)
-        start = time.perf_counter()
+    ours, fits = [], []
+
+    def tfcompress_arm():
+        ours[:] = [kmeans_1d(weights, 256)]
+
+    def sklearn_arm():  # the 1% sample is drawn inside the timed call, as a user would
         sample = flat[rng.choice(flat.size, flat.size // 100, replace=False)]
-        km = KMeans(256, n_init=1, random_state=r).fit(sample[:, None])
-        sk_t.append(time.perf_counter() - start)
+        fits.append(KMeans(256, n_init=1, random_state=len(fits)).fit(sample[:, None]))
+
+    # Interleaved arms (tfcompress.bench.timing), no warm-up, min over repeats.
+    timing = time_arms(
+        {"tfcompress": tfcompress_arm, "sklearn_1pct": sklearn_arm}, rounds=repeats, warmup=0
+    )
+    theirs = None
+    for km in fits:  # every sklearn fit's error on all weights, the best one kept
         centres = np.sort(km.cluster_centers_.ravel()).astype("float32")
         labels = assign_clusters(flat, centres)
         sse = float(np.sum(np.square(flat - centres[labels], dtype=np.float64)))
         theirs = sse if theirs is None else min(theirs, sse)
-    load = os.getloadavg()[0]
+    ours = ours[0]
     return {
         "weights": flat.size,
         "clusters": 256,
-        "tfcompress_seconds": min(ours_t),
-        "sklearn_1pct_seconds": min(sk_t),
+        "tfcompress_seconds": timing.min("tfcompress"),
+        "sklearn_1pct_seconds": timing.min("sklearn_1pct"),
+        "tfcompress_median_seconds": timing.median("tfcompress"),
+        "sklearn_1pct_median_seconds": timing.median("sklearn_1pct"),
         "tfcompress_sse": ours.inertia,
         "sklearn_1pct_sse_on_all": theirs,
         "sse_ratio_ours_over_sklearn": ours.inertia / theirs,
-        "speedup": min(sk_t) / min(ours_t),
-        "load_average_1min": load,
-        "cpus": os.cpu_count(),
+        "speedup": timing.ratio("sklearn_1pct"),  # sklearn time / ours
+        "load_average_1min": timing.conditions["load_average"][0],
+        "cpus": timing.conditions["cpu_count"],
+        "timing": timing.to_dict(),
     }
-
-
-# ------------------------------------------------------------------ pruning
 
 
 def _prunable(model: keras.Model) -> list[keras.layers.Layer]:

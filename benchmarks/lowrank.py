@@ -8,8 +8,8 @@ For each, ``factorize_model(target_ratio=r)`` for several ``r``, then a short
 fine-tune. Per row: parameters, MACs (``tfc.summary``), test accuracy before
 and after fine-tuning, TFLite bytes, and interpreter latency as a ratio to the
 float model's file. Latency: ``num_threads=1``, every arm's interpreter
-interleaved in one process, median of ``--runs`` invokes per round and the
-minimum over ``--rounds`` rounds, at batch 1 (and the batch given by
+interleaved in one process (``tfcompress.bench.timing``), median of ``--runs``
+invokes per round and the minimum over ``--rounds`` rounds, at batch 1 (and the batch given by
 ``--batch``). Also an int8 (post-training, calibrated) export of each
 factorized model: op kinds and TFLite accuracy.
 
@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 import tfcompress as tfc
+from tfcompress.bench.timing import Timing, time_arms
 from tfcompress.core.io import atomic_write, write_text
 from tfcompress.datasets import load_digits
 from tfcompress.lowrank.factorize import expand_lowrank
@@ -43,20 +44,18 @@ from tfcompress.tflite_export import TFLiteModel, convert
 RESULTS = Path(__file__).parent / "results"
 
 
-def _latencies(files: dict[str, bytes], x: np.ndarray, rounds: int, runs: int) -> dict[str, float]:
-    """Min over rounds of the median invoke time (ms), arms interleaved within each round."""
+def _latencies(files: dict[str, bytes], x: np.ndarray, rounds: int, runs: int) -> Timing:
+    """Invoke time of every arm's file on ``x``, arms interleaved (``tfcompress.bench.timing``).
+
+    One sample per round and arm: the median of ``runs`` invokes in a row; the arm's
+    figure is the minimum over ``rounds`` rounds.
+    """
     models = {name: TFLiteModel(content, num_threads=1) for name, content in files.items()}
-    best = dict.fromkeys(models, float("inf"))
-    for _ in range(rounds):
-        for name, lite in models.items():
-            lite.predict(x, batch_size=len(x))  # warm-up for this batch shape
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                lite._run([x])
-                times.append(time.perf_counter() - start)
-            best[name] = min(best[name], 1000 * float(np.median(times)))
-    return best
+    arms = {
+        name: (lambda lite=lite: lite.predict(x, batch_size=len(x)))
+        for name, lite in models.items()
+    }
+    return time_arms(arms, baseline="float", rounds=rounds, number=runs, reduce="median")
 
 
 def _tflite_accuracy(content: bytes, data) -> float:
@@ -68,7 +67,9 @@ def _ops(content: bytes) -> dict[str, int]:
     return TFLiteModel(content).op_counts()
 
 
-def run_model(name, build, data, epochs, ratios, fine_tune, batch, rounds, runs, lr, qat=False):
+def run_model(
+    name, build, data, epochs, ratios, fine_tune, batch, rounds, runs, lr, timings, qat=False
+):
     keras.utils.set_random_seed(0)
     model = build()
     print(f"\n== {name}: training the float model ({model.count_params():,} params, {epochs} ep)")
@@ -133,10 +134,12 @@ def run_model(name, build, data, epochs, ratios, fine_tune, batch, rounds, runs,
                 row.update(_qat_int8(arms[arm][0], data, epochs=2))
     for size in sorted({1, batch}):
         x = data.x_test[:size]
-        lat = _latencies(files, x, rounds, runs)
-        for arm, ms in lat.items():
-            rows[arm][f"latency_ms_b{size}"] = ms
-            rows[arm][f"speedup_b{size}"] = lat["float"] / ms
+        timing = _latencies(files, x, rounds, runs)
+        timings.append({"model": name, "batch": size, **timing.to_dict()})
+        for arm, t in timing.arms.items():
+            rows[arm][f"latency_ms_b{size}"] = 1000 * t.min
+            rows[arm][f"latency_median_ms_b{size}"] = 1000 * t.median
+            rows[arm][f"speedup_b{size}"] = 1 / t.ratio_min
     base = rows["float"]
     for row in rows.values():
         row["param_ratio"] = row["params"] / base["params"]
@@ -192,15 +195,15 @@ def main() -> None:
     quick = args.quick
     ratios = [0.5, 0.25] if quick else [0.75, 0.5, 0.25, 0.125]
     rounds, runs = (2, 10) if quick else (args.rounds, args.runs)
-    rows = []
+    rows, timings = [], []
     start = time.perf_counter()
     rows += run_model(
         "digits_cnn", digits_cnn, load_digits(), 2 if quick else 12, ratios,
-        1 if quick else 3, args.batch, rounds, runs, 5e-4, qat=True,
+        1 if quick else 3, args.batch, rounds, runs, 5e-4, timings, qat=True,
     )  # fmt: skip
     rows += run_model(
         "mlp_1024x3", lambda: digits_mlp(hidden=(1024, 1024, 1024)), load_digits(flatten=True),
-        2 if quick else 10, ratios, 1 if quick else 3, args.batch, rounds, runs, 2e-4,
+        2 if quick else 10, ratios, 1 if quick else 3, args.batch, rounds, runs, 2e-4, timings,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
 
@@ -242,7 +245,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "lowrank.json"
     meta = {"batch": b, "rounds": rounds, "runs": runs, "quick": quick, "seconds": elapsed}
-    write_text(out, json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    payload = {"meta": meta, "rows": rows, "timings": timings}
+    write_text(out, json.dumps(payload, indent=2, default=str))
     _plot(rows, RESULTS / "lowrank.png")
     print(f"\nWrote {out} and {RESULTS / 'lowrank.png'} ({elapsed:.0f} s)")
 

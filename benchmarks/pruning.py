@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,27 +24,41 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
+from tfcompress.bench.timing import Timing, time_arms
+
 RESULTS = Path(__file__).parent / "results"
 BASE_EPOCHS, FINE_TUNE_EPOCHS, BATCH = 10, 4, 32
+STEP_BLOCK = 20  # train steps per timing sample
 
 
-def _train_step_seconds(arms: dict, data, steps: int = 20, rounds: int = 7) -> dict[str, float]:
-    """Min over rounds of ``steps`` calls of each arm's compiled train function, interleaved."""
+def _train_step_seconds(arms: dict, data, steps: int = STEP_BLOCK, rounds: int = 7) -> Timing:
+    """Each arm's compiled train function, ``steps`` calls per sample, arms interleaved over
+    ``rounds`` rounds (``tfcompress.bench.timing``); divide a sample by ``steps`` for one step."""
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices(data).batch(BATCH, drop_remainder=True).repeat()
+
+    def block(function, iterator):
+        for _ in range(steps):
+            logs = function(iterator)
+        float(keras.ops.convert_to_numpy(logs["loss"]))  # returns once the steps have finished
+
     iterators = {name: iter(dataset) for name in arms}
-    best = {name: float("inf") for name in arms}
-    for name, function in arms.items():
-        function(iterators[name])  # warm up
-    for _ in range(rounds):
-        for name, function in arms.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                logs = function(iterators[name])
-            float(keras.ops.convert_to_numpy(logs["loss"]))
-            best[name] = min(best[name], (time.perf_counter() - start) / steps)
-    return best
+    timed = {
+        name: (lambda f=function, it=iterators[name]: block(f, it))
+        for name, function in arms.items()
+    }
+    return time_arms(timed, rounds=rounds, warmup=1)
+
+
+def _latencies(files: dict[str, Path], x, rounds: int = 5, runs: int = 60) -> Timing:
+    """Batch-1, one-thread invoke time of each file: arms interleaved, one sample per round
+    (the median of ``runs`` invokes); the figure is the minimum over rounds."""
+    from tfcompress.tflite_export import TFLiteModel
+
+    models = {name: TFLiteModel(str(path), num_threads=1) for name, path in files.items()}
+    arms = {name: (lambda m=m: m.predict(x[:1], batch_size=1)) for name, m in models.items()}
+    return time_arms(arms, rounds=rounds, number=runs, warmup=5, reduce="median")
 
 
 class _KeepTrainFunction(keras.callbacks.Callback):
@@ -164,28 +177,15 @@ def main() -> None:
     for name, callbacks in arms.items():
         print(f"fine-tuning: {name}", flush=True)
         models[name], functions[name] = fine_tune(callbacks)
-    step_seconds = _train_step_seconds(functions, (data.x_train, data.y_train))
-    plain = step_seconds["float (fine-tuned, no pruning)"]
+    steps_timing = _train_step_seconds(functions, (data.x_train, data.y_train))
 
     rows, results = [], []
-    float_export = export(
-        base,
-        out / "float.tflite",
-        verbose=0,
-        verify_data=data.x_test,
-        latency_runs=300,
-        num_threads=1,
-    )
-    for name, model in models.items():
+    float_export = export(base, out / "float.tflite", verbose=0, verify_data=data.x_test)
+    files = {"float": out / "float.tflite"}
+    for i, (name, model) in enumerate(models.items()):
         deployed = tfc.shrink_model(model) if "shrink" in name else model
-        report = export(
-            deployed,
-            out / "f.tflite",
-            verbose=0,
-            verify_data=data.x_test,
-            latency_runs=300,
-            num_threads=1,
-        )
+        files[name] = out / f"arm{i}.tflite"
+        report = export(deployed, files[name], verbose=0, verify_data=data.x_test)
         int8 = export(
             deployed,
             out / "i.tflite",
@@ -209,13 +209,21 @@ def main() -> None:
             "int8_bytes": int8.bytes,
             "int8_gzip_bytes": int8.gzip_bytes,
             "int8_gzip_ratio_to_float": float_export.gzip_bytes / int8.gzip_bytes,
-            "train_step_ratio": step_seconds[name] / plain,
-            "latency_ms": report.latency_ms,
-            "latency_ratio_to_float": report.latency_ms / float_export.latency_ms,
+            "train_step_ratio": steps_timing.ratio(name, to="float (fine-tuned, no pruning)"),
+            "train_step_ms": 1000 * steps_timing.min(name) / STEP_BLOCK,
         }
         results.append(result)
     print("80% + int8 QAT fine-tuning (KeepSparsity) ...", flush=True)
-    results.append(_qat_after_pruning(models["80% unstructured (global)"], data, out, float_export))
+    qat_row = _qat_after_pruning(models["80% unstructured (global)"], data, out, float_export)
+    files[qat_row["arm"]] = out / "qat.tflite"
+    results.append(qat_row)
+    print("latency (files interleaved) ...", flush=True)
+    latency = _latencies(files, data.x_test)
+    float_export.latency_ms = 1000 * latency.min("float")
+    for r in results:
+        r["latency_ms"] = 1000 * latency.min(r["arm"])
+        r["latency_median_ms"] = 1000 * latency.median(r["arm"])
+        r["latency_ratio_to_float"] = latency.ratio(r["arm"])
     print("TFMOT (tf_keras subprocess) ...", flush=True)
     tfmot = _tfmot_subprocess(data.x_train, data.y_train, data.x_test, data.y_test)
     if "error" not in tfmot:
@@ -279,7 +287,8 @@ def main() -> None:
     print(
         "step time: compiled train step, arms interleaved, min of 7 rounds x 20 steps; "
         "TFMOT: min epoch time ratio in tf_keras (its own plain model as baseline); "
-        "latency: the float file (the sparse one where it helps), the int8 file for the QAT row"
+        "latency: the float file (the sparse one where it helps), the int8 file for the QAT row, "
+        "one thread, batch 1, files interleaved, min over 5 rounds of the median of 60 invokes"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -291,6 +300,8 @@ def main() -> None:
         },
         "arms": results,
         "tfmot": tfmot,
+        "train_step_timing": steps_timing.to_dict(),
+        "latency_timing": latency.to_dict(),
     }
     from tfcompress.core.io import write_text
 
@@ -316,8 +327,6 @@ def _qat_after_pruning(pruned, data, out, float_export) -> dict:
         verbose=0,
         verify_data=data.x_test,
         verify_labels=data.y_test,
-        latency_runs=300,
-        num_threads=1,
     )
     summary = tfc.summary(qat, print_fn=None)
     return {
@@ -334,8 +343,6 @@ def _qat_after_pruning(pruned, data, out, float_export) -> dict:
         "int8_gzip_bytes": int8.gzip_bytes,
         "int8_gzip_ratio_to_float": float_export.gzip_bytes / int8.gzip_bytes,
         "train_step_ratio": None,
-        "latency_ms": int8.latency_ms,
-        "latency_ratio_to_float": int8.latency_ms / float_export.latency_ms,
     }
 
 

@@ -8,8 +8,10 @@ Arms (same data, same architecture, one run):
   Keras int8       keras Model.quantize("int8") (Dense only); its TFLite conversion is attempted
   TFMOT QAT        tfmot.quantization.keras.quantize_model on tf_keras, in a subprocess
 
-Train-step ratio: float and QAT fits are interleaved in blocks of epochs inside one process;
-each arm's figure is its minimum per-epoch time (noise on a shared 2-core machine is large).
+Train-step ratio: float and QAT fits are interleaved in blocks of epochs inside one process
+(``tfcompress.bench.timing``, which also records load average and CPU flags); each arm's figure
+is its minimum per-epoch time (noise on a shared 2-core machine is large). Latency: every
+exported file, one thread, batch 1, files interleaved; min over rounds of the median invoke.
 
 Run: python3 run.py bench qat
 """
@@ -30,6 +32,8 @@ import keras
 import numpy as np
 
 import tfcompress as tfc
+from tfcompress.bench import timing as timing_module
+from tfcompress.bench.timing import Timing, time_arms
 from tfcompress.core.io import write_text
 from tfcompress.models import accuracy, digits_cnn, train_classifier
 from tfcompress.reporting import format_table
@@ -38,12 +42,17 @@ FLOAT_EPOCHS = 10
 QAT_EPOCHS = 4
 TIMING_ROUNDS = 4
 EPOCHS_PER_BLOCK = 2
-LATENCY_RUNS = 300
+LATENCY_RUNS = 300  # invokes per file, in LATENCY_ROUNDS interleaved rounds
+LATENCY_ROUNDS = 5
 RESULTS = Path(__file__).parent / "results"
 
 TFMOT_SCRIPT = r"""
-import json, os, sys, time
+import importlib.util, json, os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+# The shared harness (standard library only), loaded by path: no tfcompress import here.
+spec = importlib.util.spec_from_file_location("timing", sys.argv[6])
+timing = sys.modules["timing"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(timing)
 import numpy as np, tensorflow as tf, tf_keras as keras
 import tensorflow_model_optimization as tfmot
 from ai_edge_litert.interpreter import Interpreter
@@ -79,10 +88,13 @@ class Timer(keras.callbacks.Callback):
     def __init__(self): super().__init__(); self.times = []
     def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
     def on_epoch_end(self, epoch, logs=None): self.times.append(time.perf_counter() - self.t)
-timers = {"float": Timer(), "qat": Timer()}
-for _ in range(rounds):
-    for name, m in (("float", model), ("qat", qat)):
-        m.fit(xtr, ytr, epochs=block, batch_size=32, verbose=0, callbacks=[timers[name]])
+def fit_block(m):
+    timer = Timer()
+    m.fit(xtr, ytr, epochs=block, batch_size=32, verbose=0, callbacks=[timer])
+    return timer.times
+epoch_timing = timing.time_arms(
+    {"float": lambda: fit_block(model), "qat": lambda: fit_block(qat)},
+    rounds=rounds, warmup=0, self_timed=True)
 converter = tf.lite.TFLiteConverter.from_keras_model(qat)
 converter.optimizations = [tf.lite.Optimize.DEFAULT]
 flat = converter.convert()
@@ -109,8 +121,9 @@ print(json.dumps({
     "tflite_accuracy": float(np.mean(preds.argmax(1) == yte)),
     "top1_agreement": float(np.mean(preds.argmax(1) == keras_preds.argmax(1))),
     "bytes": len(flat),
-    "float_epoch_s": min(timers["float"].times),
-    "qat_epoch_s": min(timers["qat"].times),
+    "float_epoch_s": epoch_timing.min("float"),
+    "qat_epoch_s": epoch_timing.min("qat"),
+    "epoch_timing": epoch_timing.to_dict(),
     "ops": ops,
 }))
 """
@@ -143,15 +156,14 @@ def weight_dtypes(path: str) -> dict[str, int]:
 
 
 def export_row(name, model, data, tmp, quantization, representative=None, note=""):
+    path = os.path.join(tmp, f"{name.replace(' ', '_')}.tflite")
     report = tfc.tflite_export.export(
         model,
-        os.path.join(tmp, f"{name.replace(' ', '_')}.tflite"),
+        path,
         quantization=quantization,
         representative_data=representative,
         verify_data=data.x_test,
         verify_labels=data.y_test,
-        latency_runs=LATENCY_RUNS,
-        num_threads=1,
         verbose=0,
     )
     compute = {
@@ -166,11 +178,21 @@ def export_row(name, model, data, tmp, quantization, representative=None, note="
         "top1_agreement": report.top1_agreement,
         "bytes": report.bytes,
         "gzip_bytes": report.gzip_bytes,
-        "latency_ms": report.latency_ms,
+        "path": path,
         "compute_ops": compute,
         "all_compute_int8": bool(compute) and all(k.endswith("[int8]") for k in compute),
         "note": note,
     }
+
+
+def latencies(files: dict[str, str], x, rounds: int = LATENCY_ROUNDS) -> Timing:
+    """Batch-1, one-thread invoke time of each file: files interleaved, one sample per round
+    (the median of LATENCY_RUNS // rounds invokes), min and median over rounds."""
+    models = {
+        name: tfc.tflite_export.TFLiteModel(path, num_threads=1) for name, path in files.items()
+    }
+    arms = {name: (lambda m=m: m.predict(x[:1], batch_size=1)) for name, m in models.items()}
+    return time_arms(arms, rounds=rounds, number=LATENCY_RUNS // rounds, warmup=5, reduce="median")
 
 
 def run_tfmot(data, tmp) -> dict:
@@ -180,6 +202,7 @@ def run_tfmot(data, tmp) -> dict:
     )
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     args = [str(a) for a in (FLOAT_EPOCHS, QAT_EPOCHS, TIMING_ROUNDS, EPOCHS_PER_BLOCK)]
+    args.append(timing_module.__file__)
     proc = subprocess.run(
         [sys.executable, "-c", TFMOT_SCRIPT, path, *args], env=env, capture_output=True, text=True
     )
@@ -202,18 +225,26 @@ def main() -> dict:
     train_classifier(qat4, data, epochs=QAT_EPOCHS, learning_rate=3e-4)
 
     # Train-step time: float and QAT fits interleaved; min per-epoch time per arm.
-    timers = {"float": EpochTimer(), "qat": EpochTimer()}
     timing_float = keras.models.clone_model(float_model)
     timing_float.set_weights(float_model.get_weights())
     timing_qat = tfc.quantize_model(float_model)
     train_classifier(timing_float, data, epochs=1)
     train_classifier(timing_qat, data, epochs=1)
-    for _ in range(TIMING_ROUNDS):
-        for name, model in (("float", timing_float), ("qat", timing_qat)):
-            train_classifier(
-                model, data, epochs=EPOCHS_PER_BLOCK, callbacks=[timers[name]], compile_model=False
-            )
-    float_epoch, qat_epoch = min(timers["float"].times), min(timers["qat"].times)
+
+    def fit_block(model):  # EPOCHS_PER_BLOCK epochs; the callback times each epoch alone
+        timer = EpochTimer()
+        train_classifier(
+            model, data, epochs=EPOCHS_PER_BLOCK, callbacks=[timer], compile_model=False
+        )
+        return timer.times
+
+    epochs = time_arms(
+        {"float": lambda: fit_block(timing_float), "qat": lambda: fit_block(timing_qat)},
+        rounds=TIMING_ROUNDS,
+        warmup=0,
+        self_timed=True,
+    )
+    float_epoch, qat_epoch = epochs.min("float"), epochs.min("qat")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -248,6 +279,11 @@ def main() -> dict:
             keras_row["note"] = f"TFLite conversion failed: {type(error).__name__}"
             keras_row["error"] = str(error)[:300]
         rows.append(keras_row)
+        latency = latencies({r["arm"]: r.pop("path") for r in rows if "path" in r}, data.x_test)
+        for row in rows:
+            if row["arm"] in latency.arms:
+                row["latency_ms"] = 1000 * latency.min(row["arm"])
+                row["latency_median_ms"] = 1000 * latency.median(row["arm"])
         tfmot = run_tfmot(data, tmp)
 
     float_bytes = rows[0]["bytes"]
@@ -305,7 +341,8 @@ def main() -> dict:
         "float_epoch_s": float_epoch,
         "qat_epoch_s": qat_epoch,
         "train_step_ratio": qat_epoch / float_epoch,
-        "epoch_times": {k: t.times for k, t in timers.items()},
+        "epoch_timing": epochs.to_dict(),
+        "latency_timing": latency.to_dict(),
         "tfmot": tfmot,
         "rows": rows,
     }

@@ -2,14 +2,18 @@
 
 ``check_layer`` builds a layer inside a model, then asserts, with numbers:
   1. eager and compiled calls (``tf.function`` on TensorFlow, ``jax.jit`` on
-     JAX) give the same finite outputs;
+     JAX) give the same finite outputs, of the shape ``compute_output_shape``
+     gives;
   2. ``get_config`` -> ``from_config`` rebuilds an equal config, and the rebuilt
-     layer, given the same weights, gives the same outputs;
-  3. the layer is registered so ``keras.saving`` serializes it by name;
+     layer has as many weights (total, trainable, non-trainable) and, given the
+     same weights, gives the same outputs;
+  3. the shared serialization check (``serialization_checks.check_serialization``):
+     registered as "tfcompress>ClassName", JSON round trip through
+     ``keras.saving`` gives the same class and config;
   4. one optimizer step on a compiled model gives a finite loss and changes at
      least one trainable weight (the gradients flow);
   5. a ``.keras`` save and ``load_model(safe_mode=True)`` restores every
-     variable and gives identical outputs.
+     variable (same counts) and gives identical outputs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from serialization_checks import assert_output_shape, assert_same_weight_counts, check_serialization
 
 
 @dataclasses.dataclass
@@ -127,6 +132,7 @@ def check_layer(
     graph = _compiled_call(layer, x)
     assert np.all(np.isfinite(eager)), "layer produced non-finite outputs"
     np.testing.assert_allclose(eager, graph, atol=atol, err_msg="eager != compiled output")
+    assert_output_shape(layer, x.shape, eager)
 
     # 2. Config round trip.
     config = layer.get_config()
@@ -135,7 +141,7 @@ def check_layer(
         f"get_config is not symmetric:\n{config}\n!=\n{clone.get_config()}"
     )
     clone_model = keras.Model(inputs, clone(inputs))
-    assert len(clone.weights) == len(layer.weights), "clone has a different number of weights"
+    assert_same_weight_counts(layer, clone, "from_config")
     clone.set_weights(layer.get_weights())
     np.testing.assert_allclose(
         _to_numpy(clone_model(x, training=False)),
@@ -144,16 +150,11 @@ def check_layer(
         err_msg="layer rebuilt from its config gives different outputs",
     )
 
-    # 3. Registration.
-    serialized = keras.saving.serialize_keras_object(layer)
-    module = type(layer).__module__
-    if module.startswith("tfcompress"):
-        assert serialized.get("registered_name", "").startswith("tfcompress>"), (
-            f"{type(layer).__name__} is not registered under package 'tfcompress': "
-            f"{serialized.get('registered_name')!r}"
-        )
-    restored_layer = keras.saving.deserialize_keras_object(serialized)
-    assert type(restored_layer) is type(layer)
+    # 3. Registration and the keras.saving round trip (the shared check).
+    ours = type(layer).__module__.startswith("tfcompress")
+    _, restored_layer = check_serialization(layer, package="tfcompress" if ours else None)
+    restored_layer(x, training=False)
+    assert_same_weight_counts(layer, restored_layer, "deserialize_keras_object")
 
     # 4. One training step.
     target = rng.standard_normal(eager.shape).astype("float32")
@@ -180,6 +181,7 @@ def check_layer(
     path = tmp_path / f"{layer.name}.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
+    assert_same_weight_counts(layer, loaded.layers[-1], ".keras save/load")
     for original, restored in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(
             _to_numpy(original), _to_numpy(restored), err_msg=f"variable {original.path} changed"

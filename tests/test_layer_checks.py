@@ -38,3 +38,38 @@ def test_catches_an_incomplete_get_config(tmp_path):
 def test_catches_a_layer_whose_weights_never_train(tmp_path):
     with pytest.raises(AssertionError, match="changed no trainable weight"):
         check_layer(lambda: FrozenDense(3), (4, 5), tmp_path)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class WrongShapeDense(keras.layers.Dense):
+    """Claims one more output unit than it returns."""
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units + 1)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class ExtraWeightDense(keras.layers.Dense):
+    """Creates a weight only when built by hand (not after from_config)."""
+
+    def __init__(self, units, extra=True, **kwargs):
+        super().__init__(units, **kwargs)
+        self.extra = extra
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.extra:
+            self.add_weight(shape=(), initializer="zeros", name="extra", trainable=False)
+
+    def get_config(self):
+        return {**super().get_config(), "extra": False}  # the bug: forgets the real value
+
+
+def test_catches_a_wrong_compute_output_shape(tmp_path):
+    with pytest.raises(AssertionError, match=r"compute_output_shape\(\(4, 5\)\) = \(4, 4\)"):
+        check_layer(lambda: WrongShapeDense(3), (4, 5), tmp_path)
+
+
+def test_catches_a_different_weight_count_after_from_config(tmp_path):
+    with pytest.raises(AssertionError, match=r"after from_config has .* weights \(2, 2, 0\)"):
+        check_layer(lambda: ExtraWeightDense(3), (4, 5), tmp_path)

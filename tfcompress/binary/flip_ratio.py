@@ -101,3 +101,8 @@ class FlipRatio(keras.callbacks.Callback):
 
     def get_config(self) -> dict[str, Any]:
         return {"frequency": self.frequency, "per_layer": self.per_layer}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FlipRatio:
+        # keras.callbacks.Callback has no from_config; without it a config cannot rebuild one.
+        return cls(**config)
