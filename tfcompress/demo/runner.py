@@ -115,7 +115,7 @@ def _train_float_model(data: Split, epochs: int, seed: int) -> keras.Model:
 
 
 def _run_technique(technique: Technique, ctx: DemoContext, index: int, total: int) -> DemoRow:
-    from tfcompress.export import tflite as export
+    from tfcompress.export.tflite import export
 
     print(f"\n[{index}/{total}] {technique.name}")
     start = time.perf_counter()
