@@ -67,3 +67,17 @@ def test_load_results_refuses_other_json(tmp_path):
     path.write_text('{"technique": "float32"}')
     with pytest.raises(ValueError, match=r"not a demo results\.json"):
         load_results(path)
+
+
+def _paragraphs(text: str) -> set[str]:
+    return {p.strip() for p in text.split("\n\n") if len(p.strip()) >= 160}
+
+
+def test_docs_do_not_copy_readme_paragraphs():
+    # The README links to docs/ for details; a paragraph kept in two places drifts.
+    readme = _paragraphs((ROOT / "README.md").read_text())
+    copies = {
+        doc.name: sorted(p[:60] for p in readme & _paragraphs(doc.read_text()))
+        for doc in sorted((ROOT / "docs").glob("*.md"))
+    }
+    assert {name: found for name, found in copies.items() if found} == {}
