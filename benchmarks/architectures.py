@@ -49,6 +49,7 @@ import keras
 import numpy as np
 
 import tfcompress as tfc
+from tfcompress.core.io import write_text
 from tfcompress.reporting.table import format_table
 from tfcompress.tflite_export import TFLiteModel, export
 
@@ -286,7 +287,7 @@ def main() -> None:
                 ]
             )
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(results, indent=2, default=str))
+        write_text(args.output, json.dumps(results, indent=2, default=str))
     headers = [
         "model", "arm", "params", "MACs", "tflite B", "gzip B", "size x", "gzip x",
         "latency ms", "latency x", "MACs x", "rel. diff", "top1 agree", "error",

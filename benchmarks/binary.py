@@ -25,9 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 
+from tfcompress.core.io import write_text
 from tfcompress.datasets import load_digits
 from tfcompress.demo.techniques.binary import digits_float_twin
-from tfcompress.export import tflite as export
+from tfcompress.export.tflite import export
 from tfcompress.models import accuracy, digits_binary_cnn, train_classifier
 from tfcompress.packing import save_packed
 from tfcompress.reporting.table import format_table
@@ -157,7 +158,7 @@ def main() -> None:
     )
     print("larq (tf_keras, same model):", larq)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"epochs": args.epochs, "rows": rows, "larq": larq}, indent=2))
+    write_text(RESULTS, json.dumps({"epochs": args.epochs, "rows": rows, "larq": larq}, indent=2))
     print(f"wrote {RESULTS}")
 
 

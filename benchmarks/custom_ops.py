@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcompress.core.io import write_text
 from tfcompress.datasets import load_digits
 from tfcompress.demo.techniques.binary import digits_float_twin
 from tfcompress.layers import freeze_binary
@@ -190,7 +191,7 @@ def main() -> None:
     )
     print("conditions:", conditions)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"conditions": conditions, "matmul": mm, "cnn": cnn}, indent=2))
+    write_text(RESULTS, json.dumps({"conditions": conditions, "matmul": mm, "cnn": cnn}, indent=2))
     print(f"wrote {RESULTS}")
 
 

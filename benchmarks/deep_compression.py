@@ -35,6 +35,7 @@ import numpy as np
 
 import tfcompress as tfc
 from tfcompress.clustering.kmeans import assign_clusters, kmeans_1d
+from tfcompress.core.io import write_text
 from tfcompress.models import accuracy, digits_cnn, digits_mlp, train_classifier
 from tfcompress.reporting.table import format_table
 
@@ -424,7 +425,7 @@ def main(argv=None) -> dict:
         )
         print(f"unpack(pack(model)) outputs identical: {r['unpack_exact']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "deep_compression.json").write_text(json.dumps(results, indent=2, default=str))
+    write_text(RESULTS / "deep_compression.json", json.dumps(results, indent=2, default=str))
     print(f"wrote {RESULTS / 'deep_compression.json'}")
     return results
 

@@ -70,6 +70,7 @@ import tensorflow as tf
 
 import tfcompress as tfc
 from tfcompress.callbacks import DistillationTeacher, GradualPruning
+from tfcompress.core.io import write_text
 from tfcompress.datasets import Split, load_digits
 from tfcompress.models import accuracy, digits_cnn
 from tfcompress.reporting.table import format_table
@@ -610,7 +611,8 @@ def main() -> None:
     print(f"Total time {total:.0f}s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
+    write_text(
+        out,
         json.dumps(
             {
                 "protocol": {
@@ -639,7 +641,7 @@ def main() -> None:
                 "total_seconds": total,
             },
             indent=2,
-        )
+        ),
     )
     print(f"Wrote {out}")
 

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 import tfcompress as tfc
+from tfcompress.core.io import atomic_write, write_text
 from tfcompress.datasets import load_digits
 from tfcompress.lowrank.factorize import expand_lowrank
 from tfcompress.models import accuracy, digits_cnn, digits_mlp, train_classifier
@@ -176,7 +177,8 @@ def _plot(rows, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png")
     plt.close(fig)
 
 
@@ -240,7 +242,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "lowrank.json"
     meta = {"batch": b, "rounds": rounds, "runs": runs, "quick": quick, "seconds": elapsed}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    write_text(out, json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
     _plot(rows, RESULTS / "lowrank.png")
     print(f"\nWrote {out} and {RESULTS / 'lowrank.png'} ({elapsed:.0f} s)")
 

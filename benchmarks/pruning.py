@@ -122,7 +122,7 @@ print("JSON" + json.dumps({"float_accuracy": float_acc, "accuracy": acc, "sparsi
 
 def main() -> None:
     import tfcompress as tfc
-    from tfcompress.export import tflite as export
+    from tfcompress.export.tflite import export
     from tfcompress.models import accuracy, digits_cnn, train_classifier
     from tfcompress.reporting.table import format_table
 
@@ -292,14 +292,16 @@ def main() -> None:
         "arms": results,
         "tfmot": tfmot,
     }
-    (RESULTS / "pruning.json").write_text(json.dumps(payload, indent=2))
+    from tfcompress.core.io import write_text
+
+    write_text(RESULTS / "pruning.json", json.dumps(payload, indent=2))
     print(f"wrote {RESULTS / 'pruning.json'}")
 
 
 def _qat_after_pruning(pruned, data, out, float_export) -> dict:
     """Deep-compression order: prune, then one epoch of int8 QAT that keeps the zeros."""
     import tfcompress as tfc
-    from tfcompress.export import tflite as export
+    from tfcompress.export.tflite import export
     from tfcompress.models import accuracy, train_classifier
 
     keras.utils.set_random_seed(1)

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 import tfcompress as tfc
+from tfcompress.core.io import write_text
 from tfcompress.models import accuracy, digits_cnn, train_classifier
 from tfcompress.reporting import format_table
 
@@ -309,7 +310,7 @@ def main() -> dict:
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "qat.json").write_text(json.dumps(result, indent=2, default=str))
+    write_text(RESULTS / "qat.json", json.dumps(result, indent=2, default=str))
     return result
 
 

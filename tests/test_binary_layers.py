@@ -108,9 +108,9 @@ def test_latent_clip_applied_after_each_step():
 
 
 def test_bad_layer_arguments_name_the_argument():
-    with pytest.raises(ValueError, match=r"kernel_quantizer: unknown quantizer name 'sgn'"):
+    with pytest.raises(ValueError, match=r"kernel_quantizer='sgn' is not a known quantizer"):
         BinaryDense(3, kernel_quantizer="sgn")
-    with pytest.raises(ValueError, match=r"input_quantizer: unknown quantizer name"):
+    with pytest.raises(ValueError, match=r"input_quantizer='nope' is not a known quantizer"):
         BinaryConv2D(3, 3, input_quantizer="nope")
     with pytest.raises(ValueError, match="latent_clip"):
         BinaryDense(3, latent_clip=-1)
@@ -134,13 +134,16 @@ def test_compression_stats_and_summary():
     assert report["f"].bits_per_weight == 32.0
 
 
-def test_stateful_quantizer_is_copied_per_layer():
+def test_shared_stateful_quantizer_gives_each_layer_its_own_scales():
     q = Q.TTQ(threshold=0.1)
     a, b = BinaryDense(3, kernel_quantizer=q), BinaryDense(3, kernel_quantizer=q)
     a.build((None, 4))
     b.build((None, 4))
-    assert a.kernel_quantizer is not b.kernel_quantizer
+    # The quantizer is a description; the scales are each layer's own variables.
+    scales_a, scales_b = a.quantizer_state["kernel"], b.quantizer_state["kernel"]
+    assert scales_a["positive_scale"] is not scales_b["positive_scale"]
     assert len(a.trainable_weights) == 4  # kernel, bias, W_p, W_n
+    assert a.trainable_weights[2:] == [scales_a["positive_scale"], scales_a["negative_scale"]]
 
 
 # ---- binarize_model ----
@@ -169,8 +172,9 @@ def test_binarize_model_options_and_errors(trained_digits_cnn):
     assert type(only.get_layer("conv2")) is keras.layers.Conv2D
     dense1 = only.get_layer("dense1")
     assert isinstance(dense1.kernel_quantizer, Q.TTQ)
-    assert np.all(keras.ops.convert_to_numpy(dense1.kernel_quantizer.positive_scale) > 0)
-    with pytest.raises(ValueError, match="unknown quantizer name 'bogus'"):
+    positive_scale = dense1.quantizer_state["kernel"]["positive_scale"]
+    assert np.all(keras.ops.convert_to_numpy(positive_scale) > 0)
+    with pytest.raises(ValueError, match="kernel_quantizer='bogus' is not a known quantizer"):
         tfc.binarize_model(model, kernel_quantizer="bogus")
     with pytest.raises(ValueError, match="leaves no layer"):
         tfc.binarize_model(model, layers=["conv1"])

@@ -1,4 +1,4 @@
-"""Binary quantizers round-trip through the uniform registry (tfc.quantizers.serialize/get)."""
+"""Binary quantizers round-trip through the one registry (tfc.quantizers.serialize/get)."""
 
 import numpy as np
 import pytest
@@ -26,7 +26,7 @@ def test_registry_round_trips_binary_quantizers(quantizer):
     assert tfc.quantizers.get(config) == quantizer
     assert tfc.quantizers.get(quantizer) is quantizer
     assert tfc.quantizers.get(type(quantizer).__name__) == type(quantizer)()
-    # The two registries agree both ways.
+    # The face and the registry module are the same functions.
     assert Q.deserialize(config) == quantizer
     assert tfc.quantizers.deserialize(Q.serialize(quantizer)) == quantizer
 

@@ -1,5 +1,9 @@
 """Packed 1-bit/2-bit storage, and the binary digits CNN end to end (train, pack, TFLite)."""
 
+import io
+import json
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -67,6 +71,92 @@ def test_load_packed_rejects_other_files(tmp_path):
     np.savez(path, a=np.ones(3))
     with pytest.raises(ValueError, match="not a tfcompress packed model"):
         load_packed(path)
+
+
+def _tiny_binary():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((5,)), tfc.layers.BinaryDense(4, name="b"), keras.layers.Dense(3, name="d")]
+    )
+
+
+def _rewrite(source, target, edit):
+    """A copy of the npz ``source`` with its members passed through ``edit(name, bytes)``."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for name in old.namelist():
+            data = edit(name, old.read(name))
+            if data is not None:
+                new.writestr(name, data)
+
+
+def test_load_packed_maps_every_failure_to_unreadable_file_error(tmp_path):
+    model = _tiny_binary()
+    good = tmp_path / "good.npz"
+    save_packed(model, good)
+    data = good.read_bytes()
+    cases = {
+        "text.npz": (b"not a zip", "not a valid .npz \\(zip\\) archive"),
+        "empty.npz": (b"", "the file is empty"),
+        "cut.npz": (data[: len(data) // 2], "not a valid .npz"),
+    }
+    member = zipfile.ZipFile(good).getinfo("0/0/bits.npy")
+    flipped = bytearray(data)
+    flipped[member.header_offset + 30 + len(member.filename) + member.compress_size - 1] ^= 1
+    cases["crc.npz"] = (bytes(flipped), "zip member '0/0/bits.npy': Bad CRC-32")
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(tfc.UnreadableFileError, match=message) as caught:
+            load_packed(tmp_path / name)
+        assert caught.value.path == str(tmp_path / name)
+
+    def drop(victim):
+        return lambda name, raw: None if name == victim else raw
+
+    _rewrite(good, tmp_path / "missing.npz", drop("0/1.npy"))
+    with pytest.raises(tfc.UnreadableFileError, match=r"missing \['0/1'\]"):
+        load_packed(tmp_path / "missing.npz")
+
+    def header(edit):
+        def change(name, raw):
+            if name != "__header__.npy":
+                return raw
+            text = np.lib.format.read_array(io.BytesIO(raw)).tobytes().decode()
+            out = io.BytesIO()
+            np.lib.format.write_array(out, np.frombuffer(edit(text).encode(), np.uint8))
+            return out.getvalue()
+
+        return change
+
+    _rewrite(good, tmp_path / "badjson.npz", header(lambda t: t[:-5]))
+    with pytest.raises(tfc.UnreadableFileError, match="header is not valid JSON"):
+        load_packed(tmp_path / "badjson.npz")
+    _rewrite(good, tmp_path / "badclass.npz", header(lambda t: t.replace("BinaryDense", "Nope")))
+    with pytest.raises(tfc.UnreadableFileError, match="model config cannot be deserialized"):
+        load_packed(tmp_path / "badclass.npz")
+    _rewrite(good, tmp_path / "shape.npz", header(lambda t: t.replace('"units": 3', '"units": 2')))
+    with pytest.raises(tfc.UnreadableFileError, match="has shape \\(4, 3\\), the model expects"):
+        load_packed(tmp_path / "shape.npz")
+    with pytest.raises(FileNotFoundError):
+        load_packed(tmp_path / "none.npz")
+
+
+def test_load_packed_reads_files_written_before_the_member_list(tmp_path):
+    model = _tiny_binary()
+    save_packed(model, tmp_path / "new.npz")
+
+    def old_header(name, raw):
+        if name != "__header__.npy":
+            return raw
+        header = json.loads(np.lib.format.read_array(io.BytesIO(raw)).tobytes())
+        del header["members"]
+        out = io.BytesIO()
+        np.lib.format.write_array(out, np.frombuffer(json.dumps(header).encode(), np.uint8))
+        return out.getvalue()
+
+    _rewrite(tmp_path / "new.npz", tmp_path / "old.npz", old_header)
+    x = np.ones((2, 5), "float32")
+    restored = load_packed(tmp_path / "old.npz")
+    np.testing.assert_array_equal(np.asarray(restored(x)), np.asarray(model(x)))
 
 
 @pytest.fixture(scope="module")

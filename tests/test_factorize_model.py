@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
+from tfcompress.core.rewrite import iter_leaf_layers
 from tfcompress.layers import LowRankConv2D, LowRankDense
 from tfcompress.lowrank import decompositions as lr
 from tfcompress.models import accuracy, train_classifier
@@ -246,7 +247,7 @@ def test_expand_lowrank_gives_stock_layers_that_quantize_model_takes(
     np.testing.assert_allclose(
         expanded.predict(x, verbose=0), small.predict(x, verbose=0), rtol=1e-5, atol=1e-5
     )
-    leaf_types = {type(layer) for _, layer in tfc.transforms.rewrite.iter_leaf_layers(expanded)}
+    leaf_types = {type(layer) for _, layer in iter_leaf_layers(expanded)}
     assert not leaf_types & {LowRankDense, LowRankConv2D}
     assert expanded.count_params() == small.count_params()
 

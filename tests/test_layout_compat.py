@@ -37,7 +37,13 @@ def test_saved_model_loads_with_equal_outputs(family):
     np.testing.assert_array_equal(np.asarray(model(data["x"])), data["y"])
 
 
-def test_version_1_archive_loads_with_equal_outputs():
+def test_version_1_archive_loads_with_equal_outputs_and_a_warning():
     data = np.load(FIXTURES / "archive_v1.npz")
-    model = tfc.unpack(FIXTURES / "archive_v1.tfcp")
+    with pytest.warns(UserWarning, match="version-1 .tfcp archive: it carries no checksum"):
+        model = tfc.unpack(FIXTURES / "archive_v1.tfcp")
     np.testing.assert_array_equal(np.asarray(model(data["x"])), data["y"])
+    # Unlike version 2, a damaged version-1 file can only be caught by the decoder's checks.
+    damaged = bytearray((FIXTURES / "archive_v1.tfcp").read_bytes())
+    del damaged[-3:]
+    with pytest.raises(tfc.UnreadableFileError, match="truncated"):
+        tfc.packing.loads(bytes(damaged))

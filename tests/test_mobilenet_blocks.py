@@ -13,7 +13,7 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress.callbacks import GradualPruning
-from tfcompress.export import tflite as export
+from tfcompress.export.tflite import export
 from tfcompress.quantization.activation import QuantizeOutput
 
 

@@ -106,11 +106,40 @@ def test_another_format_is_refused(tmp_path):
             loads(junk)
 
 
+def test_version_2_checksum_and_length_are_checked_before_decoding(tmp_path):
+    model = tfc.models.digits_mlp(hidden=(8,))
+    report = tfc.pack(model, tmp_path / "m.tfcp")
+    data = (tmp_path / "m.tfcp").read_bytes()
+    assert data[8:10] == struct.pack("<H", 2) and report.bytes == len(data)
+    assert struct.unpack("<Q", data[12:20])[0] == len(data)
+    assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10  # one bit in the middle of the weights
+    (tmp_path / "bad.tfcp").write_bytes(bytes(flipped))
+    with pytest.raises(tfc.UnreadableFileError, match="checksum mismatch") as caught:
+        tfc.unpack(tmp_path / "bad.tfcp")
+    assert caught.value.path == str(tmp_path / "bad.tfcp")
+    assert str(caught.value).startswith(f"cannot read {str(tmp_path / 'bad.tfcp')!r}: ")
+    with pytest.raises(
+        PackFormatError, match=f"truncated at byte 100: the header declares {len(data)}"
+    ):
+        loads(data[:100], path="cut.tfcp")
+    with pytest.raises(FileNotFoundError):
+        tfc.unpack(tmp_path / "missing.tfcp")
+
+
+def _reseal(data: bytes) -> bytes:
+    """A forged version-2 archive: length and CRC-32 recomputed over edited bytes."""
+    body = data[:-4]
+    body = body[:12] + struct.pack("<Q", len(body) + 4) + body[20:]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
 def _with_config(data: bytes, edit) -> bytes:
-    (length,) = struct.unpack("<I", data[12:16])
-    config = json.loads(zlib.decompress(data[16 : 16 + length]))
+    (length,) = struct.unpack("<I", data[20:24])
+    config = json.loads(zlib.decompress(data[24 : 24 + length]))
     new = zlib.compress(json.dumps(edit(config)).encode())
-    return data[:12] + struct.pack("<I", len(new)) + new + data[16 + length :]
+    return _reseal(data[:20] + struct.pack("<I", len(new)) + new + data[24 + length :])
 
 
 def test_specific_malformations_are_refused():
@@ -118,8 +147,11 @@ def test_specific_malformations_are_refused():
     data, _ = dumps(model)
     with pytest.raises(PackFormatError, match="version"):
         loads(data[:8] + struct.pack("<H", 99) + data[10:])
-    with pytest.raises(PackFormatError, match="trailing"):
+    with pytest.raises(PackFormatError, match="1 unexpected bytes after the declared end"):
         loads(data + b"\0")
+    # Past the checksum, the decoder still refuses what does not parse.
+    with pytest.raises(PackFormatError, match="trailing bytes after the last record"):
+        loads(_reseal(data[:-4] + b"\0" + data[-4:]))
 
     def evil_module(config):
         config["config"]["layers"][1]["module"] = "os"

@@ -26,6 +26,7 @@ EXPECTED_TOP_LEVEL = {
     "pack",
     "unpack",
     "cluster_model",
+    "UnreadableFileError",
 }
 
 EXPECTED_EXPORT = {
@@ -67,6 +68,8 @@ EXPECTED_QUANT_LAYERS = {
     "QuantDepthwiseConv2D",
     "QuantDense",
     "QuantizeOutput",
+    "QuantConv2DTranspose",
+    "QuantSeparableConv2D",
 }
 
 

@@ -42,6 +42,22 @@ LAYER_CASES = {
         (2, 6, 6, 3),
     ),
     "activation": (lambda: L.QuantizeActivation("int8_activation", activation="relu"), (4, 5)),
+    "separable": (
+        lambda: L.QuantSeparableConv2D(
+            4, 3, depth_multiplier=2, activation="relu", input_quantizer="int8_activation"
+        ),
+        (2, 6, 6, 3),
+    ),
+    "separable_lsq": (
+        lambda: L.QuantSeparableConv2D(4, 3, padding="same", kernel_quantizer="int4_lsq"),
+        (2, 6, 6, 3),
+    ),
+    "conv2d_transpose": (
+        lambda: L.QuantConv2DTranspose(
+            4, 3, strides=2, padding="same", input_quantizer="int8_activation"
+        ),
+        (2, 4, 4, 3),
+    ),
 }
 
 
@@ -59,16 +75,25 @@ def test_shared_layer_checks(case, tmp_path):
     assert layer.is_quantization_aware
 
 
+QUANTIZER_ARGS = ["kernel_quantizer", "input_quantizer", "activation_quantizer"]
+
+
 @pytest.mark.parametrize(
-    "quant,base",
+    "quant,base,extra_args",
     [
-        (L.QuantDense, keras.layers.Dense),
-        (L.QuantConv2D, keras.layers.Conv2D),
-        (L.QuantConv1D, keras.layers.Conv1D),
-        (L.QuantDepthwiseConv2D, keras.layers.DepthwiseConv2D),
+        (L.QuantDense, keras.layers.Dense, QUANTIZER_ARGS),
+        (L.QuantConv2D, keras.layers.Conv2D, QUANTIZER_ARGS),
+        (L.QuantConv1D, keras.layers.Conv1D, QUANTIZER_ARGS),
+        (L.QuantDepthwiseConv2D, keras.layers.DepthwiseConv2D, QUANTIZER_ARGS),
+        (L.QuantConv2DTranspose, keras.layers.Conv2DTranspose, QUANTIZER_ARGS),
+        (
+            L.QuantSeparableConv2D,
+            keras.layers.SeparableConv2D,
+            [*QUANTIZER_ARGS, "intermediate_quantizer"],
+        ),
     ],
 )
-def test_signature_matches_keras(quant, base):
+def test_signature_matches_keras(quant, base, extra_args):
     ours = inspect.signature(quant.__init__).parameters
     theirs = inspect.signature(base.__init__).parameters
     for name, param in theirs.items():
@@ -78,7 +103,7 @@ def test_signature_matches_keras(quant, base):
         )
         assert ours[name].kind == param.kind, name
     extra = [n for n in ours if n not in theirs]
-    assert extra == ["kernel_quantizer", "input_quantizer", "activation_quantizer"]
+    assert extra == extra_args
     assert list(ours)[: len(theirs) - 1] == list(theirs)[:-1]  # same order, **kwargs last
 
 
@@ -152,5 +177,48 @@ def test_small_qat_model_exports_full_int8(tmp_path):
     }
     assert compute == {"CONV_2D[int8]": 1, "DEPTHWISE_CONV_2D[int8]": 1, "FULLY_CONNECTED[int8]": 1}
     assert report.top1_agreement >= 0.95
+    scale = np.abs(model.predict(x, verbose=0)).max()
+    assert report.max_abs_diff <= 0.05 * scale
+
+
+@pytest.mark.parametrize(
+    "layer,shape,expected_ops",
+    [
+        (
+            lambda: L.QuantSeparableConv2D(
+                6, 3, padding="same", depth_multiplier=2, input_quantizer="int8_activation"
+            ),
+            (32, 6, 6, 3),
+            ["DEPTHWISE_CONV_2D", "CONV_2D"],
+        ),
+        (
+            lambda: L.QuantConv2DTranspose(
+                6, 3, strides=2, padding="same", input_quantizer="int8_activation"
+            ),
+            (32, 4, 4, 3),
+            ["TRANSPOSE_CONV"],
+        ),
+    ],
+    ids=["separable", "transpose"],
+)
+def test_new_conv_layers_export_int8_ops(layer, shape, expected_ops, tmp_path):
+    """The interpreter's op details: int8 weights and int8 activations in and out."""
+    model = keras.Sequential([keras.Input(shape[1:]), layer()])
+    x = np.random.default_rng(0).uniform(size=shape).astype("float32")
+    model(x, training=True)  # one pass sets the activation ranges
+    report = tfc.tflite_export.export(
+        model, tmp_path / "m.tflite", quantization="int8", verify_data=x, verbose=0
+    )
+    compute = [
+        op
+        for op in tfc.tflite_export.TFLiteModel(tmp_path / "m.tflite").ops()
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
+    ]
+    assert [op.name for op in compute] == expected_ops
+    for op in compute:
+        # TRANSPOSE_CONV takes (output shape, weights, input, bias); the others (input, weights, bias).
+        data = op.input_dtypes[2] if op.name == "TRANSPOSE_CONV" else op.input_dtypes[0]
+        weights = op.input_dtypes[1]
+        assert (data, weights, op.output_dtypes[0]) == ("int8", "int8", "int8"), op
     scale = np.abs(model.predict(x, verbose=0)).max()
     assert report.max_abs_diff <= 0.05 * scale

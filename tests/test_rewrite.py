@@ -91,3 +91,18 @@ def test_subclassed_models_get_a_clear_error():
     net(np.zeros((1, 3), "float32"))
     with pytest.raises(TypeError, match="subclassed"):
         rewrite_model(net, lambda layer: None)
+
+
+def test_operation_nodes_and_dict_structure_are_copied():
+    # x[:, 0] is a GetItem operation and keras.ops.mean a Mean: nodes with no weights.
+    inputs = {"ids": keras.Input((5, 3), name="ids"), "mask": keras.Input((5, 1), name="mask")}
+    h = keras.layers.Dense(4, name="enc")(inputs["ids"] * inputs["mask"])
+    outputs = {"first": h[:, 0], "mean": [keras.ops.mean(h, axis=1)]}
+    model = keras.Model(inputs, outputs)
+    copy, _ = rewrite_model(model, lambda layer: None)
+    rng = np.random.default_rng(0)
+    x = {"ids": rng.normal(size=(2, 5, 3)), "mask": np.ones((2, 5, 1))}
+    expected, got = model.predict(x, verbose=0), copy.predict(x, verbose=0)
+    assert list(copy.input) == ["ids", "mask"] and set(got) == {"first", "mean"}
+    np.testing.assert_array_equal(got["first"], expected["first"])
+    np.testing.assert_array_equal(got["mean"][0], expected["mean"][0])

@@ -5,28 +5,74 @@ Layers you swap in, callbacks you add to ``model.fit``, model transforms that
 keep trained weights, and a TFLite/LiteRT export verified against Keras.
 """
 
-from tfcompress import (
-    callbacks,
-    datasets,
-    layers,
-    models,
-    ops,
-    optimizers,
-    packing,
-    quantizers,
-    reporting,
-    schedules,
-    tflite_export,
-    transforms,
-)
-from tfcompress.binary.binarize import binarize_model
-from tfcompress.clustering.cluster_model import cluster_model
-from tfcompress.lowrank.factorize import factorize_model
-from tfcompress.packing import pack, unpack
-from tfcompress.pruning.shrink import shrink_model
-from tfcompress.pruning.snip import prune_at_init
-from tfcompress.quantization.quantize_model import quantize_model
-from tfcompress.reporting import summary
+import os as _os
+import sys as _sys
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+
+def _cli_startup() -> bool:
+    """True while ``python -m tfcompress`` or the ``tfcompress`` script starts.
+
+    The command line then imports TensorFlow only for the commands that need it, after
+    setting its log level, so ``--help`` answers at once. Everywhere else ``import
+    tfcompress`` imports every module, which registers every layer with Keras.
+    """
+    argv0 = _sys.argv[0] if _sys.argv else ""
+    if argv0 == "-m":  # CPython is locating the module of `python -m MODULE`
+        original = list(getattr(_sys, "orig_argv", []))
+        module = original[original.index("-m") + 1] if "-m" in original[:-1] else ""
+        return module in ("tfcompress", "tfcompress.cli", "tfcompress.__main__")
+    return _os.path.basename(argv0).removesuffix(".exe") == "tfcompress"
+
+
+_load_everything = globals().get("_load_everything", False)  # kept across load_all's reload
+
+if _TYPE_CHECKING or _load_everything or not _cli_startup():
+    from tfcompress import (
+        callbacks,
+        datasets,
+        layers,
+        models,
+        ops,
+        optimizers,
+        packing,
+        quantizers,
+        reporting,
+        schedules,
+        tflite_export,
+        transforms,
+    )
+    from tfcompress.binary.binarize import binarize_model
+    from tfcompress.clustering.cluster_model import cluster_model
+    from tfcompress.core.io import UnreadableFileError
+    from tfcompress.lowrank.factorize import factorize_model
+    from tfcompress.packing import pack, unpack
+    from tfcompress.pruning.shrink import shrink_model
+    from tfcompress.pruning.snip import prune_at_init
+    from tfcompress.quantization.quantize_model import quantize_model
+    from tfcompress.reporting import summary
+
+
+def load_all() -> None:
+    """Imports every module (registering every layer), as ``import tfcompress`` does.
+
+    Only needed in the command line, which starts without them.
+    """
+    global _load_everything
+    if not _load_everything:
+        import importlib
+
+        _load_everything = True
+        importlib.reload(_sys.modules[__name__])
+
+
+def __getattr__(name: str):
+    """Public names on first use (only reached when started as the command line)."""
+    if name in __all__ and not _load_everything:
+        load_all()
+        return globals()[name]
+    raise AttributeError(f"module 'tfcompress' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -53,4 +99,5 @@ __all__ = [
     "pack",
     "unpack",
     "cluster_model",
+    "UnreadableFileError",
 ]

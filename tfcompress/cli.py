@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,12 +16,75 @@ __all__ = ["main"]
 
 
 class CLIError(Exception):
-    """A user error: printed as one line, exit status 2."""
+    """A user error: printed as one line, exit status 2 (or the status given)."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _keras_file_problem(file: Path) -> str | None:
+    """Why ``file`` is not a readable .keras archive (a zip holding config.json), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if "config.json" not in archive.namelist():
+                return "the zip archive has no config.json"
+            bad = archive.testzip()  # reads every member and checks its CRC-32
+    except zipfile.BadZipFile as error:
+        return f"it is not a zip archive ({error})"
+    except Exception as error:  # zlib.error, unsupported compression, EOFError...
+        return f"its zip archive is damaged ({type(error).__name__}: {error})"
+    if bad is not None:
+        return f"member {bad!r} fails its CRC-32 check (the file is corrupted)"
+    return None
+
+
+def _start_tensorflow() -> None:
+    """Imports TensorFlow, Keras and every tfcompress layer, without their start-up logs.
+
+    Only the commands that need them call this, so ``--help`` stays instant. absl and
+    the device probe print to the process's stderr while TensorFlow starts; those lines
+    are dropped unless the import fails.
+    """
+    _quiet_tensorflow()
+    from tfcompress.core.native_logs import native_log_capture
+
+    with native_log_capture():
+        import tensorflow as tf
+
+        import tfcompress
+
+        tfcompress.load_all()
+        tf.config.list_physical_devices()  # the device probe logs once, here
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+def _one_line(error: BaseException) -> str:
+    """The first non-empty line of an error message, without terminal colour codes."""
+    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _load_model(path: str, unsafe: bool = False):
@@ -33,6 +97,13 @@ def _load_model(path: str, unsafe: bool = False):
         raise CLIError(f"model file {path!r} does not exist")
     if file.suffix != ".keras":
         raise CLIError(f"model file {path!r} must be a Keras v3 '.keras' file")
+    problem = _keras_file_problem(file)
+    if problem is not None:
+        # Keras itself reports a damaged archive as "File not found".
+        raise CLIError(
+            f"could not load {path!r}: it is not a valid .keras file: {problem}. Expected a "
+            "complete file saved with model.save('model.keras')"
+        )
     try:
         return keras.models.load_model(file, safe_mode=not unsafe, compile=False)
     except Exception as error:
@@ -43,24 +114,44 @@ def _load_model(path: str, unsafe: bool = False):
         ) from error
 
 
+_NPZ_EXPECTED = (
+    "expected a NumPy .npz archive (numpy.savez) with the inputs under 'x' (or as its first "
+    "array) and optional labels under 'y'"
+)
+
+
 def _load_npz(path: str, argument: str):
+    import zipfile
+
     import numpy as np
 
     file = Path(path)
     if not file.is_file():
         raise CLIError(f"{argument} file {path!r} does not exist")
+    if not zipfile.is_zipfile(file):
+        raise CLIError(
+            f"could not read {argument} {path!r}: it is not a .npz file; {_NPZ_EXPECTED}"
+        )
     try:
-        with file.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
+        with np.load(file, allow_pickle=False) as archive:
+            names = [n for n in archive.files if f"{n}.npy" in archive.zip.namelist()]
+            arrays = {k: archive[k] for k in names}
     except Exception as error:
-        raise CLIError(f"could not read {argument} {path!r} as a .npz file: {error}") from error
+        # numpy's own message for object arrays recommends unsafe loading: never pass that on.
+        reason = (
+            "it holds object arrays, which are never loaded (that would run pickle)"
+            if "pickle" in str(error)
+            else f"it is not a valid .npz file ({type(error).__name__}: {error})"
+        )
+        raise CLIError(f"could not read {argument} {path!r}: {reason}; {_NPZ_EXPECTED}") from None
     if not arrays:
-        raise CLIError(f"{argument} {path!r} holds no arrays")
+        raise CLIError(f"{argument} {path!r} holds no arrays; {_NPZ_EXPECTED}")
     x = arrays.get("x", next(iter(arrays.values())))
     return x, arrays.get("y")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _start_tensorflow()
     from tfcompress.demo import discover, run_demo
 
     if args.list:
@@ -81,6 +172,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
+    _start_tensorflow()
     import json
 
     from tfcompress.reporting import summary
@@ -93,13 +185,16 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tfcompress.export import tflite as export
-    from tfcompress.export.converter import validate_quantization
+    _start_tensorflow()
+    from tfcompress.core.calibration import calibration_data
+    from tfcompress.core.native_logs import native_log_capture
+    from tfcompress.export.converter import is_quantization_aware, validate_quantization
+    from tfcompress.export.tflite import export
 
     try:
         quantization = validate_quantization(args.quantization)
     except ValueError as error:
-        raise CLIError(str(error)) from error
+        raise CLIError(_one_line(error)) from error
     out = Path(args.out)
     if not out.parent.is_dir():
         raise CLIError(f"--out {args.out!r}: directory {str(out.parent)!r} does not exist")
@@ -107,20 +202,43 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.calibration:
         calibration, labels = _load_npz(args.calibration, "--calibration")
     model = _load_model(args.model, args.unsafe)
-    try:
-        report = export(
-            model,
-            out,
-            quantization=quantization,
-            representative_data=calibration,
-            verify=not args.no_verify,
-            verify_data=calibration,
-            verify_labels=labels,
-            latency_runs=args.latency_runs,
+    if quantization == "int8" and calibration is None and not is_quantization_aware(model):
+        raise CLIError(
+            "--quantization int8 needs --calibration FILE.npz: a few hundred typical inputs "
+            "(under key 'x', e.g. np.savez('calib.npz', x=x_train[:500])) to calibrate "
+            "activation ranges; or export a model trained with tfcompress quantization-aware "
+            "layers, which needs none"
         )
-    except ValueError as error:
-        raise CLIError(str(error)) from error
+    if calibration is not None:
+        try:
+            calibration = calibration_data(
+                calibration, model, argument=f"--calibration {args.calibration!r}: x"
+            )
+        except (ValueError, TypeError) as error:
+            raise CLIError(_one_line(error)) from error
+        if labels is not None and len(labels) != calibration.num_samples:
+            raise CLIError(
+                f"--calibration {args.calibration!r}: y has {len(labels)} labels for "
+                f"{calibration.num_samples} inputs in x; give one label per input"
+            )
+    try:
+        with native_log_capture():  # LiteRT's delegate notes; shown if export fails
+            report = export(
+                model,
+                out,
+                quantization=quantization,
+                representative_data=calibration,
+                verify=not args.no_verify,
+                verify_data=calibration,
+                verify_labels=labels,
+                latency_runs=args.latency_runs,
+                verbose=1 if sys.stdout.isatty() else 0,  # no progress bars in logs and pipes
+            )
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise CLIError(_one_line(error)) from error
     print(report)
+    if report.verify_error:
+        raise CLIError(f"verification failed: {report.verify_error}", 1)
     return 0
 
 
@@ -194,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-verify", action="store_true", help="skip running the file in LiteRT")
     exp.add_argument(
         "--latency-runs",
-        type=int,
+        type=_non_negative_int,
         default=50,
         help="single-example invokes to time (0 to skip; default %(default)s)",
     )
@@ -211,8 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CLIError as error:
-        print(f"tfcompress {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        print(f"tfcompress {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return error.status
 
 
 if __name__ == "__main__":

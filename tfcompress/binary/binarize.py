@@ -13,7 +13,8 @@ from tfcompress.core.rewrite import (
     layer_selector,
     rewrite_model,
 )
-from tfcompress.quantization import binary as binary_quantizers
+from tfcompress.quantization import registry
+from tfcompress.quantization.base import Quantizer
 
 __all__ = ["binarize_model"]
 
@@ -47,8 +48,8 @@ def binarize_model(
     model: keras.Model,
     layers: LayerSelection = None,
     *,
-    kernel_quantizer: str | dict | binary_quantizers.BinaryQuantizer = "magnitude_aware_sign",
-    input_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = None,
+    kernel_quantizer: str | dict | Quantizer = "magnitude_aware_sign",
+    input_quantizer: str | dict | Quantizer | None = None,
     latent_clip: float | None = 1.0,
     keep_first: bool = True,
     keep_last: bool = True,
@@ -73,7 +74,7 @@ def binarize_model(
         layers: Restricts the conversion to these layers (names, classes or
             a predicate); None converts every eligible layer.
         kernel_quantizer: Quantizer of the kernels (see
-            ``tfcompress.quantization.binary.names()``); the default keeps a
+            ``tfcompress.quantizers.PRESETS``); the default keeps a
             per-channel scale, so the converted model starts close to the float one.
         input_quantizer: Quantizer of the converted layers' inputs; None
             keeps them float (binary weights only).
@@ -94,10 +95,10 @@ def binarize_model(
         >>> binary = tfc.binarize_model(trained_cnn)
         >>> binary.compile(...); binary.fit(...)   # fine-tune
     """
-    kernel_q = binary_quantizers.get(kernel_quantizer)
+    kernel_q = registry.get(kernel_quantizer, "kernel_quantizer")
     if kernel_q is None:
         raise ValueError("kernel_quantizer must name a binary/ternary quantizer, got None")
-    binary_quantizers.get(input_quantizer)  # validates before anything is built
+    input_q = registry.get(input_quantizer, "input_quantizer")  # validated before any change
     selected = layer_selector(layers, model)
     eligible = [layer for _, layer in iter_leaf_layers(model) if type(layer) in _TARGETS]
     skip: dict[int, str] = {}
@@ -121,8 +122,8 @@ def binarize_model(
             return None
         config = layer.get_config()
         config.update(
-            kernel_quantizer=binary_quantizers.serialize(kernel_q),
-            input_quantizer=binary_quantizers.serialize(binary_quantizers.get(input_quantizer)),
+            kernel_quantizer=registry.serialize(kernel_q),
+            input_quantizer=registry.serialize(input_q),
             latent_clip=latent_clip,
         )
         new = _TARGETS[type(layer)].from_config(config)

@@ -5,11 +5,17 @@ plus three arguments:
 
 * ``kernel_quantizer``: how the latent float kernel becomes binary/ternary
   in the forward pass (``"ste_sign"``, ``"magnitude_aware_sign"``,
-  ``"ste_tern"``, ``"ttq"``, ... or a quantizer object);
+  ``"ste_tern"``, ``"ttq"``, ... or any quantizer of
+  :mod:`tfcompress.quantizers`);
 * ``input_quantizer``: how the inputs are binarized (``None`` keeps them);
 * ``latent_clip``: latent weights are clipped to ``[-latent_clip,
   latent_clip]`` after every optimizer step (through the kernel's
   constraint), so they stay where the straight-through gradient flows.
+
+Quantizer state (TTQ's learned scales, or the range of any other stateful
+quantizer) lives on the layer, created, called, saved and restored through
+:class:`tfcompress.quantization.layer_base.QuantizerStateMixin` as in the
+``Quant*`` layers.
 
 The latent kernel is an ordinary float variable (training needs it). What the
 layer *stores* is the quantized kernel: :meth:`binary_kernel` gives its
@@ -30,7 +36,9 @@ import numpy as np
 from keras import ops
 
 from tfcompress.binary.packed import PackedInferenceMixin
-from tfcompress.quantization import binary as binary_quantizers
+from tfcompress.quantization import registry
+from tfcompress.quantization.base import Quantizer
+from tfcompress.quantization.layer_base import QuantizerStateMixin
 
 __all__ = [
     "BinaryConv2D",
@@ -106,17 +114,6 @@ class _Chain(keras.constraints.Constraint):
         return self.second(self.first(w) if self.first is not None else w)
 
 
-def _layer_quantizer(identifier, argument: str):
-    try:
-        quantizer = binary_quantizers.get(identifier)
-    except (ValueError, TypeError) as error:
-        raise type(error)(f"{argument}: {error}") from None
-    if quantizer is not None and quantizer.stateful:
-        # Stateful quantizers hold the layer's variables: one copy per layer.
-        quantizer = type(quantizer).from_config(quantizer.get_config())
-    return quantizer
-
-
 def _valid_taps(size: int, kernel: int, stride: int, dilation: int, padding: str) -> np.ndarray:
     """``(outputs, kernel)`` bools: which kernel taps of each output read real input."""
     span = (kernel - 1) * dilation + 1
@@ -129,14 +126,14 @@ def _valid_taps(size: int, kernel: int, stride: int, dilation: int, padding: str
     return (pos >= 0) & (pos < size)
 
 
-class _BinaryMixin:
+class _BinaryMixin(QuantizerStateMixin):
     """What the binary layers share: quantizers, clipping, export hooks, stats."""
 
     _kernel_attr = "kernel"
 
     def _init_binary(self, kernel_quantizer, input_quantizer, latent_clip) -> None:
-        self.kernel_quantizer = _layer_quantizer(kernel_quantizer, "kernel_quantizer")
-        self.input_quantizer = _layer_quantizer(input_quantizer, "input_quantizer")
+        self.kernel_quantizer = registry.get(kernel_quantizer, "kernel_quantizer")
+        self.input_quantizer = registry.get(input_quantizer, "input_quantizer")
         if latent_clip is not None and not (
             isinstance(latent_clip, (int, float)) and latent_clip > 0
         ):
@@ -150,9 +147,10 @@ class _BinaryMixin:
             return user_constraint
         return _Chain(user_constraint, WeightClip(self.latent_clip))
 
-    def _build_quantizer(self) -> None:
-        if self.kernel_quantizer is not None:
-            self.kernel_quantizer.build(self, tuple(self._latent_kernel().shape))
+    def _build_quantizers(self, input_shape) -> None:
+        self._build_quantizer_state("input", input_shape)
+        kernel = self._kernel_view(self._latent_kernel())
+        self._build_quantizer_state("kernel", kernel.shape, values=kernel)
         self._mark_binary_kernel()
 
     def _mark_binary_kernel(self) -> None:
@@ -164,11 +162,18 @@ class _BinaryMixin:
     def _latent_kernel(self):
         return getattr(self, self._kernel_attr)
 
-    def _quantize_kernel(self, kernel):
-        return kernel if self.kernel_quantizer is None else self.kernel_quantizer(kernel)
+    def _kernel_view(self, kernel):
+        """The kernel as its quantizer sees it (one scale per column of the last axis)."""
+        return kernel
 
-    def _quantize_inputs(self, inputs):
-        return inputs if self.input_quantizer is None else self.input_quantizer(inputs)
+    def _kernel_from_view(self, view, kernel_shape):
+        return view
+
+    def _quantize_kernel(self, kernel, training=False):
+        if self.kernel_quantizer is None:
+            return kernel
+        view = self._quantize("kernel", self._kernel_view(kernel), training)
+        return self._kernel_from_view(view, tuple(kernel.shape))
 
     def _unipolar(self, inputs) -> bool:
         """True when tracing for export with +-1 inputs of a fully known shape."""
@@ -181,11 +186,11 @@ class _BinaryMixin:
             and all(d is not None for d in inputs.shape[1:])
         )
 
-    def _bipolar_product(self, op, inputs, kernel):
+    def _bipolar_product(self, op, inputs, kernel, training=False):
         """``op(sign inputs, kernel)`` computed as ``2 op(b, kernel) - op(1, kernel)``."""
         if not self._unipolar(inputs):
-            return op(self._quantize_inputs(inputs), kernel)
-        unipolar = (self._quantize_inputs(inputs) + 1.0) * 0.5
+            return op(self._quantize("input", inputs, training), kernel)
+        unipolar = (self._quantize("input", inputs, training) + 1.0) * 0.5
         return op(unipolar, kernel) * 2.0 - self._ones_product(op, inputs, kernel)
 
     def _ones_product(self, op, inputs, kernel):
@@ -212,31 +217,10 @@ class _BinaryMixin:
 
     def _binary_config(self, config: dict[str, Any], constraint_key: str) -> dict[str, Any]:
         config[constraint_key] = keras.constraints.serialize(self._user_kernel_constraint)
-        config["kernel_quantizer"] = binary_quantizers.serialize(self.kernel_quantizer)
-        config["input_quantizer"] = binary_quantizers.serialize(self.input_quantizer)
+        config["kernel_quantizer"] = registry.serialize(self.kernel_quantizer)
+        config["input_quantizer"] = registry.serialize(self.input_quantizer)
         config["latent_clip"] = self.latent_clip
         return config
-
-    # Keras' Dense/Conv save only kernel and bias; learned quantizer scales follow them.
-    def _base_variable_count(self) -> int:
-        return 1 + (getattr(self, "bias", None) is not None)
-
-    def _quantizer_variables(self) -> list:
-        return [] if self.kernel_quantizer is None else list(self.kernel_quantizer.variables)
-
-    def save_own_variables(self, store) -> None:
-        super().save_own_variables(store)
-        if self.built:
-            base = self._base_variable_count()
-            for i, variable in enumerate(self._quantizer_variables()):
-                store[str(base + i)] = variable
-
-    def load_own_variables(self, store) -> None:
-        super().load_own_variables(store)
-        if self.built:
-            base = self._base_variable_count()
-            for i, variable in enumerate(self._quantizer_variables()):
-                variable.assign(store[str(base + i)])
 
     # ---- inference hooks (packed storage, custom kernels) ----
 
@@ -297,14 +281,13 @@ class _BinaryMixin:
     _depthwise = False
 
 
-_BINARY_ARGS_DOC = """
-        kernel_quantizer: Quantizer of the latent kernel: a name from
-            ``tfcompress.quantization.binary.names()``, a quantizer object, or
-            None (float kernel).
-        input_quantizer: Quantizer of the inputs (None keeps them float).
-        latent_clip: Latent weights are clipped to ``[-latent_clip,
-            latent_clip]`` after each optimizer step (None: no clipping).
-"""
+def _bias_for(layer, channels: int):
+    """The layer's bias shaped to broadcast over a conv output."""
+    if layer.data_format == "channels_last":
+        shape = (1,) * (layer.rank + 1) + (channels,)
+    else:
+        shape = (1, channels) + (1,) * layer.rank
+    return ops.reshape(layer.bias, shape)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -316,9 +299,9 @@ class BinaryDense(PackedInferenceMixin, _BinaryMixin, keras.layers.Dense):
         kernel_regularizer, bias_regularizer, activity_regularizer,
         kernel_constraint, bias_constraint, lora_rank, lora_alpha,
         quantization_config: As in ``keras.layers.Dense``.
-        kernel_quantizer: Quantizer of the latent kernel: a name from
-            ``tfcompress.quantization.binary.names()``, a quantizer object, or
-            None (float kernel).
+        kernel_quantizer: Quantizer of the latent kernel: a preset name
+            (``tfcompress.quantizers.PRESETS``), a config dict, a quantizer
+            object, or None (float kernel).
         input_quantizer: Quantizer of the inputs (None keeps them float).
         latent_clip: Latent weights are clipped to ``[-latent_clip,
             latent_clip]`` after each optimizer step (None: no clipping).
@@ -358,8 +341,8 @@ class BinaryDense(PackedInferenceMixin, _BinaryMixin, keras.layers.Dense):
         lora_alpha=None,
         quantization_config=None,
         *,
-        kernel_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
-        input_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
+        kernel_quantizer: str | dict | Quantizer | None = "ste_sign",
+        input_quantizer: str | dict | Quantizer | None = "ste_sign",
         latent_clip: float | None = 1.0,
         inference: str = "default",
         **kwargs,
@@ -385,13 +368,14 @@ class BinaryDense(PackedInferenceMixin, _BinaryMixin, keras.layers.Dense):
 
     def build(self, input_shape) -> None:
         super().build(input_shape)
-        self._build_quantizer()
+        self._build_quantizers(input_shape)
         self._repack()
 
     def call(self, inputs, training=None):
         if self._packed is not None:
             return self._packed_forward(inputs, training)
-        x = self._bipolar_product(ops.matmul, inputs, self._quantize_kernel(self.kernel))
+        kernel = self._quantize_kernel(self.kernel, training)
+        x = self._bipolar_product(ops.matmul, inputs, kernel, training)
         if self.bias is not None:
             x = ops.add(x, self.bias)
         if self.activation is not None:
@@ -419,9 +403,9 @@ class BinaryConv2D(PackedInferenceMixin, _BinaryMixin, keras.layers.Conv2D):
         groups, activation, use_bias, kernel_initializer, bias_initializer,
         kernel_regularizer, bias_regularizer, activity_regularizer,
         kernel_constraint, bias_constraint: As in ``keras.layers.Conv2D``.
-        kernel_quantizer: Quantizer of the latent kernel: a name from
-            ``tfcompress.quantization.binary.names()``, a quantizer object, or
-            None (float kernel).
+        kernel_quantizer: Quantizer of the latent kernel: a preset name
+            (``tfcompress.quantizers.PRESETS``), a config dict, a quantizer
+            object, or None (float kernel).
         input_quantizer: Quantizer of the inputs (None keeps them float).
             With ``padding="same"`` the padding is 0, a third value next to
             the binary +-1 (as in larq's default).
@@ -465,8 +449,8 @@ class BinaryConv2D(PackedInferenceMixin, _BinaryMixin, keras.layers.Conv2D):
         kernel_constraint=None,
         bias_constraint=None,
         *,
-        kernel_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
-        input_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
+        kernel_quantizer: str | dict | Quantizer | None = "ste_sign",
+        input_quantizer: str | dict | Quantizer | None = "ste_sign",
         latent_clip: float | None = 1.0,
         inference: str = "default",
         **kwargs,
@@ -495,17 +479,19 @@ class BinaryConv2D(PackedInferenceMixin, _BinaryMixin, keras.layers.Conv2D):
 
     def build(self, input_shape) -> None:
         super().build(input_shape)
-        self._build_quantizer()
+        self._build_quantizers(input_shape)
         self._repack()
-
-    def convolution_op(self, inputs, kernel):
-        conv = super().convolution_op
-        return self._bipolar_product(conv, inputs, self._quantize_kernel(kernel))
 
     def call(self, inputs, training=None):
         if self._packed is not None:
             return self._packed_forward(inputs, training)
-        return super().call(inputs)
+        kernel = self._quantize_kernel(self.kernel, training)
+        outputs = self._bipolar_product(super().convolution_op, inputs, kernel, training)
+        if self.use_bias:
+            outputs = ops.add(outputs, _bias_for(self, self.filters))
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
 
     def _conv_unsupported_reason(self) -> str | None:
         if self.data_format != "channels_last":
@@ -579,8 +565,8 @@ class BinaryDepthwiseConv2D(_BinaryMixin, keras.layers.DepthwiseConv2D):
         depthwise_constraint=None,
         bias_constraint=None,
         *,
-        kernel_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
-        input_quantizer: str | dict | binary_quantizers.BinaryQuantizer | None = "ste_sign",
+        kernel_quantizer: str | dict | Quantizer | None = "ste_sign",
+        input_quantizer: str | dict | Quantizer | None = "ste_sign",
         latent_clip: float | None = 1.0,
         **kwargs,
     ) -> None:
@@ -606,18 +592,15 @@ class BinaryDepthwiseConv2D(_BinaryMixin, keras.layers.DepthwiseConv2D):
 
     def build(self, input_shape) -> None:
         super().build(input_shape)
-        if self.kernel_quantizer is not None:
-            kh, kw, cin, mult = self.kernel.shape
-            self.kernel_quantizer.build(self, (kh, kw, 1, cin * mult))
-        self._mark_binary_kernel()
+        self._build_quantizers(input_shape)
 
-    def _quantize_kernel(self, kernel):
-        if self.kernel_quantizer is None:
-            return kernel
+    def _kernel_view(self, kernel):
         # One scale per (input channel, multiplier): quantize a (kh, kw, 1, C*M) view.
         kh, kw, cin, mult = kernel.shape
-        flat = ops.reshape(kernel, (kh, kw, 1, cin * mult))
-        return ops.reshape(self.kernel_quantizer(flat), (kh, kw, cin, mult))
+        return ops.reshape(kernel, (kh, kw, 1, cin * mult))
+
+    def _kernel_from_view(self, view, kernel_shape):
+        return ops.reshape(view, kernel_shape)
 
     def quantized_kernel(self) -> np.ndarray:
         """The kernel as used, reshaped to ``(kh, kw, 1, in * multiplier)`` (one scale per column)."""
@@ -625,7 +608,7 @@ class BinaryDepthwiseConv2D(_BinaryMixin, keras.layers.DepthwiseConv2D):
         kh, kw, cin, mult = kernel.shape
         return kernel.reshape(kh, kw, 1, cin * mult)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         def conv(x, kernel):
             return ops.depthwise_conv(
                 x,
@@ -636,14 +619,11 @@ class BinaryDepthwiseConv2D(_BinaryMixin, keras.layers.DepthwiseConv2D):
                 data_format=self.data_format,
             )
 
-        outputs = self._bipolar_product(conv, inputs, self._quantize_kernel(self.kernel))
+        kernel = self._quantize_kernel(self.kernel, training)
+        outputs = self._bipolar_product(conv, inputs, kernel, training)
         if self.use_bias:
             channels = self.depth_multiplier * self._get_input_channel(inputs.shape)
-            if self.data_format == "channels_last":
-                bias_shape = (1,) * (self.rank + 1) + (channels,)
-            else:
-                bias_shape = (1, channels) + (1,) * self.rank
-            outputs = ops.add(outputs, ops.reshape(self.bias, bias_shape))
+            outputs = ops.add(outputs, _bias_for(self, channels))
         if self.activation is not None:
             return self.activation(outputs)
         return outputs

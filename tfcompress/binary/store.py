@@ -7,39 +7,24 @@ it does not), then stores the signs as bits, one row of bytes per output
 channel (the layout XNOR-popcount kernels read), plus float32 scales.
 :func:`unpack_kernel` gives back the identical float32 array.
 
-:func:`save_packed` / :func:`load_packed` store a whole model this way: the
-binary/ternary kernels packed, every other variable as float32, and the
-model's config, in one ``.npz`` file.
+:func:`tfcompress.binary.packed_file.save_packed` stores a whole model this way.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from pathlib import Path
 
-import keras
 import numpy as np
 
-__all__ = [
-    "PackedKernel",
-    "PackedModelReport",
-    "load_packed",
-    "pack_kernel",
-    "save_packed",
-    "split_scales",
-    "unpack_kernel",
-]
+__all__ = ["PackedKernel", "pack_kernel", "split_scales", "unpack_kernel"]
 
-_KINDS = {"binary": 1, "ternary": 2}
-_FORMAT = "tfcompress.packed/1"
+KIND_CODES = {"binary": 1, "ternary": 2}
 
 
 def _check_kind(kind: str | None) -> int:
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
-    return _KINDS[kind]
+    if kind not in KIND_CODES:
+        raise ValueError(f"kind must be one of {sorted(KIND_CODES)}, got {kind!r}")
+    return KIND_CODES[kind]
 
 
 def _channel_scales(kernel: np.ndarray, sign: int, name: str, kind: str) -> np.ndarray:
@@ -129,7 +114,7 @@ class PackedKernel:
         """The int8 values in {-1, +1} or {-1, 0, +1}, in the kernel's shape."""
         channels = self.shape[-1]
         per_channel = self.num_weights // channels if channels else 0
-        width = _KINDS[self.kind]
+        width = KIND_CODES[self.kind]
         raw = np.unpackbits(self.bits, axis=1, bitorder="little")[:, : per_channel * width]
         if width == 1:
             columns = raw.astype(np.int8) * 2 - 1
@@ -226,171 +211,3 @@ def unpack_kernel(packed: PackedKernel) -> np.ndarray:
     return np.where(values > 0, packed.positive_scales, 0.0).astype(np.float32) - np.where(
         values < 0, packed.negative_scales, 0.0
     ).astype(np.float32)
-
-
-@dataclasses.dataclass
-class PackedModelReport:
-    """What :func:`save_packed` wrote.
-
-    Attributes:
-        path: The file.
-        file_bytes: Size of the file on disk (config and npz headers included).
-        packed_bytes: Bytes of the packed kernels (bits + scales).
-        float_bytes: Bytes of every other variable (float32).
-        binarized_weights: Number of weights stored packed.
-        bits_per_binarized_weight: ``8 * packed_bytes / binarized_weights``.
-        layers: Names of the layers whose kernels were packed.
-    """
-
-    path: str
-    file_bytes: int
-    packed_bytes: int
-    float_bytes: int
-    binarized_weights: int
-    bits_per_binarized_weight: float
-    layers: list[str]
-
-
-def _packable(layer) -> bool:
-    return getattr(layer, "pack_kind", None) is not None and hasattr(layer, "quantized_kernel")
-
-
-def _latent_from_packed(layer, packed: PackedKernel) -> np.ndarray:
-    """A latent kernel whose quantization gives back the packed kernel."""
-    q = layer.kernel_quantizer
-    # Quantizers that derive scales from the weights get the scaled values;
-    # unscaled or learned-scale ones get the bare signs.
-    values = unpack_kernel(packed) if q.scaled and not q.stateful else packed.values()
-    return values.astype(np.float32).reshape(tuple(layer._latent_kernel().shape))
-
-
-def _leaf_layers(model: keras.Model):
-    from tfcompress.core.rewrite import iter_leaf_layers
-
-    return list(iter_leaf_layers(model))
-
-
-def save_packed(model: keras.Model, path: str | os.PathLike) -> PackedModelReport:
-    """Saves ``model`` with its binary/ternary kernels packed (1 or 2 bits each).
-
-    Args:
-        model: A built Sequential or Functional model (tfcompress layers
-            must be registered, which importing tfcompress does).
-        path: Output file (``.npz``; the suffix is added if missing).
-
-    Returns:
-        A :class:`PackedModelReport` with the sizes.
-
-    Raises:
-        ValueError: If the model is not built or a kernel that should be
-            binary/ternary is not.
-
-    Example:
-        >>> report = save_packed(model, "model.npz")
-        >>> restored = load_packed("model.npz")
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
-    if not model.built:
-        raise ValueError(f"model {model.name!r} is not built; build it before saving")
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_suffix(path.suffix + ".npz")
-    arrays: dict[str, np.ndarray] = {}
-    packed_bytes = float_bytes = binarized = 0
-    packed_layers: list[str] = []
-    # Pack everything first: a bad kernel raises before a file is written.
-    for index, (name, layer) in enumerate(_leaf_layers(model)):
-        kernel_var = layer._latent_kernel() if _packable(layer) else None
-        for v_index, variable in enumerate(layer.weights):
-            key = f"{index}/{v_index}"
-            if kernel_var is not None and variable is kernel_var:
-                packed = pack_kernel(layer.quantized_kernel(), layer.pack_kind, name=name)
-                arrays[key + "/bits"] = packed.bits
-                arrays[key + "/pos"] = packed.positive_scales
-                if packed.negative_scales is not None:
-                    arrays[key + "/neg"] = packed.negative_scales
-                arrays[key + "/meta"] = np.array(
-                    [_KINDS[packed.kind], *packed.shape], dtype=np.int64
-                )
-                packed_bytes += packed.nbytes
-                binarized += packed.num_weights
-                packed_layers.append(name)
-            else:
-                value = np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
-                arrays[key] = value
-                float_bytes += value.nbytes
-    header = {"format": _FORMAT, "model": json.loads(model.to_json())}
-    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-    return PackedModelReport(
-        path=str(path),
-        file_bytes=path.stat().st_size,
-        packed_bytes=packed_bytes,
-        float_bytes=float_bytes,
-        binarized_weights=binarized,
-        bits_per_binarized_weight=8 * packed_bytes / binarized if binarized else 0.0,
-        layers=packed_layers,
-    )
-
-
-def load_packed(path: str | os.PathLike) -> keras.Model:
-    """Loads a model written by :func:`save_packed`.
-
-    Args:
-        path: The ``.npz`` file.
-
-    Returns:
-        The model with every variable restored; packed kernels unpack to
-        exactly the kernels that were saved.
-
-    Raises:
-        ValueError: If the file is not a tfcompress packed model or does not
-            match the model its config describes.
-
-    Example:
-        >>> tfc.packing.save_packed(binary_model, "bnn.npz")
-        >>> restored = tfc.packing.load_packed("bnn.npz")
-    """
-    path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    if "__header__" not in arrays:
-        raise ValueError(f"{path} is not a tfcompress packed model (no header)")
-    header = json.loads(arrays.pop("__header__").tobytes().decode())
-    if header.get("format") != _FORMAT:
-        raise ValueError(f"{path}: unknown format {header.get('format')!r}, expected {_FORMAT!r}")
-    model = keras.models.model_from_json(json.dumps(header["model"]))
-    for index, (name, layer) in enumerate(_leaf_layers(model)):
-        values = []
-        for v_index, variable in enumerate(layer.weights):
-            key = f"{index}/{v_index}"
-            if key + "/meta" in arrays:
-                meta = arrays[key + "/meta"]
-                kind = {v: k for k, v in _KINDS.items()}[int(meta[0])]
-                packed = PackedKernel(
-                    kind,
-                    tuple(int(d) for d in meta[1:]),
-                    arrays[key + "/bits"],
-                    arrays[key + "/pos"],
-                    arrays.get(key + "/neg"),
-                )
-                if not _packable(layer):
-                    raise ValueError(
-                        f"{path}: layer {name!r} has a packed kernel but is not binary"
-                    )
-                values.append(_latent_from_packed(layer, packed))
-            elif key in arrays:
-                values.append(arrays[key])
-            else:
-                raise ValueError(f"{path}: no value for variable {v_index} of layer {name!r}")
-            if tuple(values[-1].shape) != tuple(variable.shape):
-                raise ValueError(
-                    f"{path}: layer {name!r} variable {v_index} has shape {values[-1].shape}, "
-                    f"the model expects {tuple(variable.shape)}"
-                )
-        if values:
-            layer.set_weights(values)
-    return model

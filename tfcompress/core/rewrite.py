@@ -205,7 +205,9 @@ def rewrite_model(
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     for old, new, decision in pairs:
         if decision is None:
-            new.set_weights(old.get_weights())
+            # Keras operation nodes (``x[:, 0]`` -> GetItem, ``ops.mean``) have no weights.
+            if isinstance(old, keras.layers.Layer):
+                new.set_weights(old.get_weights())
         elif decision.initialize is not None:
             decision.initialize(new, old)
     if name is not None:

@@ -22,6 +22,7 @@ from typing import Any
 import keras
 
 from tfcompress import models as model_zoo
+from tfcompress.core.io import write_text
 from tfcompress.datasets import Split, load_digits
 from tfcompress.reporting.table import format_table
 
@@ -221,7 +222,7 @@ def run_demo(
             row.gzip_ratio_to_float = row.gzip_bytes / baseline.gzip_bytes
 
     _print_table(rows)
-    (out / "results.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    write_text(out / "results.json", json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     plot_path = plot_size_vs_accuracy(
         # gzip size: what a download costs, and where pruning and clustering show their gain.
         [(r.technique, r.gzip_bytes, r.tflite_accuracy) for r in rows if r.error is None],

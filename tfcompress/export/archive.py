@@ -1,11 +1,15 @@
 """The ``.tfcp`` archive: a Keras model in Deep Compression's storage format.
 
-Layout (all integers little-endian; full description in docs/pack_format.md)::
+Layout of version 2 (all integers little-endian; full description in docs/pack_format.md)::
 
-    b"TFCPACK\\0"  u16 version  u16 flags (bit 0: config is zlib-compressed)
+    b"TFCPACK\\0"  u16 version (2)  u16 flags (bit 0: config is zlib-compressed)
+    u64 file_length (the whole archive, checksum included)
     u32 config_length   config (UTF-8 JSON of the Keras serialization of the model)
     u32 record_count    record_count x record
     record := u8 encoding  u8 dtype  u8 ndim  ndim x u32 dim  u64 payload_length  payload
+    u32 CRC-32 of every byte before it
+
+Version 1 (no ``file_length``, no checksum) still loads, with a warning.
 
 One record per ``model.weights`` entry, in order. Encodings:
 
@@ -18,13 +22,16 @@ One record per ``model.weights`` entry, in order. Encodings:
 * ``SPARSE_HUFFMAN`` (3): gaps as in ``SPARSE``, then the nonzero symbols
   Huffman-coded (clustered + pruned kernels: index 0 is the pruned zero).
 
-The writer picks the smallest encoding per tensor. The reader validates every
+The writer picks the smallest encoding per tensor and writes the file
+atomically (:func:`tfcompress.core.io.atomic_write`). The reader checks the
+length and the CRC-32 before decoding anything, then validates every
 field against the bytes present before allocating (a tensor can never claim
 more than 2048 elements per payload byte), decodes every record before it
 builds anything, rebuilds the model with ``keras.saving`` in safe mode (no
 pickle, no lambdas, only ``keras``/``tfcompress`` modules) after checking the
 config's weight shapes without allocating them, and checks cluster indices
-against their codebooks. Any malformed input raises :class:`PackFormatError`.
+against their codebooks. Any malformed input raises :class:`PackFormatError`, an
+:class:`~tfcompress.core.io.UnreadableFileError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -33,50 +40,39 @@ import copy
 import dataclasses
 import io
 import json
-import math
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
 
+from tfcompress.core.io import write_bytes
 from tfcompress.export import huffman
+from tfcompress.export.archive_format import (
+    ALLOWED_MODULES,
+    CHECKSUM,
+    DTYPE_CODES,
+    DTYPES,
+    ENCODING_NAMES,
+    FLAG_ZLIB_CONFIG,
+    GAP_CHOICES,
+    HEADER_V2,
+    HUFFMAN,
+    MAGIC,
+    MAX_NDIM,
+    RAW,
+    SPARSE,
+    SPARSE_HUFFMAN,
+    VERSION,
+    PackFormatError,
+    format_error,
+    parse,
+)
 
 __all__ = ["MAGIC", "VERSION", "PackFormatError", "PackReport", "dumps", "loads", "pack", "unpack"]
-
-MAGIC = b"TFCPACK\x00"
-VERSION = 1
-RAW, SPARSE, HUFFMAN, SPARSE_HUFFMAN = 0, 1, 2, 3
-ENCODING_NAMES = {
-    RAW: "raw",
-    SPARSE: "sparse",
-    HUFFMAN: "huffman",
-    SPARSE_HUFFMAN: "sparse+huffman",
-}
-MAX_GAP = 255
-GAP_CHOICES = (7, 15, 31, 63, 255)
-MAX_NDIM = 8
-DTYPES = {
-    1: np.dtype("<f4"),
-    2: np.dtype("<f2"),
-    3: np.dtype("<f8"),
-    4: np.dtype("<i4"),
-    5: np.dtype("<i8"),
-    6: np.dtype("i1"),
-    7: np.dtype("u1"),
-    8: np.dtype("?"),
-}
-DTYPE_CODES = {dt.newbyteorder("=") if dt.byteorder != "|" else dt: c for c, dt in DTYPES.items()}
-ALLOWED_MODULES = ("keras", "tfcompress")
-FLAG_ZLIB_CONFIG = 1
-MAX_CONFIG_EXPANSION = 64  # a zlib'd JSON config inflates ~10x; refuse bombs
-
-
-class PackFormatError(ValueError):
-    """The bytes given to :func:`unpack` / :func:`loads` are not a valid archive."""
 
 
 @dataclasses.dataclass
@@ -178,7 +174,6 @@ def dumps(model: keras.Model) -> tuple[bytes, PackReport]:
     text = json.dumps(serialized, separators=(",", ":"))
     config = zlib.compress(text.encode("utf-8"), 9)
     out = io.BytesIO()
-    out.write(MAGIC + struct.pack("<HHI", VERSION, FLAG_ZLIB_CONFIG, len(config)) + config)
     out.write(struct.pack("<I", len(model.weights)))
     tensors = []
     for variable in model.weights:
@@ -198,7 +193,10 @@ def dumps(model: keras.Model) -> tuple[bytes, PackReport]:
                 len(head) + 8 + len(payload),
             )
         )
-    data = out.getvalue()
+    body = config + out.getvalue()
+    length = len(MAGIC) + HEADER_V2.size + len(body) + CHECKSUM.size
+    data = MAGIC + HEADER_V2.pack(VERSION, FLAG_ZLIB_CONFIG, length, len(config)) + body
+    data += CHECKSUM.pack(zlib.crc32(data))
     return data, PackReport(None, len(data), len(config), tensors)
 
 
@@ -208,7 +206,9 @@ def pack(model: keras.Model, path: str | os.PathLike) -> PackReport:
     Pruned tensors are stored relative-index sparse, cluster indices
     Huffman-coded with their codebooks, everything else raw; the smallest
     encoding is chosen per tensor. :func:`unpack` gives back a model whose
-    outputs are bit-for-bit equal.
+    outputs are bit-for-bit equal. A CRC-32 over the whole file lets
+    :func:`unpack` refuse a corrupted copy, and the file is replaced
+    atomically: if the write fails, a previous file at ``path`` is unchanged.
 
     Args:
         model: A built Sequential or Functional Keras model whose layers are
@@ -221,167 +221,16 @@ def pack(model: keras.Model, path: str | os.PathLike) -> PackReport:
     Raises:
         TypeError: If ``model`` is not a Keras model or a variable's dtype is
             not supported.
+        OSError: If the file cannot be written (``path`` is then unchanged).
 
     Example:
         >>> report = tfc.pack(clustered_model, "model.tfcp")
         >>> restored = tfc.unpack("model.tfcp")
     """
     data, report = dumps(model)
-    Path(path).write_bytes(data)
+    write_bytes(path, data)
     report.path = str(path)
     return report
-
-
-# ---------------------------------------------------------------- reading
-
-
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data = memoryview(data)
-        self.pos = 0
-
-    @property
-    def left(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, size: int, what: str) -> memoryview:
-        if size < 0 or size > self.left:
-            raise PackFormatError(
-                f"truncated archive: {what} needs {size} bytes at offset {self.pos}, "
-                f"{self.left} left"
-            )
-        out = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return out
-
-    def unpack(self, fmt: str, what: str) -> tuple:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
-
-
-def _split_stream(payload: memoryview, what: str) -> tuple[bytes, memoryview]:
-    if len(payload) < 8:
-        raise PackFormatError(f"{what}: payload too short for its gap stream length")
-    (length,) = struct.unpack("<Q", payload[:8])
-    if length > len(payload) - 8:
-        raise PackFormatError(f"{what}: gap stream length {length} exceeds the payload")
-    return bytes(payload[8 : 8 + length]), payload[8 + length :]
-
-
-def _decode_record(encoding: int, dtype: np.dtype, size: int, payload: memoryview, what: str):
-    if encoding == RAW:
-        if len(payload) != size * dtype.itemsize:
-            raise PackFormatError(f"{what}: {len(payload)} raw bytes for {size} values of {dtype}")
-        return np.frombuffer(payload, dtype=dtype).copy()
-    if encoding == HUFFMAN:
-        if not np.issubdtype(dtype, np.integer):
-            raise PackFormatError(f"{what}: Huffman coding needs an integer dtype, not {dtype}")
-        symbols = huffman.decode(bytes(payload))
-        if symbols.size != size:
-            raise PackFormatError(f"{what}: {symbols.size} symbols for {size} values")
-        return _cast_symbols(symbols, dtype, what)
-    if encoding not in (SPARSE, SPARSE_HUFFMAN):
-        raise PackFormatError(f"{what}: unknown encoding {encoding}")
-    gap_bytes, rest = _split_stream(payload, what)
-    gaps = huffman.decode(gap_bytes)
-    if gaps.size and gaps.max() > MAX_GAP:
-        raise PackFormatError(f"{what}: gap {gaps.max()} > {MAX_GAP}")
-    positions = np.cumsum(gaps + 1) - 1
-    if positions.size and positions[-1] >= size:
-        raise PackFormatError(f"{what}: sparse positions run past the {size} values")
-    if encoding == SPARSE:
-        if len(rest) != gaps.size * dtype.itemsize:
-            raise PackFormatError(f"{what}: {len(rest)} value bytes for {gaps.size} entries")
-        values = np.frombuffer(rest, dtype=dtype)
-    else:
-        if not np.issubdtype(dtype, np.integer):
-            raise PackFormatError(f"{what}: Huffman coding needs an integer dtype, not {dtype}")
-        values = _cast_symbols(huffman.decode(bytes(rest)), dtype, what)
-        if values.size != gaps.size:
-            raise PackFormatError(f"{what}: {values.size} symbols for {gaps.size} entries")
-    out = np.zeros(size, dtype=dtype)
-    out[positions] = values
-    return out
-
-
-def _cast_symbols(symbols: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-    if symbols.size and symbols.max() > np.iinfo(dtype).max:
-        raise PackFormatError(f"{what}: symbol {symbols.max()} does not fit {dtype}")
-    return symbols.astype(dtype)
-
-
-def _check_modules(node: Any, depth: int = 0) -> None:
-    # Defence in depth on top of safe_mode: only Keras and tfcompress classes.
-    if depth > 200:
-        raise PackFormatError("model config is nested too deeply")
-    if isinstance(node, dict):
-        module = node.get("module")
-        if module is not None and (
-            not isinstance(module, str) or module.split(".")[0] not in ALLOWED_MODULES
-        ):
-            raise PackFormatError(
-                f"model config refers to module {module!r}; only {ALLOWED_MODULES} are allowed"
-            )
-        for value in node.values():
-            _check_modules(value, depth + 1)
-    elif isinstance(node, list):
-        for value in node:
-            _check_modules(value, depth + 1)
-
-
-def _parse(data: bytes) -> tuple[dict, list[np.ndarray]]:
-    r = _Reader(data)
-    if len(data) < len(MAGIC) or bytes(r.take(len(MAGIC), "magic")) != MAGIC:
-        raise PackFormatError("not a tfcompress archive (bad magic bytes)")
-    version, flags, config_length = r.unpack("<HHI", "header")
-    if version != VERSION:
-        raise PackFormatError(
-            f"archive version {version} is not supported (this reader: {VERSION})"
-        )
-    if flags & ~FLAG_ZLIB_CONFIG:
-        raise PackFormatError(f"unknown header flags {flags:#x}")
-    raw_config = bytes(r.take(config_length, "model config"))
-    try:
-        if flags & FLAG_ZLIB_CONFIG:
-            inflater = zlib.decompressobj()
-            limit = MAX_CONFIG_EXPANSION * max(config_length, 1024)
-            raw_config = inflater.decompress(raw_config, limit)
-            if inflater.unconsumed_tail or not inflater.eof:
-                raise PackFormatError("model config is truncated or inflates too much")
-        config = json.loads(raw_config.decode("utf-8"))
-    except zlib.error as error:
-        raise PackFormatError(f"model config is not valid zlib data: {error}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise PackFormatError(f"model config is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise PackFormatError("model config is not a JSON object")
-    _check_modules(config)
-    config.pop("compile_config", None)
-    (count,) = r.unpack("<I", "record count")
-    if count > r.left // 12:  # every record takes at least 12 bytes
-        raise PackFormatError(f"record count {count} exceeds what {r.left} bytes can hold")
-    tensors = []
-    for i in range(count):
-        what = f"record {i}"
-        encoding, code, ndim = r.unpack("<BBB", what)
-        if code not in DTYPES:
-            raise PackFormatError(f"{what}: unknown dtype code {code}")
-        if ndim > MAX_NDIM:
-            raise PackFormatError(f"{what}: {ndim} dimensions > {MAX_NDIM}")
-        shape = r.unpack(f"<{ndim}I", what)
-        (length,) = r.unpack("<Q", what)
-        payload = r.take(length, f"{what} payload")
-        size = math.prod(shape)
-        # Bounded expansion: at most 8 entries per byte, MAX_GAP + 1 values each.
-        if size > 8 * (MAX_GAP + 1) * max(length, 1):
-            raise PackFormatError(f"{what}: shape {shape} is too large for {length} payload bytes")
-        try:
-            value = _decode_record(encoding, DTYPES[code], size, payload, what)
-        except huffman.HuffmanError as error:
-            raise PackFormatError(f"{what}: {error}") from None
-        tensors.append(value.reshape(shape))
-    if r.left:
-        raise PackFormatError(f"{r.left} trailing bytes after the last record")
-    return config, tensors
 
 
 def _build(config: dict) -> keras.Model:
@@ -392,9 +241,9 @@ def _build(config: dict) -> keras.Model:
     except PackFormatError:
         raise
     except Exception as error:  # Keras raises many types on a bad config
-        raise PackFormatError(f"model config cannot be deserialized: {error}") from None
+        raise format_error(f"model config cannot be deserialized: {error}") from None
     if not isinstance(model, keras.Model):
-        raise PackFormatError(f"model config describes a {type(model).__name__}, not a model")
+        raise format_error(f"model config describes a {type(model).__name__}, not a model")
     return model
 
 
@@ -421,22 +270,64 @@ def _ghost_shapes(config: dict) -> tuple[list[tuple[int, ...]], list[str]]:
     return shapes, dtypes
 
 
-def loads(data: bytes) -> keras.Model:
+def loads(data: bytes, *, path: str | os.PathLike | None = None) -> keras.Model:
     """Rebuilds a model from archive bytes (see :func:`unpack`).
+
+    Args:
+        data: The archive's bytes.
+        path: Where the bytes came from, for error messages (optional).
+
+    Returns:
+        The model, as :func:`unpack` gives it.
+
+    Raises:
+        PackFormatError: An :class:`~tfcompress.core.io.UnreadableFileError`:
+            the bytes are not a valid archive (see :func:`unpack`).
 
     Example:
         >>> restored = tfc.packing.loads(open("model.tfcp", "rb").read())
     """
+    return _checked_loads(data, path, stacklevel=2)
+
+
+def _checked_loads(data: bytes, path: str | os.PathLike | None, stacklevel: int) -> keras.Model:
+    """:func:`_loads` with every failure mapped to a :class:`PackFormatError` naming ``path``."""
+    source = None if path is None else os.fspath(path)
+    try:
+        model, version = _loads(bytes(data))
+    except PackFormatError as error:
+        if error.path == source:
+            raise
+        raise PackFormatError(source, error.reason) from None
+    except (MemoryError, RecursionError) as error:
+        raise PackFormatError(source, f"{type(error).__name__} while decoding") from None
+    except Exception as error:
+        # A failure no check above anticipated: still this file's fault, still our error type.
+        raise PackFormatError(
+            source, f"cannot be decoded ({type(error).__name__}: {error})"
+        ) from error
+    if version == 1:
+        warnings.warn(
+            f"{'archive' if source is None else repr(source)} is a version-1 .tfcp archive: it "
+            "carries no checksum, so corruption cannot be detected; pack the model again to "
+            "write a checksummed version-2 file",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return model
+
+
+def _loads(data: bytes) -> tuple[keras.Model, int]:
     import tfcompress.layers  # noqa: F401  (registers the tfcompress classes)
 
-    config, tensors = _parse(bytes(data))
+    config, tensors, version = parse(data)
     # Build once with deferred variables (nothing allocated) to check the shapes.
     shapes, dtypes = _ghost_shapes(config)
     if len(shapes) != len(tensors):
-        raise PackFormatError(f"model has {len(shapes)} variables, archive has {len(tensors)}")
+        raise format_error(f"model has {len(shapes)} variables, archive has {len(tensors)}")
     for i, (shape, dtype, value) in enumerate(zip(shapes, dtypes, tensors)):
         if shape != value.shape or np.dtype(dtype) != value.dtype.newbyteorder("="):
-            raise PackFormatError(
+            raise format_error(
                 f"record {i}: {value.dtype}{list(value.shape)} does not match the model's "
                 f"variable {dtype}{list(shape)}"
             )
@@ -449,8 +340,8 @@ def loads(data: bytes) -> keras.Model:
             try:
                 check()
             except ValueError as error:
-                raise PackFormatError(str(error)) from None
-    return model
+                raise format_error(str(error)) from None
+    return model, version
 
 
 def unpack(path: str | os.PathLike) -> keras.Model:
@@ -464,12 +355,17 @@ def unpack(path: str | os.PathLike) -> keras.Model:
         model's exactly.
 
     Raises:
-        PackFormatError: (a ``ValueError``) if the file is not a valid archive:
-            another format, a newer version, truncated or corrupted data, a
-            config that is unsafe or does not match the stored tensors, or
-            cluster indices outside their codebook.
+        PackFormatError: An :class:`~tfcompress.core.io.UnreadableFileError`
+            (a ``ValueError``) naming the file and what is wrong, if it is not a
+            valid archive: another format, an unsupported version, truncated,
+            a checksum mismatch, a config that is unsafe or does not match the
+            stored tensors, or cluster indices outside their codebook.
+        FileNotFoundError: If ``path`` does not exist.
+
+    Warns:
+        UserWarning: For a version-1 archive, which carries no checksum.
 
     Example:
         >>> model = tfc.unpack("model.tfcp")
     """
-    return loads(Path(path).read_bytes())
+    return _checked_loads(Path(path).read_bytes(), path, stacklevel=2)

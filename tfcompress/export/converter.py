@@ -4,26 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+import re
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
 from tfcompress.core.backend import require_tensorflow_backend
+from tfcompress.core.calibration import CalibrationData, calibration_data, model_input_structure
+from tfcompress.core.native_logs import native_log_capture
+from tfcompress.export.interpreter import structure_from_names
 
 __all__ = [
     "QUANTIZATION_MODES",
+    "as_model",
+    "check_finite_weights",
     "convert",
+    "input_structure",
     "is_quantization_aware",
     "signature_specs",
+    "tensor_names",
     "validate_quantization",
 ]
 
 QUANTIZATION_MODES: tuple[str | None, ...] = (None, "dynamic", "float16", "int8")
 _CALIBRATION_BATCH = 32
+# a signature name must be a valid TF op name; "." separates path parts
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*(\.[A-Za-z0-9][A-Za-z0-9_\-]*)*")
 
 
 def validate_quantization(quantization: str | None) -> str | None:
@@ -88,8 +97,12 @@ def float32_compute(model: keras.Model) -> Iterator[int]:
             layer.dtype_policy = policy
 
 
-def signature_specs(model: keras.Model, signature: Sequence[Any] | None = None) -> list:
-    """The ``tf.TensorSpec`` list the exported function takes (batch dimension free).
+def input_structure(model: keras.Model, signature: Any = None) -> Any:
+    """The ``tf.TensorSpec`` structure the exported function takes (batch dimension free).
+
+    The structure is the model's own (one spec, a list, or a dict of named inputs,
+    nested as the model nests them); each spec is named as the file's signature
+    names that input (see :func:`tensor_names`).
 
     Raises:
         ValueError: If the model has no defined inputs and no signature is given.
@@ -97,25 +110,117 @@ def signature_specs(model: keras.Model, signature: Sequence[Any] | None = None) 
     import tensorflow as tf
 
     if signature is not None:
-        specs = list(signature) if isinstance(signature, (list, tuple)) else [signature]
-        return [tf.TensorSpec(s.shape, s.dtype, name=f"input_{i}") for i, s in enumerate(specs)]
-    try:
-        inputs = keras.tree.flatten(model.inputs)
-    except (AttributeError, ValueError):
-        inputs = []
-    if not inputs:
-        raise ValueError(
-            f"model {model.name!r} has no defined inputs, so its input shape is unknown. "
-            "Start it with keras.Input(shape) (Sequential/Functional), or pass "
-            "input_signature=[tf.TensorSpec((None, ...), 'float32')]."
-        )
-    # TFLite lowers a recurrent layer's while loop to builtin ops only when its
-    # tensor lists have static shapes, so such files get a fixed batch of 1.
-    batch = 1 if recurrent_layers(model) else None
-    return [
-        tf.TensorSpec((batch, *tuple(t.shape[1:])), t.dtype, name=f"input_{i}")
-        for i, t in enumerate(inputs)
-    ]
+        structure = signature
+        if isinstance(structure, (list, tuple)) and len(structure) == 1:
+            structure = structure[0]
+        batch = None
+    else:
+        structure = model_input_structure(model)
+        # TFLite lowers a recurrent layer's while loop to builtin ops only when its
+        # tensor lists have static shapes, so such files get a fixed batch of 1.
+        batch = 1 if recurrent_layers(model) else None
+    paths = [path for path, _ in keras.tree.flatten_with_path(structure)]
+    names = tensor_names(paths, "input")
+    specs = []
+    for name, spec in zip(names, keras.tree.flatten(structure)):
+        shape = tuple(spec.shape)
+        if signature is None:
+            shape = (batch, *shape[1:])
+        specs.append(tf.TensorSpec(shape, spec.dtype, name=name))
+    return keras.tree.pack_sequence_as(structure, specs)
+
+
+def signature_specs(model: keras.Model, signature: Sequence[Any] | None = None) -> list:
+    """The flat ``tf.TensorSpec`` list of :func:`input_structure`, in the file's input order.
+
+    Raises:
+        ValueError: If the model has no defined inputs and no signature is given.
+    """
+    return keras.tree.flatten(input_structure(model, signature))
+
+
+def tensor_names(paths: Sequence[tuple], prefix: str) -> list[str]:
+    """Signature names for the flattened inputs/outputs at ``paths``.
+
+    A single tensor or a flat list is ``{prefix}_0, {prefix}_1, ...``; a dict (or
+    any nesting) is named by its path: ``token_ids``, ``backbone.pooled``,
+    ``logits.0``. :class:`~tfcompress.export.interpreter.TFLiteModel` reads the
+    structure back from these names. Names that would not read back (keys with
+    dots, keys that are numbers, non-identifier keys) fall back to the flat names.
+    """
+    flat = [f"{prefix}_{i}" for i in range(len(paths))]
+    if all(len(p) == 0 or (len(p) == 1 and isinstance(p[0], int)) for p in paths):
+        return flat
+    names = [".".join(str(part) for part in path) for path in paths]
+    if not all(_NAME.fullmatch(name) for name in names):
+        return flat
+    template, ordered = structure_from_names(names, prefix)
+    if ordered != names or [tuple(p) for p in _leaf_paths(template)] != [tuple(p) for p in paths]:
+        return flat
+    return names
+
+
+def _leaf_paths(template: Any, path: tuple = ()) -> list[tuple]:
+    if isinstance(template, dict):
+        return [p for k in sorted(template) for p in _leaf_paths(template[k], (*path, k))]
+    if isinstance(template, list):
+        return [p for i, v in enumerate(template) for p in _leaf_paths(v, (*path, i))]
+    return [path]
+
+
+def check_finite_weights(model: keras.Model) -> None:
+    """Raises ValueError naming the first weight that holds NaN or Inf.
+
+    A diverged model converts without complaint and its file agrees with Keras on
+    NaN, so export refuses it up front.
+    """
+    owner: dict[int, keras.layers.Layer] = {}
+    for layer in iter_layers(model):  # parents come first, so the innermost layer wins
+        for weight in layer.weights:
+            owner[id(weight)] = layer
+    for weight in model.weights:
+        values = np.asarray(keras.ops.convert_to_numpy(weight))
+        if values.dtype.kind != "f":
+            continue
+        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+        if bad:
+            layer = owner.get(id(weight), model)
+            kinds = []
+            if np.isnan(values).any():
+                kinds.append("NaN")
+            if np.isinf(values).any():
+                kinds.append("Inf")
+            raise ValueError(
+                f"layer {layer.name!r} weight {weight.path!r} has {bad} non-finite value(s) "
+                f"({'/'.join(kinds)}) out of {values.size}; export needs finite weights "
+                "(retrain or reload a checkpoint from before the model diverged)"
+            )
+
+
+def as_model(model: Any, argument: str = "model") -> keras.Model:
+    """Returns ``model``, loading it first when it is a path to a ``.keras`` file.
+
+    Raises:
+        TypeError: ``model`` is neither a Keras model nor a path.
+        ValueError: The path is not an existing ``.keras`` file.
+    """
+    if isinstance(model, keras.Model):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not path.endswith(".keras"):
+            raise ValueError(
+                f"{argument}={path!r} is not a .keras file; expected a keras.Model or a path "
+                "to a model saved with model.save('name.keras')"
+            )
+        if not os.path.isfile(path):
+            raise ValueError(f"{argument}={path!r}: no such .keras file")
+        import tfcompress  # noqa: F401  (registers tfcompress layers for loading)
+
+        return keras.saving.load_model(path, compile=False)
+    raise TypeError(
+        f"{argument} must be a keras.Model or a path to a .keras file, got {type(model).__name__}"
+    )
 
 
 def recurrent_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -123,16 +228,19 @@ def recurrent_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in iter_layers(model) if isinstance(layer, keras.layers.RNN)]
 
 
-def _concrete_function(model: keras.Model, specs: list):
+def _concrete_function(model: keras.Model, structure: Any):
     import tensorflow as tf
     from tensorflow.python.framework import convert_to_constants
 
-    single = len(specs) == 1
+    specs = keras.tree.flatten(structure)
+    names: list[str] = []
 
     @tf.function(input_signature=specs)
     def serve(*args):
-        outputs = model(args[0] if single else list(args), training=False)
-        return {f"output_{i}": t for i, t in enumerate(keras.tree.flatten(outputs))}
+        outputs = model(keras.tree.pack_sequence_as(structure, list(args)), training=False)
+        paths = [path for path, _ in keras.tree.flatten_with_path(outputs)]
+        names[:] = tensor_names(paths, "output")
+        return keras.tree.flatten(outputs)
 
     # Freeze variables into constants: the converter otherwise keeps them as
     # resource variables (VAR_HANDLE/READ_VARIABLE) that nothing initialises in
@@ -143,78 +251,48 @@ def _concrete_function(model: keras.Model, specs: list):
     # quantized layers then fail conversion with ERROR_NEEDS_FLEX_OPS. Letting the
     # converter freeze (experimental_lower_to_saved_model = False) was tried too: the
     # file then has no signature, which tfcompress.tflite_export's interpreter needs.
-    return convert_to_constants.convert_variables_to_constants_v2(serve.get_concrete_function())
+    frozen = convert_to_constants.convert_variables_to_constants_v2(serve.get_concrete_function())
+
+    # Freezing returns the outputs as a flat list, and the file's signature
+    # would name them output_0, ...; calling the frozen function from a
+    # function that returns a dict keeps the names (and so the structure).
+    @tf.function(input_signature=specs)
+    def named(*args):
+        return dict(zip(names, frozen(*args)))
+
+    return named.get_concrete_function()
 
 
-def _as_input_batches(data: Any, num_inputs: int) -> Iterator[list[np.ndarray]]:
-    """Yields lists of float arrays (one per model input) from arrays, datasets or iterables."""
-    if isinstance(data, np.ndarray) or (
-        isinstance(data, (list, tuple))
-        and data
-        and isinstance(data[0], np.ndarray)
-        and num_inputs > 1
-    ):
-        arrays = [data] if isinstance(data, np.ndarray) else list(data)
-        for start in range(0, len(arrays[0]), _CALIBRATION_BATCH):
-            yield [a[start : start + _CALIBRATION_BATCH] for a in arrays]
-        return
-    if not isinstance(data, Iterable):
-        raise TypeError(
-            "representative_data must be a NumPy array (or one array per input), a "
-            f"tf.data.Dataset or an iterable of batches, got {type(data).__name__}"
-        )
-    for batch in data:
-        if isinstance(batch, dict):
-            batch = list(batch.values())
-        parts = list(batch) if isinstance(batch, (list, tuple)) else [batch]
-        yield [np.asarray(keras.ops.convert_to_numpy(p)) for p in parts[:num_inputs]]
+def _representative_dataset(
+    calibration: CalibrationData, names: list[str], batch: int | None, verbose: int
+):
+    """The converter's generator, with a progress bar over the examples it uses.
 
+    It yields ``{signature input name: batch}``: a plain list would be matched
+    to the graph's input tensors in their internal order, which need not be the
+    signature's (a multi-input model would then calibrate on swapped inputs).
+    """
 
-def _representative_dataset(data: Any, num_inputs: int, max_samples: int, verbose: int):
     def generator():
-        progress = keras.utils.Progbar(max_samples, verbose=verbose, unit_name="sample")
+        progress = keras.utils.Progbar(calibration.num_samples, verbose=verbose, unit_name="sample")
+        # Every batch has the same size: the calibrator resizes the graph to the
+        # first batch, and a smaller last one fails to prepare in some graphs.
+        # Padding repeats examples, which leaves min/max ranges unchanged.
+        size = batch or min(_CALIBRATION_BATCH, calibration.num_samples)
         seen = 0
-        for batch in _as_input_batches(data, num_inputs):
-            take = min(len(batch[0]), max_samples - seen)
-            if take <= 0:
-                break
-            yield [b[:take].astype(np.float32) for b in batch]
-            seen += take
+        for part in calibration.batches(size):
+            real = len(part[0])
+            if real < size:
+                part = [np.concatenate([p, np.repeat(p[-1:], size - real, 0)]) for p in part]
+            yield dict(zip(names, part))
+            seen += real
             progress.update(seen)
-        if seen == 0:
-            raise ValueError("representative_data is empty: give at least one example")
-        if seen < max_samples:
-            progress.update(seen, finalize=True)
 
     return generator
 
 
-@contextlib.contextmanager
-def _native_log_capture():
-    """Keeps the converter's C++ log lines off stderr unless conversion fails."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        os.dup2(log.fileno(), fd)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, fd)
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-20000:])
-            raise
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-
-
 def convert(
-    model: keras.Model,
+    model: keras.Model | str | os.PathLike,
     quantization: str | None = None,
     representative_data: Any = None,
     *,
@@ -227,12 +305,16 @@ def convert(
 
     Args:
         model: A built Keras model (Sequential, Functional, or subclassed with
-            ``signature``).
+            ``signature``), or the path of a ``.keras`` file. Inputs and outputs
+            keep the model's structure (dicts, lists, nesting).
         quantization: ``None`` (float32), ``"dynamic"`` (int8 weights, float
             activations), ``"float16"`` (float16 weights) or ``"int8"`` (full
             integer: int8 weights and activations, float32 input/output).
         representative_data: Calibration inputs; required for ``"int8"``
             unless the model is quantization-aware (its layers carry ranges).
+            Any form :func:`tfcompress.core.calibration.calibration_data` takes
+            (arrays, dicts, ``tf.data``, iterables), checked against the
+            model's input shapes before conversion.
         signature: ``tf.TensorSpec``s for models without ``inputs``.
         calibration_samples: At most this many examples calibrate int8.
         verbose: 1 shows a progress bar during calibration, 0 is silent.
@@ -243,6 +325,12 @@ def convert(
     Returns:
         The flatbuffer bytes.
 
+    Raises:
+        ValueError: Unknown ``quantization``; int8 without representative data;
+            representative data that does not fit the model's inputs; a weight
+            holding NaN or Inf.
+        TypeError: ``model`` is not a Keras model or a path.
+
     Example:
         >>> flatbuffer = tfc.tflite_export.convert(model, quantization="dynamic")
         >>> len(flatbuffer) < 0.3 * len(tfc.tflite_export.convert(model))
@@ -251,8 +339,10 @@ def convert(
     require_tensorflow_backend("TFLite export")
     import tensorflow as tf
 
+    model = as_model(model)
     quantization = validate_quantization(quantization)
-    specs = signature_specs(model, signature)
+    structure = input_structure(model, signature)
+    specs = keras.tree.flatten(structure)
     quantization_aware = is_quantization_aware(model)
     if quantization == "int8" and representative_data is None and not quantization_aware:
         raise ValueError(
@@ -260,12 +350,26 @@ def convert(
             "to calibrate activation ranges; pass representative_data=x_train[:500], or "
             "train with tfcompress quantization-aware layers, whose learned ranges need none"
         )
+    if isinstance(calibration_samples, bool) or not isinstance(calibration_samples, int):
+        raise ValueError(
+            f"calibration_samples must be an integer >= 1, got {calibration_samples!r}"
+        )
     if calibration_samples < 1:
         raise ValueError(f"calibration_samples must be >= 1, got {calibration_samples}")
+    calibration = None
+    if quantization == "int8" and representative_data is not None:
+        calibration = calibration_data(
+            representative_data,
+            model if signature is None else structure,
+            max_samples=calibration_samples,
+            argument="representative_data",
+            model_name=model.name,
+        )
+    check_finite_weights(model)
 
     # freezing runs Grappler, which logs to stderr too
-    with _native_log_capture(), float32_compute(model):
-        function = _concrete_function(model, specs)
+    with native_log_capture(), float32_compute(model):
+        function = _concrete_function(model, structure)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     if quantization is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -274,14 +378,17 @@ def convert(
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
-        if representative_data is not None:
+        if calibration is not None:
+            batch = specs[0].shape[0]
             converter.representative_dataset = _representative_dataset(
-                representative_data, len(specs), calibration_samples, verbose
+                calibration, [s.name for s in specs], None if batch is None else int(batch), verbose
             )
         if not quantization_aware:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
-        with _native_log_capture():
+        with native_log_capture(), warnings.catch_warnings():
+            # the calibrator reads dict batches with tf.lite.Interpreter, which warns
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             return converter.convert()
     except Exception as error:
         recurrent = recurrent_layers(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,12 @@ import keras
 import numpy as np
 
 from tfcompress.core.backend import require_tensorflow_backend
+from tfcompress.core.calibration import CalibrationData, calibration_data
+from tfcompress.core.io import write_bytes
 from tfcompress.export.converter import (
-    _as_input_batches,
+    as_model,
     convert,
-    signature_specs,
+    input_structure,
     validate_quantization,
 )
 from tfcompress.export.interpreter import TFLiteModel
@@ -43,7 +46,9 @@ class ExportReport:
         quantization: The mode used (None for float32).
         bytes: File size.
         gzip_bytes: Size after gzip -9 (what a download or app bundle costs).
-        verified: Whether the file was run in the LiteRT interpreter.
+        verified: Whether the file was run in the LiteRT interpreter and its
+            outputs (and Keras's) were all finite.
+        verify_error: Why verification failed (non-finite outputs), else None.
         verify_source: What it was compared on: "verify_data",
             "representative_data" or "random" inputs.
         verify_samples: How many examples were compared.
@@ -64,6 +69,7 @@ class ExportReport:
     bytes: int
     gzip_bytes: int
     verified: bool = False
+    verify_error: str | None = None
     verify_source: str | None = None
     verify_samples: int = 0
     max_abs_diff: float | None = None
@@ -104,38 +110,42 @@ def _check_path(path: str | os.PathLike) -> Path:
     return target
 
 
-def _stack(batches: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
-    return [np.concatenate(parts) for parts in zip(*batches)]
-
-
-def _verification_inputs(data: Any, specs: list, limit: int) -> list[np.ndarray]:
-    batches, seen = [], 0
-    for batch in _as_input_batches(data, len(specs)):
-        batches.append(batch)
-        seen += len(batch[0])
-        if seen >= limit:
-            break
-    if not batches:
-        raise ValueError("verify_data is empty: give at least one example")
-    return [a[:limit] for a in _stack(batches)]
-
-
-def _random_inputs(specs: list, n: int, seed: int = 0) -> list[np.ndarray]:
+def _random_inputs(structure: Any, n: int, seed: int = 0) -> Any:
+    """Uniform [0, 1) floats; integer inputs (token ids, masks) get 0 or 1."""
     rng = np.random.default_rng(seed)
     arrays = []
-    for spec in specs:
+    for spec in keras.tree.flatten(structure):
         shape = (n, *spec.shape[1:])
         if None in shape[1:]:
             raise ValueError(
-                f"cannot make random verification data for input shape {spec.shape}: "
+                f"cannot make random verification data for input shape {tuple(spec.shape)}: "
                 "pass verify_data"
             )
-        arrays.append(rng.uniform(0, 1, shape).astype(spec.dtype.as_numpy_dtype))
+        dtype = np.dtype(spec.dtype.as_numpy_dtype)
+        if dtype.kind in "biu":
+            arrays.append(rng.integers(0, 2, shape).astype(dtype))
+        else:
+            arrays.append(rng.uniform(0, 1, shape).astype(dtype))
     return arrays
 
 
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _non_finite(arrays: list[np.ndarray], side: str) -> str | None:
+    for i, array in enumerate(arrays):
+        array = np.asarray(array)
+        if array.dtype.kind == "f":
+            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+            if bad:
+                return f"{side} output {i} has {bad} NaN/Inf value(s) of {array.size}"
+    return None
+
+
 def export(
-    model: keras.Model,
+    model: keras.Model | str | os.PathLike,
     path: str | os.PathLike,
     quantization: str | None = None,
     representative_data: Any = None,
@@ -154,13 +164,17 @@ def export(
     """Converts a Keras 3 model to a .tflite file, runs it in LiteRT and reports.
 
     Args:
-        model: A built Keras model.
+        model: A built Keras model, or the path of a ``.keras`` file. Dict, list
+            and nested inputs/outputs are kept: the file's signature names them
+            (``token_ids``, ...) and :class:`TFLiteModel` takes and returns
+            the same structure.
         path: Where to write the .tflite file (its directory must exist).
         quantization: ``None`` (float32), ``"dynamic"``, ``"float16"`` or
             ``"int8"`` (full integer; needs ``representative_data`` unless
             the model is quantization-aware).
         representative_data: Inputs that calibrate int8 (array, one array per
-            input, ``tf.data.Dataset`` or iterable of batches).
+            input, a dict for dict inputs, ``tf.data.Dataset`` or iterable of
+            batches), checked against the model's input shapes before converting.
         verify: Run the file in the LiteRT interpreter and compare with Keras.
         verify_data: Inputs to compare on; defaults to ``representative_data``,
             else random uniform [0, 1) inputs.
@@ -185,8 +199,15 @@ def export(
 
     Raises:
         ValueError: Unknown ``quantization``; int8 without representative data;
-            a model with no defined inputs.
+            data that does not fit the model's inputs; a weight holding NaN or
+            Inf; a model with no defined inputs; a negative count.
+        TypeError: ``model`` is neither a Keras model nor a path.
         FileNotFoundError: ``path`` is in a directory that does not exist.
+        OSError: The file cannot be written (a previous file at ``path`` is
+            then unchanged: it is replaced atomically).
+
+    Verification fails (``verified`` False, ``verify_error`` set, a warning)
+    when Keras or the file gives NaN/Inf outputs.
 
     Example:
         >>> report = tfcompress.export.tflite(
@@ -197,18 +218,39 @@ def export(
     """
     require_tensorflow_backend("TFLite export")
     # Validate everything before the (slow) conversion starts.
+    model = as_model(model)
     quantization = validate_quantization(quantization)
     target = _check_path(path)
-    specs = signature_specs(model, input_signature)
+    _check_count("latency_runs", latency_runs, 0)
+    _check_count("max_verify_samples", max_verify_samples, 1)
+    _check_count("calibration_samples", calibration_samples, 1)
+    structure = input_structure(model, input_signature)
+    data_structure = model if input_signature is None else structure
     if verify_labels is not None and verify_data is None:
         raise ValueError("verify_labels were given without verify_data")
     sparsity = validate_sparsity_mode(sparsity)
+    calibration = checked = None
+    if verify_data is not None:
+        checked = calibration_data(
+            verify_data, data_structure, max_samples=max_verify_samples, argument="verify_data"
+        )
+    if representative_data is not None:
+        reads = calibration_samples
+        if checked is None:
+            reads = max(calibration_samples, max_verify_samples)
+        calibration = calibration_data(
+            representative_data, data_structure, max_samples=reads, argument="representative_data"
+        )
+        if checked is None:
+            checked = calibration
+    if calibration is not None and quantization != "int8":
+        calibration = None  # only int8 calibrates; the data may still verify
 
     def _convert(sparse: bool) -> bytes:
         return convert(
             model,
             quantization,
-            representative_data,
+            calibration,
             signature=input_signature,
             calibration_samples=calibration_samples,
             verbose=verbose,
@@ -226,7 +268,7 @@ def export(
         sparse = _convert(True)
         if len(sparse) < len(flatbuffer) and runs_with_default_delegate(sparse, num_threads):
             flatbuffer = sparse
-    target.write_bytes(flatbuffer)
+    write_bytes(target, flatbuffer)  # atomic: a failed write keeps a previous file
     report = ExportReport(
         path=str(target),
         quantization=quantization,
@@ -242,38 +284,42 @@ def export(
         return report
 
     if verify_data is not None:
-        source, inputs = "verify_data", _verification_inputs(verify_data, specs, max_verify_samples)
+        source = "verify_data"
     elif representative_data is not None:
-        source, inputs = (
-            "representative_data",
-            _verification_inputs(representative_data, specs, max_verify_samples),
-        )
+        source = "representative_data"
     else:
-        source, inputs = "random", _random_inputs(specs, _RANDOM_VERIFY_SAMPLES)
-    model_inputs = inputs[0] if len(inputs) == 1 else inputs
+        source = "random"
+        checked = CalibrationData(structure, _random_inputs(structure, _RANDOM_VERIFY_SAMPLES))
+    n = min(checked.num_samples, max_verify_samples)
+    model_inputs = checked.inputs(n)
 
     if verify:
         expected = keras.tree.flatten(model.predict(model_inputs, batch_size=256, verbose=0))
-        got = lite.predict(model_inputs)
-        got = got if isinstance(got, list) else [got]
-        diffs = [
-            np.abs(np.asarray(e, np.float64) - np.asarray(g, np.float64))
-            for e, g in zip(expected, got)
-        ]
-        report.verified = True
+        got = keras.tree.flatten(lite.predict(model_inputs))
         report.verify_source = source
-        report.verify_samples = len(inputs[0])
-        report.max_abs_diff = float(max(d.max() for d in diffs))
-        report.mean_abs_diff = float(np.mean([d.mean() for d in diffs]))
-        first_expected, first_got = np.asarray(expected[0]), np.asarray(got[0])
-        if first_expected.ndim >= 2 and first_expected.shape[-1] > 1:
-            keras_top1 = first_expected.argmax(-1)
-            lite_top1 = first_got.argmax(-1)
-            report.top1_agreement = float(np.mean(keras_top1 == lite_top1))
-            if verify_labels is not None:
-                labels = np.asarray(verify_labels)[: len(keras_top1)]
-                report.keras_accuracy = float(np.mean(keras_top1 == labels))
-                report.tflite_accuracy = float(np.mean(lite_top1 == labels))
+        report.verify_samples = n
+        report.verify_error = _non_finite(expected, "Keras") or _non_finite(got, "TFLite")
+        report.verified = report.verify_error is None
+        if not report.verified:
+            warnings.warn(
+                f"export verification failed: {report.verify_error}", RuntimeWarning, stacklevel=2
+            )
+        else:
+            diffs = [
+                np.abs(np.asarray(e, np.float64) - np.asarray(g, np.float64))
+                for e, g in zip(expected, got)
+            ]
+            report.max_abs_diff = float(max(d.max() for d in diffs))
+            report.mean_abs_diff = float(np.mean([d.mean() for d in diffs]))
+            first_expected, first_got = np.asarray(expected[0]), np.asarray(got[0])
+            if first_expected.ndim >= 2 and first_expected.shape[-1] > 1:
+                keras_top1 = first_expected.argmax(-1)
+                lite_top1 = first_got.argmax(-1)
+                report.top1_agreement = float(np.mean(keras_top1 == lite_top1))
+                if verify_labels is not None:
+                    labels = np.asarray(verify_labels)[: len(keras_top1)]
+                    report.keras_accuracy = float(np.mean(keras_top1 == labels))
+                    report.tflite_accuracy = float(np.mean(lite_top1 == labels))
     if latency_runs > 0:
-        report.latency_ms = lite.latency_ms(inputs, runs=latency_runs)
+        report.latency_ms = lite.latency_ms(checked.flat(1), runs=latency_runs)
     return report

@@ -19,6 +19,8 @@ from tfcompress.binary.packed import unfreeze_binary
 from tfcompress.lowrank.dense import LowRankDense
 from tfcompress.lowrank.conv import LowRankConv2D
 from tfcompress.quantization.activation import QuantizeOutput
+from tfcompress.quantization.conv_transpose import QuantConv2DTranspose
+from tfcompress.quantization.separable_conv import QuantSeparableConv2D
 
 __all__: list[str] = [
     "BinaryConv2D",
@@ -39,4 +41,6 @@ __all__: list[str] = [
     "LowRankDense",
     "LowRankConv2D",
     "QuantizeOutput",
+    "QuantConv2DTranspose",
+    "QuantSeparableConv2D",
 ]

@@ -7,10 +7,10 @@
 """
 
 from tfcompress.binary.store import PackedKernel
-from tfcompress.binary.store import PackedModelReport
-from tfcompress.binary.store import load_packed
+from tfcompress.binary.packed_file import PackedModelReport
+from tfcompress.binary.packed_file import load_packed
 from tfcompress.binary.store import pack_kernel
-from tfcompress.binary.store import save_packed
+from tfcompress.binary.packed_file import save_packed
 from tfcompress.binary.store import unpack_kernel
 from tfcompress.export.archive import PackFormatError
 from tfcompress.export.archive import PackReport

@@ -133,7 +133,7 @@ class QuantizeOutput(keras.layers.Wrapper):
     def build(self, input_shape) -> None:
         if not self.layer.built:
             self.layer.build(input_shape)
-        output_shape = self.layer.compute_output_shape(input_shape)
+        output_shape = self.compute_output_shape(input_shape)
         self._quantizer_state["activation"] = self.quantizer.build(
             self, tuple(output_shape), "activation"
         )
@@ -150,7 +150,14 @@ class QuantizeOutput(keras.layers.Wrapper):
         return self.layer.compute_mask(inputs, mask)
 
     def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+        try:
+            return self.layer.compute_output_shape(input_shape)
+        except NotImplementedError:
+            # A custom layer without compute_output_shape: trace it symbolically.
+            spec = keras.tree.map_shape_structure(
+                lambda shape: keras.KerasTensor(shape, dtype=self.compute_dtype), input_shape
+            )
+            return self.layer.compute_output_spec(spec).shape
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

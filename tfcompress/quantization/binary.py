@@ -1,11 +1,14 @@
-"""Serializable binary, ternary and DoReFa quantizers.
+"""Binary, ternary and DoReFa quantizers: the low-bit branch of the one quantizer hierarchy.
 
-Each quantizer is a small object with a config: ``q(x)`` applies the forward
-function of :mod:`tfcompress.quantization.binary_ops` with its pseudo-gradient. They are
-registered under package ``"tfcompress"`` and found by name with :func:`get`.
+Every class here derives from :class:`tfcompress.quantization.base.Quantizer`
+(through :class:`BinaryQuantizer` for the +-1 and ternary ones) and follows its
+protocol: ``q(x)`` applies the forward function of
+:mod:`tfcompress.quantization.binary_ops` with its pseudo-gradient; TTQ's
+learned scales are state created on the layer by ``build(layer, shape, name)``
+and passed back as ``q(x, state)``, as for LSQ. The names ``"ste_sign"``,
+``"ttq"``, ... are presets of the one registry (:func:`tfcompress.quantizers.get`).
 
-Attributes every quantizer has, used by the layers, the packed storage and
-the summary:
+Attributes the layers, the packed storage and the summary read:
 
 * ``bits``: bits per value once packed (1 binary, 2 ternary, ``k`` DoReFa);
 * ``pack_kind``: ``"binary"``, ``"ternary"`` or ``None`` (not packable);
@@ -18,7 +21,8 @@ from typing import Any
 
 import keras
 
-from tfcompress.quantization import binary_ops as binary_ops
+from tfcompress.quantization import binary_ops
+from tfcompress.quantization.base import Quantizer
 
 __all__ = [
     "TTQ",
@@ -29,30 +33,18 @@ __all__ = [
     "SteSign",
     "SteTern",
     "SwishSign",
-    "deserialize",
-    "get",
-    "names",
-    "serialize",
 ]
 
-_REGISTRY: dict[str, type[BinaryQuantizer]] = {}
+_register = keras.saving.register_keras_serializable(package="tfcompress")
 
 
-def _register(*names: str):
-    def wrap(cls):
-        for name in names:
-            _REGISTRY[name] = cls
-        return keras.saving.register_keras_serializable(package="tfcompress")(cls)
+class BinaryQuantizer(Quantizer):
+    """Base class of the binary (+-1) and ternary quantizers.
 
-    return wrap
-
-
-class BinaryQuantizer(keras.quantizers.Quantizer):
-    """Base class: a quantizer with a config and a pseudo-gradient.
-
-    Subclasses implement ``__call__`` and ``get_config``. Stateful quantizers
-    (learned scales) also implement ``build(layer, shape)``, which creates
-    their variables on the layer that uses them.
+    A :class:`~tfcompress.quantization.base.Quantizer` with a fixed bit width
+    (1 here, 2 for the ternary subclasses) whose output can be packed
+    (``pack_kind``). Subclasses implement :meth:`call` and :meth:`get_config`
+    (their constructor arguments; ``bits`` is implied by the class).
 
     Example:
         >>> q = tfc.quantizers.get("ste_sign")
@@ -60,37 +52,18 @@ class BinaryQuantizer(keras.quantizers.Quantizer):
         array([-1.,  1.,  1.], dtype=float32)
     """
 
-    bits: int = 1
-    pack_kind: str | None = "binary"
-    scaled: bool = False
-    stateful: bool = False
+    min_bits = 1
+    max_bits = 1
+    pack_kind = "binary"
 
     def __init__(self) -> None:
-        super().__init__(output_dtype=None)
-
-    def build(self, layer: keras.layers.Layer, shape: tuple[int, ...]) -> None:
-        """Creates the quantizer's variables on ``layer`` (no-op unless stateful)."""
-
-    @property
-    def variables(self) -> list:
-        """The variables :meth:`build` created (empty unless stateful)."""
-        return []
+        super().__init__(self.min_bits)
 
     def get_config(self) -> dict[str, Any]:
         return {}
 
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.get_config() == self.get_config()
 
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-
-@_register("ste_sign")
+@_register
 class SteSign(BinaryQuantizer):
     """Binarizes to +-1 with the clipped straight-through estimator.
 
@@ -109,17 +82,17 @@ class SteSign(BinaryQuantizer):
 
     def __init__(self, clip_value: float | None = 1.0) -> None:
         super().__init__()
-        binary_ops._check_clip(clip_value)
+        binary_ops.check_clip_value(clip_value)
         self.clip_value = clip_value
 
-    def __call__(self, x):
+    def call(self, x, state, training):
         return binary_ops.ste_sign(x, self.clip_value)
 
     def get_config(self) -> dict[str, Any]:
         return {"clip_value": self.clip_value}
 
 
-@_register("approx_sign")
+@_register
 class ApproxSign(BinaryQuantizer):
     """Binarizes to +-1 with Bi-Real Net's gradient ``2 - 2|x|`` on ``|x| <= 1``.
 
@@ -130,11 +103,11 @@ class ApproxSign(BinaryQuantizer):
         Liu et al., "Bi-Real Net", ECCV 2018.
     """
 
-    def __call__(self, x):
+    def call(self, x, state, training):
         return binary_ops.approx_sign(x)
 
 
-@_register("swish_sign")
+@_register
 class SwishSign(BinaryQuantizer):
     """Binarizes to +-1 with the SignSwish gradient of BNN+.
 
@@ -156,14 +129,14 @@ class SwishSign(BinaryQuantizer):
             raise ValueError(f"beta must be a number > 0, got {beta!r}")
         self.beta = float(beta)
 
-    def __call__(self, x):
+    def call(self, x, state, training):
         return binary_ops.swish_sign(x, self.beta)
 
     def get_config(self) -> dict[str, Any]:
         return {"beta": self.beta}
 
 
-@_register("magnitude_aware_sign")
+@_register
 class MagnitudeAwareSign(BinaryQuantizer):
     """XNOR-Net weights: ``alpha_c * sign(x)``, ``alpha_c`` the channel's mean ``|x|``.
 
@@ -184,18 +157,18 @@ class MagnitudeAwareSign(BinaryQuantizer):
 
     def __init__(self, clip_value: float | None = 1.0, channel_axis: int | None = -1) -> None:
         super().__init__()
-        binary_ops._check_clip(clip_value)
+        binary_ops.check_clip_value(clip_value)
         self.clip_value = clip_value
         self.channel_axis = channel_axis
 
-    def __call__(self, x):
+    def call(self, x, state, training):
         return binary_ops.magnitude_aware_sign(x, self.clip_value, self.channel_axis)
 
     def get_config(self) -> dict[str, Any]:
         return {"clip_value": self.clip_value, "channel_axis": self.channel_axis}
 
 
-@_register("ste_tern", "ternary", "twn")
+@_register
 class SteTern(BinaryQuantizer):
     """Ternary Weight Networks: ``{-alpha_c, 0, +alpha_c}``.
 
@@ -218,7 +191,8 @@ class SteTern(BinaryQuantizer):
         Li, Zhang and Liu, "Ternary Weight Networks", 2016.
     """
 
-    bits = 2
+    min_bits = 2
+    max_bits = 2
     pack_kind = "ternary"
     scaled = True
 
@@ -226,13 +200,13 @@ class SteTern(BinaryQuantizer):
         self, threshold: float = 0.7, clip_value: float | None = 1.0, channel_axis: int | None = -1
     ) -> None:
         super().__init__()
-        binary_ops._check_threshold(threshold)
-        binary_ops._check_clip(clip_value)
+        binary_ops.check_threshold(threshold)
+        binary_ops.check_clip_value(clip_value)
         self.threshold = float(threshold)
         self.clip_value = clip_value
         self.channel_axis = channel_axis
 
-    def __call__(self, x):
+    def call(self, x, state, training):
         return binary_ops.ternarize(x, self.threshold, self.clip_value, self.channel_axis)
 
     def get_config(self) -> dict[str, Any]:
@@ -243,7 +217,7 @@ class SteTern(BinaryQuantizer):
         }
 
 
-@_register("ttq")
+@_register
 class TTQ(BinaryQuantizer):
     """Trained Ternary Quantization: ``{-W_n, 0, +W_p}`` with learned per-channel scales.
 
@@ -251,15 +225,19 @@ class TTQ(BinaryQuantizer):
     negative, 0 between. Gradients: see :func:`tfcompress.quantization.binary_ops.ttq`
     (the scales learn from the sum of the gradients of their entries).
 
-    The scales are variables of the layer using the quantizer, created by
-    :meth:`build`; each layer gets its own copy of the quantizer.
+    The scales ``W_p``, ``W_n`` (one per output channel, the last axis) are
+    state on the layer, as for every quantizer: :meth:`build` creates them
+    with ``layer.add_weight`` and returns ``{"positive_scale",
+    "negative_scale"}``; the layer passes that dict back at each call. One TTQ
+    object can serve several layers, each with its own scales.
 
     Args:
         threshold: Fraction of the channel's max magnitude, in (0, 1).
         initial_scale: Initial ``W_p`` and ``W_n``.
 
     Raises:
-        ValueError: If ``threshold`` is not in (0, 1) or ``initial_scale <= 0``.
+        ValueError: If ``threshold`` is not in (0, 1) or ``initial_scale <= 0``;
+            (at build) if the last axis has unknown size.
 
     Example:
         >>> BinaryConv2D(32, 3, kernel_quantizer="ttq")
@@ -268,51 +246,49 @@ class TTQ(BinaryQuantizer):
         Zhu et al., "Trained Ternary Quantization", ICLR 2017.
     """
 
-    bits = 2
+    min_bits = 2
+    max_bits = 2
     pack_kind = "ternary"
     scaled = True
     stateful = True
 
     def __init__(self, threshold: float = 0.05, initial_scale: float = 1.0) -> None:
         super().__init__()
-        binary_ops._check_threshold(threshold)
+        binary_ops.check_threshold(threshold)
         if not (isinstance(initial_scale, (int, float)) and initial_scale > 0):
             raise ValueError(f"initial_scale must be a number > 0, got {initial_scale!r}")
         self.threshold = float(threshold)
         self.initial_scale = float(initial_scale)
-        self.positive_scale = None
-        self.negative_scale = None
 
-    def build(self, layer: keras.layers.Layer, shape: tuple[int, ...]) -> None:
-        init = keras.initializers.Constant(self.initial_scale)
-        self.positive_scale = layer.add_weight(
-            name="ttq_positive_scale", shape=(shape[-1],), initializer=init
-        )
-        self.negative_scale = layer.add_weight(
-            name="ttq_negative_scale", shape=(shape[-1],), initializer=init
-        )
+    def build(self, layer, shape, name):
+        channels = tuple(shape)[-1] if len(shape) else None
+        if channels is None:
+            raise ValueError(f"TTQ of {name!r} needs a known last axis, got shape {tuple(shape)}")
 
-    @property
-    def variables(self) -> list:
-        return [] if self.positive_scale is None else [self.positive_scale, self.negative_scale]
+        def scale(sign):
+            return layer.add_weight(
+                name=f"{name}_{sign}_scale",
+                shape=(channels,),
+                initializer=keras.initializers.Constant(self.initial_scale),
+            )
 
-    def __call__(self, x):
-        if self.positive_scale is None:
-            raise ValueError("TTQ has no scales yet: a layer must call build(layer, shape) first")
+        return {"positive_scale": scale("positive"), "negative_scale": scale("negative")}
+
+    def call(self, x, state, training):
         return binary_ops.ttq(
-            x, self.positive_scale.value, self.negative_scale.value, self.threshold
+            x, state["positive_scale"].value, state["negative_scale"].value, self.threshold
         )
 
     def get_config(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "initial_scale": self.initial_scale}
 
 
-@_register("dorefa")
-class DoReFa(BinaryQuantizer):
+@_register
+class DoReFa(Quantizer):
     """DoReFa-Net k-bit quantization of activations (``[0, 1]``) or weights (``[-1, 1]``).
 
     See :func:`tfcompress.quantization.binary_ops.dorefa` for the forward function and
-    gradient. Not packable by :mod:`tfcompress.packing` (bits > 2).
+    gradient. Not packable by :mod:`tfcompress.binary.store` (``pack_kind`` is None).
 
     Args:
         k_bit: Bits, an integer in [1, 16].
@@ -328,84 +304,17 @@ class DoReFa(BinaryQuantizer):
         Zhou et al., "DoReFa-Net", 2016.
     """
 
-    pack_kind = None
+    min_bits = 1
+    max_bits = 16
 
     def __init__(self, k_bit: int = 2, mode: str = "activations") -> None:
-        super().__init__()
-        binary_ops.dorefa(0.0, k_bit, mode)  # validates
+        binary_ops.check_dorefa(k_bit, mode)
+        super().__init__(k_bit)
         self.k_bit = k_bit
         self.mode = mode
-        self.bits = k_bit
 
-    def __call__(self, x):
+    def call(self, x, state, training):
         return binary_ops.dorefa(x, self.k_bit, self.mode)
 
     def get_config(self) -> dict[str, Any]:
         return {"k_bit": self.k_bit, "mode": self.mode}
-
-
-def names() -> list[str]:
-    """The names :func:`get` accepts."""
-    return sorted(_REGISTRY)
-
-
-def get(identifier: str | dict | BinaryQuantizer | None) -> BinaryQuantizer | None:
-    """Returns a quantizer from a name, a serialized config or an instance.
-
-    Args:
-        identifier: ``None``, a name from :func:`names`, a dict from
-            :func:`serialize`, or a :class:`BinaryQuantizer`.
-
-    Returns:
-        The quantizer (the same object when an instance is given), or None.
-
-    Raises:
-        ValueError: For an unknown name.
-        TypeError: For an identifier of another kind.
-
-    Example:
-        >>> get("ste_sign")
-        SteSign(clip_value=1.0)
-    """
-    if identifier is None or isinstance(identifier, BinaryQuantizer):
-        return identifier
-    if isinstance(identifier, str):
-        key = identifier.lower()
-        if key not in _REGISTRY:
-            raise ValueError(
-                f"unknown quantizer name {identifier!r}; expected one of {', '.join(names())}"
-            )
-        return _REGISTRY[key]()
-    if isinstance(identifier, dict):
-        return deserialize(identifier)
-    raise TypeError(
-        "quantizer must be None, a name, a config dict or a BinaryQuantizer, "
-        f"got {type(identifier).__name__}: {identifier!r}"
-    )
-
-
-def serialize(quantizer: BinaryQuantizer | None) -> dict | None:
-    """The quantizer's ``keras.saving`` config (None for None)."""
-    return None if quantizer is None else keras.saving.serialize_keras_object(quantizer)
-
-
-def deserialize(config: dict | None) -> BinaryQuantizer | None:
-    """Inverse of :func:`serialize`."""
-    if config is None:
-        return None
-    quantizer = keras.saving.deserialize_keras_object(config)
-    if not isinstance(quantizer, BinaryQuantizer):
-        raise TypeError(f"config does not describe a BinaryQuantizer: {config!r}")
-    return quantizer
-
-
-def _register_presets() -> None:
-    # Lets tfcompress.quantizers.get (the uniform quantizers' registry) resolve our names too.
-    from tfcompress.quantization import registry
-
-    for name, cls in _REGISTRY.items():
-        if name not in registry.PRESETS:
-            registry.register_preset(name, cls)
-
-
-_register_presets()

@@ -24,6 +24,9 @@ from keras import ops
 __all__ = [
     "approx_sign",
     "channel_mean",
+    "check_clip_value",
+    "check_dorefa",
+    "check_threshold",
     "dorefa",
     "flip_ratio",
     "magnitude_aware_sign",
@@ -67,7 +70,8 @@ def sign(x):
     return ops.cast(ops.greater_equal(x, 0), x.dtype) * 2 - 1
 
 
-def _check_clip(clip_value: float | None) -> None:
+def check_clip_value(clip_value: float | None) -> None:
+    """Raises ValueError unless ``clip_value`` is ``None`` or a number > 0."""
     if clip_value is not None and not clip_value > 0:
         raise ValueError(f"clip_value must be > 0 or None, got {clip_value!r}")
 
@@ -89,7 +93,7 @@ def ste_sign(x, clip_value: float | None = 1.0):
         Courbariaux et al., "Binarized Neural Networks", 2016
         (arXiv:1602.02830).
     """
-    _check_clip(clip_value)
+    check_clip_value(clip_value)
 
     x = _tensor(x)
     return with_gradient(sign(x), x, _pass_mask(x, clip_value))
@@ -166,7 +170,7 @@ def magnitude_aware_sign(x, clip_value: float | None = 1.0, channel_axis: int | 
     References:
         Rastegari et al., "XNOR-Net", ECCV 2016 (arXiv:1603.05279).
     """
-    _check_clip(clip_value)
+    check_clip_value(clip_value)
 
     x = _tensor(x)
     scale = channel_mean(x, channel_axis)
@@ -178,7 +182,8 @@ def ternary_threshold(x, threshold: float = 0.7, channel_axis: int | None = -1):
     return threshold * channel_mean(x, channel_axis)
 
 
-def _check_threshold(threshold: float) -> None:
+def check_threshold(threshold: float) -> None:
+    """Raises ValueError unless ``threshold`` is a number in (0, 1)."""
     if not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
         raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
 
@@ -203,8 +208,8 @@ def ternarize(
     References:
         Li, Zhang and Liu, "Ternary Weight Networks", 2016 (arXiv:1605.04711).
     """
-    _check_threshold(threshold)
-    _check_clip(clip_value)
+    check_threshold(threshold)
+    check_clip_value(clip_value)
 
     x = _tensor(x)
     axes = _reduce_axes(len(x.shape), channel_axis)
@@ -241,7 +246,7 @@ def ttq(x, positive_scale, negative_scale, threshold: float = 0.05, channel_axis
     References:
         Zhu et al., "Trained Ternary Quantization", ICLR 2017 (arXiv:1612.01064).
     """
-    _check_threshold(threshold)
+    check_threshold(threshold)
     x = _tensor(x)
     axes = _reduce_axes(len(x.shape), channel_axis)
     delta = threshold * ops.max(ops.abs(x), axis=axes, keepdims=True)
@@ -263,6 +268,14 @@ def _round_ste(x):
     return with_gradient(ops.round(x), x, ops.ones_like(x))
 
 
+def check_dorefa(k_bit: int, mode: str) -> None:
+    """Raises ValueError unless ``k_bit`` is an integer in [1, 16] and ``mode`` is known."""
+    if not isinstance(k_bit, int) or isinstance(k_bit, bool) or not 1 <= k_bit <= 16:
+        raise ValueError(f"k_bit must be an integer in [1, 16], got {k_bit!r}")
+    if mode not in ("activations", "weights"):
+        raise ValueError(f"mode must be 'activations' or 'weights', got {mode!r}")
+
+
 def dorefa(x, k_bit: int = 2, mode: str = "activations"):
     """DoReFa-Net k-bit quantization.
 
@@ -280,10 +293,7 @@ def dorefa(x, k_bit: int = 2, mode: str = "activations"):
     References:
         Zhou et al., "DoReFa-Net", 2016 (arXiv:1606.06160).
     """
-    if not isinstance(k_bit, int) or isinstance(k_bit, bool) or not 1 <= k_bit <= 16:
-        raise ValueError(f"k_bit must be an integer in [1, 16], got {k_bit!r}")
-    if mode not in ("activations", "weights"):
-        raise ValueError(f"mode must be 'activations' or 'weights', got {mode!r}")
+    check_dorefa(k_bit, mode)
     levels = float(2**k_bit - 1)
     x = _tensor(x)
     if mode == "activations":

@@ -12,8 +12,10 @@ quantizers:
   before it otherwise (softmax, sigmoid, tanh, ...: TFLite runs those on the
   dequantized output, so the int8 op needs the range of its own output).
 
-Quantizer state (moving ranges, learned steps) is created on the layer through
-``quantizer.build(layer, shape, name)``, so it is tracked, trained and saved.
+Quantizer state (moving ranges, learned steps, TTQ scales) is created on the
+layer through ``quantizer.build(layer, shape, role)`` and held by
+:class:`QuantizerStateMixin`, which the binary layers (:mod:`tfcompress.binary.layers`)
+share: one way to create, call, save and restore it for every quantizer.
 """
 
 from __future__ import annotations
@@ -26,12 +28,61 @@ from keras import ops
 
 from tfcompress.quantization import registry as quantizers_module
 
-__all__ = ["QuantizedLayerMixin"]
-
-_ROLES = ("input", "kernel", "activation")
+__all__ = ["QuantizedLayerMixin", "QuantizerStateMixin"]
 
 
-class QuantizedLayerMixin:
+class QuantizerStateMixin:
+    """How a layer holds its quantizers' state: the same for every quantizer and layer.
+
+    A layer with quantizers in attributes ``<role>_quantizer`` (``role`` is
+    ``"input"``, ``"kernel"``, ``"activation"``) calls
+    :meth:`_build_quantizer_state` for each role in its ``build``; the dict the
+    quantizer's ``build(layer, shape, role)`` returns is kept per role and
+    passed back by :meth:`_quantize`. The variables are the layer's own
+    (``layer.add_weight``), so :meth:`save_own_variables` saves every variable
+    of the layer, quantizer state included, and :meth:`load_own_variables`
+    restores it: trainable variables first, then non-trainable, each in
+    creation order (Keras' generic layer scheme).
+    """
+
+    @property
+    def quantizer_state(self) -> dict[str, dict[str, keras.Variable]]:
+        """The state variables of each quantizer, by role (empty before build)."""
+        return {role: dict(state) for role, state in self._state_by_role().items()}
+
+    def _state_by_role(self) -> dict:
+        return getattr(self, "_quantizer_state", None) or {}
+
+    def _build_quantizer_state(self, role: str, shape, values=None) -> None:
+        """Builds ``<role>_quantizer`` on this layer; ``values`` initialise its state."""
+        if getattr(self, "_quantizer_state", None) is None:
+            # Tracked on purpose: TFLite's converter drops the signature when a
+            # captured variable is not reachable through the layer's attributes.
+            self._quantizer_state = {}
+        quantizer = getattr(self, f"{role}_quantizer")
+        if quantizer is None:
+            return
+        state = quantizer.build(self, tuple(shape), role)
+        self._quantizer_state[role] = state
+        if values is not None:
+            quantizer.initialize(state, values)
+
+    def _quantize(self, role: str, x, training=False):
+        quantizer = getattr(self, f"{role}_quantizer")
+        if quantizer is None:
+            return x
+        return quantizer(x, self._state_by_role().get(role, {}), training=bool(training))
+
+    # Keras's Dense/Conv save only their own named variables; save every
+    # variable (quantizer state included), trainable then non-trainable.
+    def save_own_variables(self, store) -> None:
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store) -> None:
+        keras.layers.Layer.load_own_variables(self, store)
+
+
+class QuantizedLayerMixin(QuantizerStateMixin):
     """Adds input/kernel/activation quantizers to a Keras layer with a kernel."""
 
     is_quantization_aware = True
@@ -42,8 +93,6 @@ class QuantizedLayerMixin:
         self.activation_quantizer = quantizers_module.get(
             activation_quantizer, "activation_quantizer"
         )
-        # Tracked on purpose: TFLite's converter drops the signature when a
-        # captured variable is not reachable through the layer's attributes.
         self._quantizer_state = {}
 
     # -- hooks for the concrete layers ---------------------------------------------
@@ -65,22 +114,12 @@ class QuantizedLayerMixin:
     # -- build / call --------------------------------------------------------------
 
     def _build_quantizers(self, input_shape) -> None:
-        state = self._quantizer_state
-        if self.input_quantizer is not None:
-            state["input"] = self.input_quantizer.build(self, tuple(input_shape), "input")
+        self._build_quantizer_state("input", input_shape)
         if self.kernel_quantizer is not None:
             kernel = self._kernel_view(self._float_kernel())
-            state["kernel"] = self.kernel_quantizer.build(self, tuple(kernel.shape), "kernel")
-            self.kernel_quantizer.initialize(state["kernel"], kernel)
+            self._build_quantizer_state("kernel", kernel.shape, values=kernel)
         if self.activation_quantizer is not None:
-            output_shape = tuple(self.compute_output_shape(input_shape))
-            state["activation"] = self.activation_quantizer.build(self, output_shape, "activation")
-
-    def _quantize(self, role: str, x, training):
-        quantizer = getattr(self, f"{role}_quantizer")
-        if quantizer is None:
-            return x
-        return quantizer(x, self._quantizer_state.get(role, {}), training=bool(training))
+            self._build_quantizer_state("activation", self.compute_output_shape(input_shape))
 
     def quantized_kernel(self, training: bool = False):
         """The kernel after fake quantization (what the layer computes with)."""
@@ -103,9 +142,10 @@ class QuantizedLayerMixin:
 
         Call it after assigning new kernel values (``quantize_model`` does).
         """
-        if self.kernel_quantizer is not None and "kernel" in self._quantizer_state:
+        state = self._state_by_role().get("kernel")
+        if self.kernel_quantizer is not None and state is not None:
             kernel = self._kernel_view(self._float_kernel())
-            self.kernel_quantizer.initialize(self._quantizer_state["kernel"], kernel)
+            self.kernel_quantizer.initialize(state, kernel)
 
     # -- reporting and saving ------------------------------------------------------
 
@@ -132,14 +172,6 @@ class QuantizedLayerMixin:
             f"{role}_quantizer": quantizers_module.serialize(getattr(self, f"{role}_quantizer"))
             for role in ("kernel", "input", "activation")
         }
-
-    # Keras's Dense/Conv save only their own named variables; save every
-    # variable (quantizer ranges and steps included), in creation order.
-    def save_own_variables(self, store) -> None:
-        keras.layers.Layer.save_own_variables(self, store)
-
-    def load_own_variables(self, store) -> None:
-        keras.layers.Layer.load_own_variables(self, store)
 
 
 _FUSED = ("linear", "relu", "relu6")

@@ -60,6 +60,7 @@ class LSQQuantizer(Quantizer):
         Esser et al., "Learned Step Size Quantization", ICLR 2020.
     """
 
+    stateful = True
     min_bits = 2
     max_bits = 16
 
@@ -188,6 +189,7 @@ class PACTQuantizer(Quantizer):
         Neural Networks", 2018.
     """
 
+    stateful = True
     min_bits = 2
     max_bits = 16
 

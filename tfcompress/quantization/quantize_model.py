@@ -1,27 +1,33 @@
 """``quantize_model``: a trained Keras model -> a quantization-aware copy (weights kept).
 
-Dense, Conv1D, Conv2D and DepthwiseConv2D layers become their ``Quant*``
-twins; ``Activation``/``ReLU`` layers become :class:`QuantizeActivation`; a
-BatchNormalization right after a convolution is folded into it (int8 TFLite
-has no batch norm kernel); layers that only move values (pooling, flatten,
-reshape, dropout) keep the int8 range of their input and are left alone;
-``Add``/``Subtract``/``Multiply`` and average pooling get an output range
-(:class:`QuantizeOutput`), so residual networks run in int8 end to end. A
-layer whose only consumer is a quantized activation (ReLU6 after a folded
-BatchNormalization, as in MobileNetV2) gets no range of its own, so TFLite
-fuses the activation into the int8 op. Layers that would need their own range
-but have no rule (Concatenate, custom layers, ...) are left as they are and
-reported, so the exported graph falls back to float around them.
+Three steps, driven by a :class:`~tfcompress.quantization.scheme.QuantizeScheme`
+(a table of layer class -> rule that users can extend):
+
+1. **plan**: every leaf layer gets its rule and settings (config + per-layer
+   overrides), or a :class:`SkippedLayer` record saying why it stays float;
+2. **fold**: a BatchNormalization right after a linear weight layer is folded
+   into it (int8 TFLite has no batch norm kernel); then the ranges are
+   placed: a layer whose only consumer is a fused activation (ReLU6 after a
+   folded BatchNormalization, as in MobileNetV2) needs no output range, and a
+   weight layer whose input already carries an int8 range needs no input
+   quantizer;
+3. **rewrite**: :func:`~tfcompress.core.rewrite.rewrite_model` copies the
+   model with each planned layer replaced by its rule's replacement.
+
+Layers with no rule (Conv3D, Concatenate, recurrent and custom layers, ...)
+are left as they are and listed in a warning, so the exported graph falls back
+to float around them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
-import numpy as np
 
 from tfcompress.core.rewrite import (
     LayerSelection,
@@ -32,57 +38,35 @@ from tfcompress.core.rewrite import (
     rewrite_model,
 )
 from tfcompress.quantization import registry as quantizers_module
-from tfcompress.quantization.activation import (
-    FoldedBatchNorm,
-    QuantizeActivation,
-    QuantizeOutput,
-)
-from tfcompress.quantization.conv import QuantConv1D, QuantConv2D, QuantDepthwiseConv2D
-from tfcompress.quantization.dense import QuantDense
+from tfcompress.quantization.activation import FoldedBatchNorm
+from tfcompress.quantization.scheme import LayerPlan, QuantizeScheme, WeightRule
+from tfcompress.quantization.uniform import MinMaxQuantizer
 
-__all__ = ["QuantizeConfig", "quantize_model"]
+__all__ = ["CONFIG_NAMES", "QuantizeConfig", "SkipReason", "SkippedLayer", "quantize_model"]
 
-_QUANT_CLASSES: dict[type, type] = {
-    keras.layers.Dense: QuantDense,
-    keras.layers.Conv1D: QuantConv1D,
-    keras.layers.Conv2D: QuantConv2D,
-    keras.layers.DepthwiseConv2D: QuantDepthwiseConv2D,
-}
-_PER_CHANNEL = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
-_ACTIVATION_LAYERS = (keras.layers.Activation, keras.layers.ReLU)
-# Layers whose int8 output has the same range as their int8 input.
-_PASS_THROUGH = (
-    keras.layers.InputLayer,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.Flatten,
-    keras.layers.Reshape,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.GaussianNoise,
-    keras.layers.Identity,
-    FoldedBatchNorm,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.UpSampling2D,
-)
-# Layers that need their own output range to run in int8.
-_OUTPUT_RANGE = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Multiply,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-)
+# The accepted ``config`` strings (case-insensitive): the weight bits of the default quantizers.
+CONFIG_NAMES: dict[str, int] = {f"int{bits}": bits for bits in range(2, 9)}
 _OVERRIDE_KEYS = ("weight_bits", "kernel_quantizer", "activation_quantizer", "input_quantizer")
+
+
+class SkipReason(str, enum.Enum):
+    """Why ``quantize_model`` left a layer float."""
+
+    OVERRIDE = "kept float by override"
+    NOT_SELECTED = "not selected"
+    NO_RULE = "no int8 rule for this layer type"
+    OUTPUT_RANGES_OFF = "quantize_activation_layers=False"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SkippedLayer(NamedTuple):
+    """A layer left float: qualified name, class name and :class:`SkipReason`."""
+
+    name: str
+    kind: str
+    reason: SkipReason
 
 
 @dataclasses.dataclass
@@ -92,21 +76,25 @@ class QuantizeConfig:
     Attributes:
         weight_bits: Bits of the default kernel quantizers: symmetric
             per-channel for convolutions, per-tensor for Dense (TFLite's int8
-            ``FULLY_CONNECTED`` takes per-tensor weights only). 2 to 8.
+            ``FULLY_CONNECTED`` takes per-tensor weights only) and
+            Conv2DTranspose. 2 to 8.
         kernel_quantizer: If set, this quantizer for every kernel instead.
         activation_quantizer: Quantizer of each quantized layer's output.
         input_quantizer: Quantizer added to a quantized layer whose input does
             not come from another quantized layer (e.g. the model input).
         fold_batch_norm: Fold BatchNormalization into the preceding
             convolution/Dense (when that layer has no activation).
-        quantize_activation_layers: Replace ``Activation``/``ReLU`` (plain or
-            ReLU6) layers with :class:`~tfcompress.layers.QuantizeActivation`,
-            and wrap ``Add``/``Subtract``/``Multiply``/average pooling in
+        quantize_activation_layers: Apply the scheme's ``"output"`` rules:
+            ``Activation``/``ReLU`` (plain or ReLU6) become
+            :class:`~tfcompress.layers.QuantizeActivation`, and
+            ``Add``/``Subtract``/``Multiply``/average pooling are wrapped in
             :class:`~tfcompress.layers.QuantizeOutput`.
         overrides: ``{layer name or class (name): settings}`` where settings is
             a dict with any of ``weight_bits``, ``kernel_quantizer``,
             ``activation_quantizer``, ``input_quantizer``, or ``None`` to keep
             that layer float (mixed precision).
+        scheme: The :class:`~tfcompress.transforms.QuantizeScheme` (layer class
+            -> rule); default :meth:`QuantizeScheme.default`.
     """
 
     weight_bits: int = 8
@@ -116,20 +104,31 @@ class QuantizeConfig:
     fold_batch_norm: bool = True
     quantize_activation_layers: bool = True
     overrides: Mapping[Any, Mapping[str, Any] | None] | None = None
+    scheme: QuantizeScheme | None = None
 
     @classmethod
     def coerce(cls, config: Any) -> QuantizeConfig:
-        """Accepts ``None``, ``"int8"``/``"int4"``/... (weight bits), a dict or a config."""
+        """Accepts ``None``, a name of :data:`CONFIG_NAMES`, a dict or a config.
+
+        Names are ``"int2"`` to ``"int8"`` in any case (``"INT4"`` is ``"int4"``),
+        the bits of the default weight quantizers.
+
+        Raises:
+            ValueError: For another string (the message lists the accepted
+                names) or unknown dict keys.
+            TypeError: For a value of another type.
+        """
         if config is None:
             return cls()
         if isinstance(config, cls):
             return config
         if isinstance(config, str):
-            if config.startswith("int") and config[3:].isdigit():
-                return cls(weight_bits=int(config[3:]))
+            if config.lower() in CONFIG_NAMES:
+                return cls(weight_bits=CONFIG_NAMES[config.lower()])
             raise ValueError(
-                f"config={config!r} is not understood; expected 'int8', 'int4' (weight bits), "
-                "a dict of QuantizeConfig fields, or a QuantizeConfig"
+                f"config={config!r} is not a known name; expected one of "
+                f"{', '.join(CONFIG_NAMES)} (any case; the weight bits), a dict of "
+                "QuantizeConfig fields, or a QuantizeConfig"
             )
         if isinstance(config, Mapping):
             unknown = set(config) - {f.name for f in dataclasses.fields(cls)}
@@ -142,48 +141,7 @@ class QuantizeConfig:
         raise TypeError(f"config must be None, a str, a dict or a QuantizeConfig, got {config!r}")
 
 
-@dataclasses.dataclass
-class _Plan:
-    kernel_quantizer: Any
-    activation_quantizer: Any
-    input_quantizer: Any
-    fold: keras.layers.Layer | None = None
-
-
-def _settings(layer, config: QuantizeConfig, overrides: dict) -> dict[str, Any] | None:
-    settings: dict[str, Any] = {
-        "weight_bits": config.weight_bits,
-        "kernel_quantizer": config.kernel_quantizer,
-        "activation_quantizer": config.activation_quantizer,
-        "input_quantizer": config.input_quantizer,
-    }
-    # Class overrides first, then name overrides (the more specific wins).
-    for key, value in overrides.items():
-        by_class = (isinstance(key, type) and isinstance(layer, key)) or key == type(layer).__name__
-        if by_class:
-            if value is None:
-                return None
-            settings.update(value)
-    if layer.name in overrides:
-        if overrides[layer.name] is None:
-            return None
-        settings.update(overrides[layer.name])
-    return settings
-
-
-def _kernel_quantizer(layer, settings, where):
-    if settings["kernel_quantizer"] is not None:
-        return quantizers_module.get(settings["kernel_quantizer"], f"{where} kernel_quantizer")
-    bits = settings["weight_bits"]
-    axis = -1 if isinstance(layer, _PER_CHANNEL) else None
-    return quantizers_module.MinMaxQuantizer(bits, axis=axis)
-
-
-def _producers(layer) -> list:
-    found = []
-    for node in getattr(layer, "_inbound_nodes", []):
-        found.extend(parent.operation for parent in node.parent_nodes)
-    return found
+# ---------------------------------------------------------------- step 1: plan
 
 
 def _validate_overrides(model, overrides) -> dict:
@@ -203,6 +161,22 @@ def _validate_overrides(model, overrides) -> dict:
     return dict(overrides)
 
 
+def _settings(layer, config: QuantizeConfig, overrides: dict) -> dict[str, Any] | None:
+    """The layer's settings, or ``None`` if an override keeps it float."""
+    settings: dict[str, Any] = {key: getattr(config, key) for key in _OVERRIDE_KEYS}
+    # Class overrides first, then name overrides (the more specific wins).
+    for key, value in overrides.items():
+        if (isinstance(key, type) and isinstance(layer, key)) or key == type(layer).__name__:
+            if value is None:
+                return None
+            settings.update(value)
+    if layer.name in overrides:
+        if overrides[layer.name] is None:
+            return None
+        settings.update(overrides[layer.name])
+    return settings
+
+
 def _check_copyable(qualified: str, layer) -> None:
     try:
         type(layer).from_config(layer.get_config())
@@ -215,80 +189,180 @@ def _check_copyable(qualified: str, layer) -> None:
         ) from error
 
 
-def _fold_batch_norm(new_layer, old_layer, bn) -> None:
-    """Sets ``new_layer``'s kernel and bias to ``old_layer`` followed by ``bn`` (inference)."""
-    kernel = np.asarray(keras.ops.convert_to_numpy(old_layer.kernel), dtype=np.float64)
-    channels = bn.moving_mean.shape[0]
-    mean = np.asarray(bn.moving_mean.numpy(), np.float64)
-    var = np.asarray(bn.moving_variance.numpy(), np.float64)
-    gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.gamma is not None else np.ones(channels)
-    beta = np.asarray(bn.beta.numpy(), np.float64) if bn.beta is not None else np.zeros(channels)
-    factor = gamma / np.sqrt(var + bn.epsilon)
-    old_bias = (
-        np.asarray(old_layer.bias.numpy(), np.float64)
-        if getattr(old_layer, "bias", None) is not None
-        else np.zeros(channels)
+def _quantizers(layer, rule, settings, where) -> dict[str, Any]:
+    activation = quantizers_module.get(
+        settings["activation_quantizer"], f"{where} activation_quantizer"
     )
-    if isinstance(old_layer, keras.layers.DepthwiseConv2D):
-        kernel = kernel * factor.reshape(kernel.shape[2], kernel.shape[3])
+    if rule.role != "weights":
+        return {"activation_quantizer": activation}
+    if settings["kernel_quantizer"] is not None:
+        kernel = quantizers_module.get(settings["kernel_quantizer"], f"{where} kernel_quantizer")
     else:
-        kernel = kernel * factor
-    _kernel_variable(new_layer).assign(kernel.astype("float32"))
-    new_layer.bias.assign((beta + (old_bias - mean) * factor).astype("float32"))
+        per_channel = isinstance(rule, WeightRule) and rule.per_channel
+        kernel = MinMaxQuantizer(settings["weight_bits"], axis=-1 if per_channel else None)
+    return {
+        "kernel_quantizer": kernel,
+        "activation_quantizer": activation,
+        "input_quantizer": quantizers_module.get(
+            settings["input_quantizer"], f"{where} input_quantizer"
+        ),
+    }
 
 
-def _plain_activation(layer) -> bool:
-    """An Activation layer, or a ReLU/ReLU6 without slope or threshold."""
-    if type(layer) is keras.layers.Activation:
-        return True
-    if type(layer) is keras.layers.ReLU:
-        relu = layer.get_config()
-        return (
-            relu.get("max_value") in (None, 6, 6.0)
-            and not relu.get("negative_slope")
-            and not relu.get("threshold")
-        )
-    return False
+def _plan(model, config, scheme, layers) -> tuple[dict[int, LayerPlan], list[SkippedLayer]]:
+    """Step 1: a :class:`LayerPlan` per layer to replace, a record per layer left float."""
+    overrides = _validate_overrides(model, config.overrides)
+    explicit = layers is not None
+    selected = layer_selector(layers, model, argument="layers")
+    plans: dict[int, LayerPlan] = {}
+    skipped: list[SkippedLayer] = []
+    for qualified, layer in iter_leaf_layers(model):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        rule = scheme.rule_for(layer)
+        if rule is not None and rule.role == "pass_through":
+            continue
+        if getattr(layer, "is_quantization_aware", False):
+            continue
+        if rule is not None and rule.role == "output" and not config.quantize_activation_layers:
+            skipped.append(
+                SkippedLayer(qualified, type(layer).__name__, SkipReason.OUTPUT_RANGES_OFF)
+            )
+            continue
+        if rule is None:
+            if explicit and selected(layer):
+                raise ValueError(
+                    f"layers={layers!r} selects layer {qualified!r} of type "
+                    f"{type(layer).__name__}, which quantize_model cannot quantize; supported "
+                    f"types: {', '.join(scheme.class_names('weights') + scheme.class_names('output'))}"
+                    " (add a rule to config.scheme for other layers)"
+                )
+            if not isinstance(layer, keras.layers.BatchNormalization):
+                _check_copyable(qualified, layer)
+            reason = SkipReason.NO_RULE if selected(layer) else SkipReason.NOT_SELECTED
+            skipped.append(SkippedLayer(qualified, type(layer).__name__, reason))
+            continue
+        if not selected(layer):
+            skipped.append(SkippedLayer(qualified, type(layer).__name__, SkipReason.NOT_SELECTED))
+            continue
+        settings = _settings(layer, config, overrides)
+        if settings is None:
+            skipped.append(SkippedLayer(qualified, type(layer).__name__, SkipReason.OVERRIDE))
+            continue
+        quantizers = _quantizers(layer, rule, settings, f"layer {qualified!r}")
+        if rule.role == "output" and quantizers["activation_quantizer"] is None:
+            continue  # activation_quantizer=None for this layer: nothing to record
+        plans[id(layer)] = LayerPlan(qualified, layer, rule, settings=settings, **quantizers)
+    return plans, skipped
 
 
-def _activation_name(layer) -> Any:
-    if isinstance(layer, keras.layers.ReLU):
-        return "relu" if layer.get_config().get("max_value") is None else "relu6"
-    return layer.get_config()["activation"]
+# ---------------------------------------------------------------- step 2: fold and place ranges
+
+
+def _producers(layer) -> list:
+    found = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        found.extend(parent.operation for parent in node.parent_nodes)
+    return found
 
 
 def _consumers(layer) -> list:
     return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
 
 
-def _kernel_variable(layer):
-    return layer._kernel if hasattr(layer, "_kernel") else layer.kernel
-
-
-def _copy_weights(new_layer, old_layer) -> None:
-    _kernel_variable(new_layer).assign(keras.ops.convert_to_numpy(old_layer.kernel))
-    if getattr(old_layer, "bias", None) is not None:
-        new_layer.bias.assign(old_layer.bias.numpy())
-
-
-def _foldable_batch_norm(bn, plans) -> keras.layers.Layer | None:
+def _folding_target(bn, plans) -> LayerPlan | None:
+    """The weight layer ``bn`` can be folded into: its only producer, linear, channels last."""
     if type(bn) is not keras.layers.BatchNormalization:
         return None
     producers = _producers(bn)
-    if len(producers) != 1 or id(producers[0]) not in plans:
+    plan = plans.get(id(producers[0])) if len(producers) == 1 else None
+    if plan is None or plan.rule.role != "weights" or plan.fold is not None:
         return None
-    conv = producers[0]
-    if not isinstance(conv, tuple(_QUANT_CLASSES)) or len(conv._outbound_nodes) != 1:
+    if not getattr(plan.rule, "folds_batch_norm", False):
         return None
-    if conv.activation not in (None, keras.activations.linear):
+    conv = plan.layer
+    if len(conv._outbound_nodes) != 1 or conv.activation not in (None, keras.activations.linear):
         return None
-    rank = len(conv.output.shape) if hasattr(conv, "output") else None
+    rank = len(conv.output.shape)
     axes = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
-    last = rank - 1 if rank else -1
     channels_last = getattr(conv, "data_format", "channels_last") == "channels_last"
-    if not channels_last or [a % rank for a in axes] != [last]:
+    if not channels_last or [a % rank for a in axes] != [rank - 1]:
         return None
-    return conv
+    return plan
+
+
+def _fold_batch_norms(model, plans, skipped) -> dict[int, LayerPlan]:
+    """Step 2a: ``{id(bn): plan of the layer it folds into}``; folded BNs leave ``skipped``."""
+    folds: dict[int, LayerPlan] = {}
+    for _, layer in iter_leaf_layers(model):
+        target = _folding_target(layer, plans)
+        if target is not None:
+            target.fold = layer
+            folds[id(layer)] = target
+    folded = {id(plan.fold) for plan in folds.values()}
+    qualified = {name: layer for name, layer in iter_leaf_layers(model)}
+    skipped[:] = [s for s in skipped if id(qualified.get(s.name)) not in folded]
+    return folds
+
+
+def _place_ranges(plans, folds, scheme) -> None:
+    """Step 2b: drop output ranges TFLite fuses away, and input ranges already present."""
+    for plan in plans.values():
+        if plan.rule.role != "weights":
+            continue
+        chain = _consumers(plan.layer)
+        if len(chain) == 1 and id(chain[0]) in folds:
+            chain = _consumers(chain[0])
+        consumer = plans.get(id(chain[0])) if len(chain) == 1 else None
+        if consumer is not None and consumer.rule.fuses_into_producer(consumer.layer):
+            plan.activation_quantizer = None
+
+    memo: dict[int, bool] = {}
+
+    def carries_range(op) -> bool:
+        """Whether ``op``'s output already carries an int8 range."""
+        key = id(op)
+        if key not in memo:
+            memo[key] = False  # the graph is acyclic; this guards re-entry
+            if key in plans:
+                memo[key] = plans[key].activation_quantizer is not None
+            elif key in folds:
+                memo[key] = carries_range(folds[key].layer)
+            elif getattr(op, "is_quantization_aware", False):
+                memo[key] = bool(
+                    getattr(op, "activation_quantizer", getattr(op, "quantizer", None))
+                )
+            elif not isinstance(op, keras.layers.InputLayer) and isinstance(op, keras.layers.Layer):
+                rule = scheme.rule_for(op)
+                producers = _producers(op)
+                memo[key] = (
+                    rule is not None
+                    and rule.role == "pass_through"
+                    and bool(producers)
+                    and all(carries_range(p) for p in producers)
+                )
+        return memo[key]
+
+    for plan in plans.values():
+        if plan.rule.role == "weights":
+            producers = _producers(plan.layer)
+            if producers and all(carries_range(p) for p in producers):
+                plan.input_quantizer = None
+
+
+# ---------------------------------------------------------------- step 3: rewrite
+
+
+def _warn_left_float(skipped: list[SkippedLayer]) -> None:
+    left = [s for s in skipped if s.reason is SkipReason.NO_RULE]
+    if left:
+        listed = ", ".join(f"{s.name} ({s.kind})" for s in left)
+        warnings.warn(
+            f"quantize_model left {len(left)} layer(s) float, having no int8 rule for them: "
+            f"{listed}. TFLite runs them in float, with conversions around them; add a "
+            "rule to QuantizeConfig(scheme=...) to quantize them.",
+            stacklevel=3,
+        )
 
 
 def quantize_model(
@@ -300,187 +374,74 @@ def quantize_model(
 ) -> keras.Model | tuple[keras.Model, RewriteLog]:
     """Returns a quantization-aware copy of a trained model, ready to fine-tune.
 
-    Supported layers (``Dense``, ``Conv1D``, ``Conv2D``, ``DepthwiseConv2D``)
-    are replaced by ``Quant*`` layers with the same configuration and weights;
-    ``Activation``/``ReLU`` layers by ``QuantizeActivation``; a
-    ``BatchNormalization`` that follows a linear convolution is folded into it.
-    The first quantized layer(s) also quantize their input. Fine-tune the copy
-    for a few epochs, then ``tfcompress.export.tflite(qat_model, path,
-    quantization="int8")`` writes a full-integer file without calibration data.
-    The user's model is never modified.
+    Layers are replaced as the scheme says (default
+    :meth:`~tfcompress.transforms.QuantizeScheme.default`): ``Dense``,
+    ``Conv1D``, ``Conv2D``, ``DepthwiseConv2D``, ``SeparableConv2D`` and
+    ``Conv2DTranspose`` by ``Quant*`` layers with the same configuration and
+    weights; ``Activation``/``ReLU`` layers by ``QuantizeActivation``; ``Add``
+    and average pooling get an output range; a ``BatchNormalization`` that
+    follows a linear weight layer is folded into it. The first quantized
+    layer(s) also quantize their input. The model's input and output structure
+    (dicts, lists, nesting) and its operation nodes (``x[:, 0]``,
+    ``keras.ops`` calls) are kept. Fine-tune the copy for a few epochs, then
+    ``tfcompress.tflite_export.export(qat_model, path, quantization="int8")``
+    writes a full-integer file without calibration data. The user's model is
+    never modified.
 
     Args:
         model: A built Sequential or Functional model (nested models are
             entered).
-        config: ``None`` (8-bit), ``"int4"``-style weight bits, a dict of
+        config: ``None`` (8-bit), a name of :data:`CONFIG_NAMES` (``"int2"`` to
+            ``"int8"``, any case: the weight bits), a dict of
             :class:`QuantizeConfig` fields, or a ``QuantizeConfig``. Per-layer
-            overrides (by layer name or class) give mixed precision.
+            overrides (by layer name or class) give mixed precision; ``scheme``
+            adds rules for other layer classes.
         layers: Which layers to quantize (names, classes, class names or a
-            predicate; default all supported layers). Naming a layer that
-            cannot be quantized is an error.
+            predicate; default all layers the scheme has a rule for). Naming a
+            layer that cannot be quantized is an error.
         return_log: Also return the :class:`RewriteLog` (replaced layers, and
-            layers left float with the reason).
+            the :class:`SkippedLayer` records of layers left float).
 
     Returns:
         The new model, or ``(model, log)`` with ``return_log``.
 
     Raises:
-        ValueError: For bad config values (unknown quantizer names, bits out of
-            range), an override or selection that matches no layer, a selected
-            layer that cannot be quantized, or a layer that cannot be copied.
+        ValueError: For bad config values (unknown names or quantizers, bits
+            out of range), an override or selection that matches no layer, a
+            selected layer that cannot be quantized, or a layer that cannot be
+            copied.
         TypeError: For subclassed models.
+
+    Warns:
+        UserWarning: Listing the layers (name and class) left float for lack of
+            a rule.
 
     Example:
         >>> qat = tfcompress.quantize_model(model, {"overrides": {"logits": {"weight_bits": 8}},
         ...                                         "weight_bits": 4})
         >>> qat.compile(...); qat.fit(x, y, epochs=3)
-        >>> tfcompress.export.tflite(qat, "model.tflite", quantization="int8")
+        >>> tfcompress.tflite_export.export(qat, "model.tflite", quantization="int8")
     """
     config = QuantizeConfig.coerce(config)
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
-    overrides = _validate_overrides(model, config.overrides)
-    explicit = layers is not None
-    selected = layer_selector(layers, model, argument="layers")
+    scheme = config.scheme if config.scheme is not None else QuantizeScheme.default()
+    if not isinstance(scheme, QuantizeScheme):
+        raise TypeError(f"config.scheme must be a QuantizeScheme, got {type(scheme).__name__}")
 
-    plans: dict[int, _Plan] = {}
-    log_skipped: list[tuple[str, str, str]] = []
-    activation_layers: dict[int, Any] = {}
-    leaves = list(iter_leaf_layers(model))
-    for qualified, layer in leaves:
-        is_selected = selected(layer)
-        supported = type(layer) in _QUANT_CLASSES
-        is_activation = config.quantize_activation_layers and _plain_activation(layer)
-        needs_range = config.quantize_activation_layers and type(layer) in _OUTPUT_RANGE
-        if explicit and is_selected and not (supported or is_activation or needs_range):
-            raise ValueError(
-                f"layers={layers!r} selects layer {qualified!r} of type {type(layer).__name__}, "
-                f"which quantize_model cannot quantize; supported types: "
-                f"{', '.join(c.__name__ for c in (*_QUANT_CLASSES, *_OUTPUT_RANGE))}, "
-                "Activation, ReLU"
-            )
-        settings = _settings(layer, config, overrides)
-        where = f"layer {qualified!r}"
-        if supported and is_selected:
-            if settings is None:
-                log_skipped.append((qualified, type(layer).__name__, "kept float by override"))
-                continue
-            plans[id(layer)] = _Plan(
-                kernel_quantizer=_kernel_quantizer(layer, settings, where),
-                activation_quantizer=quantizers_module.get(
-                    settings["activation_quantizer"], f"{where} activation_quantizer"
-                ),
-                input_quantizer=quantizers_module.get(
-                    settings["input_quantizer"], f"{where} input_quantizer"
-                ),
-            )
-        elif (is_activation or needs_range) and is_selected and settings is not None:
-            quantizer = quantizers_module.get(
-                settings["activation_quantizer"], f"{where} activation_quantizer"
-            )
-            if quantizer is not None:
-                activation_layers[id(layer)] = quantizer
-        elif not isinstance(layer, _PASS_THROUGH) and not getattr(
-            layer, "is_quantization_aware", False
-        ):
-            reason = "not selected" if not is_selected else "no int8 rule for this layer type"
-            if not (supported or isinstance(layer, keras.layers.BatchNormalization)):
-                _check_copyable(qualified, layer)
-            log_skipped.append((qualified, type(layer).__name__, reason))
-
-    folds: dict[int, keras.layers.Layer] = {}
-    if config.fold_batch_norm:
-        for _, layer in leaves:
-            conv = _foldable_batch_norm(layer, plans)
-            if conv is not None:
-                folds[id(layer)] = conv
-                plans[id(conv)].fold = layer
-        folded_names = {layer.name for _, layer in leaves if id(layer) in folds}
-        log_skipped = [
-            s
-            for s in log_skipped
-            if not (s[1] == "BatchNormalization" and s[0].split("/")[-1] in folded_names)
-        ]
-
-    # A layer feeding only a quantized activation (through a folded BN) needs
-    # no range of its own: TFLite fuses ReLU/ReLU6 into the int8 op.
-    for _, layer in leaves:
-        if id(layer) not in plans:
-            continue
-        chain = _consumers(layer)
-        if len(chain) == 1 and id(chain[0]) in folds:
-            chain = _consumers(chain[0])
-        if (
-            len(chain) == 1
-            and id(chain[0]) in activation_layers
-            and _plain_activation(chain[0])
-            and _activation_name(chain[0]) in ("relu", "relu6")
-            and plans[id(layer)].activation_quantizer is not None
-        ):
-            plans[id(layer)].activation_quantizer = None
-
-    # Which outputs already carry an int8 range (so the next layer's input needs none).
-    memo: dict[int, bool] = {}
-
-    def quantized_output(layer) -> bool:
-        key = id(layer)
-        if key not in memo:
-            memo[key] = False  # cycles cannot happen; this guards re-entry
-            if key in plans:
-                memo[key] = plans[key].activation_quantizer is not None
-            elif key in activation_layers:
-                memo[key] = True
-            elif key in folds:
-                memo[key] = quantized_output(folds[key])
-            elif getattr(layer, "is_quantization_aware", False) and getattr(
-                layer, "activation_quantizer", getattr(layer, "quantizer", None)
-            ):
-                memo[key] = True
-            elif isinstance(layer, _PASS_THROUGH) and not isinstance(
-                layer, keras.layers.InputLayer
-            ):
-                producers = _producers(layer)
-                memo[key] = bool(producers) and all(quantized_output(p) for p in producers)
-        return memo[key]
+    plans, skipped = _plan(model, config, scheme, layers)
+    folds = _fold_batch_norms(model, plans, skipped) if config.fold_batch_norm else {}
+    _place_ranges(plans, folds, scheme)
 
     def replace(layer):
-        key = id(layer)
-        if key in plans:
-            plan = plans[key]
-            producers = _producers(layer)
-            needs_input = not producers or not all(quantized_output(p) for p in producers)
-            layer_config = layer.get_config()
-            if plan.fold is not None:
-                layer_config["use_bias"] = True
-            layer_config.update(
-                kernel_quantizer=plan.kernel_quantizer,
-                activation_quantizer=plan.activation_quantizer,
-                input_quantizer=plan.input_quantizer if needs_input else None,
-            )
-            new = _QUANT_CLASSES[type(layer)].from_config(layer_config)
-            bn = plan.fold
-
-            def initialize(new_layer, old_layer, bn=bn):
-                if bn is None:
-                    _copy_weights(new_layer, old_layer)
-                else:
-                    _fold_batch_norm(new_layer, old_layer, bn)
-                new_layer.initialize_quantizers()
-
-            return Replacement(new, initialize)
-        if key in folds:
+        plan = plans.get(id(layer))
+        if plan is not None:
+            return plan.rule.replacement(layer, plan)
+        if id(layer) in folds:
             return Replacement(FoldedBatchNorm(name=layer.name))
-        if key in activation_layers and not _plain_activation(layer):
-            inner = type(layer).from_config({**layer.get_config(), "name": f"{layer.name}_float"})
-            return Replacement(QuantizeOutput(inner, activation_layers[key], name=layer.name))
-        if key in activation_layers:
-            return Replacement(
-                QuantizeActivation(
-                    activation_layers[key], activation=_activation_name(layer), name=layer.name
-                )
-            )
         return None
 
     new_model, log = rewrite_model(model, replace)
-    log.skipped.extend(log_skipped)
+    log.skipped.extend(skipped)
+    _warn_left_float(skipped)
     return (new_model, log) if return_log else new_model

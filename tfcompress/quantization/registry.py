@@ -1,4 +1,10 @@
-"""``get`` / ``serialize`` / ``deserialize`` and the named quantizer presets."""
+"""The one quantizer registry: named presets, ``get`` / ``serialize`` / ``deserialize``.
+
+Every quantizer (uniform, learned, binary, ternary, DoReFa) is a
+:class:`~tfcompress.quantization.base.Quantizer` registered with Keras under
+package ``"tfcompress"``; this module names the presets and resolves any
+identifier (preset, class name, config dict, instance) to one of them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,15 @@ from typing import Any
 import keras
 
 from tfcompress.quantization.base import Quantizer
+from tfcompress.quantization.binary import (
+    TTQ,
+    ApproxSign,
+    DoReFa,
+    MagnitudeAwareSign,
+    SteSign,
+    SteTern,
+    SwishSign,
+)
 from tfcompress.quantization.learned import LSQQuantizer, PACTQuantizer
 from tfcompress.quantization.uniform import MinMaxQuantizer, MovingAverageQuantizer
 
@@ -34,6 +49,16 @@ PRESETS: dict[str, Callable[[], Quantizer]] = {
     "int8_lsq_activation": lambda: LSQQuantizer(8, signed=False),
     "int8_pact": lambda: PACTQuantizer(8),
     "int4_pact": lambda: PACTQuantizer(4),
+    # Binary (+-1) and ternary kernels/inputs, and DoReFa k-bit.
+    "ste_sign": SteSign,
+    "approx_sign": ApproxSign,
+    "swish_sign": SwishSign,
+    "magnitude_aware_sign": MagnitudeAwareSign,
+    "ste_tern": SteTern,
+    "ternary": SteTern,
+    "twn": SteTern,
+    "ttq": TTQ,
+    "dorefa": DoReFa,
 }
 
 
@@ -54,14 +79,6 @@ def register_preset(name: str, factory: Callable[[], Quantizer]) -> None:
     PRESETS[key] = factory
 
 
-def _quantizer_types() -> tuple[type, ...]:
-    # Binary quantizers (keras.quantizers.Quantizer subclasses) share this registry; imported
-    # late because tfcompress.quantization.binary registers its presets here on import.
-    from tfcompress.quantization.binary import BinaryQuantizer
-
-    return (Quantizer, BinaryQuantizer)
-
-
 def serialize(quantizer: Quantizer | None) -> dict[str, Any] | None:
     """A quantizer's Keras-serializable config (``None`` stays ``None``).
 
@@ -75,7 +92,7 @@ def serialize(quantizer: Quantizer | None) -> dict[str, Any] | None:
 
 
 def deserialize(config: dict[str, Any] | None) -> Quantizer | None:
-    """Rebuilds a quantizer (uniform or binary) from :func:`serialize`'s output.
+    """Rebuilds a quantizer from :func:`serialize`'s output.
 
     Example:
         >>> quantizer = tfc.quantizers.deserialize(
@@ -84,7 +101,7 @@ def deserialize(config: dict[str, Any] | None) -> Quantizer | None:
     if config is None:
         return None
     quantizer = keras.saving.deserialize_keras_object(config)
-    if not isinstance(quantizer, _quantizer_types()):
+    if not isinstance(quantizer, Quantizer):
         raise ValueError(f"config does not describe a tfcompress quantizer: {config!r}")
     return quantizer
 
@@ -93,11 +110,11 @@ def get(identifier: QuantizerLike, argument: str = "quantizer") -> Quantizer | N
     """Resolves a quantizer from a preset name, a config dict or an instance.
 
     Args:
-        identifier: ``None``, a :class:`Quantizer` or binary quantizer
-            (:mod:`tfcompress.quantization.binary`), a preset name such as
+        identifier: ``None``, a :class:`Quantizer`, a preset name such as
             ``"int8"``, ``"int8_per_channel"``, ``"int4"``, ``"int8_activation"``,
-            ``"int4_lsq"``, ``"int8_pact"``, ``"ste_sign"`` (see ``PRESETS``), a quantizer class
-            name (default arguments), or a dict from :func:`serialize`.
+            ``"int4_lsq"``, ``"int8_pact"``, ``"ste_sign"``, ``"ttq"`` (see
+            ``PRESETS``), a quantizer class name (default arguments), or a dict
+            from :func:`serialize`.
         argument: The argument's name, for error messages.
 
     Returns:
@@ -111,7 +128,7 @@ def get(identifier: QuantizerLike, argument: str = "quantizer") -> Quantizer | N
         >>> tfcompress.quantizers.get("int4_per_channel")
         MinMaxQuantizer(bits=4, symmetric=True, axis=-1, narrow_range=True, power_of_two=False)
     """
-    if identifier is None or isinstance(identifier, _quantizer_types()):
+    if identifier is None or isinstance(identifier, Quantizer):
         return identifier
     if isinstance(identifier, dict):
         return deserialize(identifier)
@@ -120,11 +137,12 @@ def get(identifier: QuantizerLike, argument: str = "quantizer") -> Quantizer | N
         if key in PRESETS:
             return PRESETS[key]()
         cls = keras.saving.get_registered_object(f"tfcompress>{identifier}")
-        if isinstance(cls, type) and issubclass(cls, _quantizer_types()):
+        if isinstance(cls, type) and issubclass(cls, Quantizer):
             return cls()
         raise ValueError(
             f"{argument}={identifier!r} is not a known quantizer; expected one of the presets "
-            f"{', '.join(sorted(PRESETS))}, a quantizer class name, or a Quantizer instance"
+            f"{', '.join(sorted(PRESETS))}, a quantizer class name, a config dict or a "
+            "Quantizer instance"
         )
     raise TypeError(
         f"{argument} must be a preset name, a config dict, a Quantizer or None, "

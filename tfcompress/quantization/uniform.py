@@ -129,6 +129,7 @@ class MovingAverageQuantizer(Quantizer):
         Efficient Integer-Arithmetic-Only Inference", CVPR 2018.
     """
 
+    stateful = True
     min_bits = 2
     max_bits = 16
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tfcompress.core.io import atomic_write
+
 __all__ = ["plot_size_vs_accuracy", "point_styles"]
 
-# 20 colours that stay apart (tab10, then tab20's lighter shades) and 20 filled markers
-# of different shapes: no two techniques share either, up to 20 points.
+# 20 colours that stay apart (tab10, then tab20's lighter shades) and 20 marker
+# shapes: no two techniques share either, up to 20 points.
 _COLOURS = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
@@ -82,6 +84,9 @@ def plot_size_vs_accuracy(
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        with atomic_write(out, "wb") as handle:
+            fig.savefig(handle, format=out.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return out

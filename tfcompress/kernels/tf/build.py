@@ -30,6 +30,8 @@ from types import ModuleType
 
 import tensorflow as tf
 
+from tfcompress.core.io import atomic_path
+
 __all__ = [
     "ENV_CACHE_DIR",
     "ENV_DISABLE",
@@ -132,29 +134,29 @@ def build(force: bool = False) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     compile_flags, link_flags = _flags()
-    # Build under a private name, then rename: concurrent processes never load a partial file.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    cmd = [
-        cxx,
-        *_CXX_FLAGS,
-        *compile_flags,
-        *map(str, _source_paths()),
-        "-o",
-        str(tmp),
-        *link_flags,
-    ]
     logger.info("tfcompress: compiling custom TF kernels (one time, ~30 s): %s", target)
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        tmp.unlink(missing_ok=True)
-        raise KernelBuildError(f"running {cxx} failed: {err}") from err
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        tail = (proc.stderr or proc.stdout)[-4000:]
-        raise KernelBuildError(f"compiling the kernels failed (exit {proc.returncode}):\n{tail}")
-    os.replace(tmp, target)
+    # Compile under a private name, then replace atomically: concurrent processes never load
+    # a partial file, and a failed build leaves no temporary file behind.
+    with atomic_path(target) as tmp:
+        cmd = [
+            cxx,
+            *_CXX_FLAGS,
+            *compile_flags,
+            *map(str, _source_paths()),
+            "-o",
+            str(tmp),
+            *link_flags,
+        ]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise KernelBuildError(f"running {cxx} failed: {err}") from err
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout)[-4000:]
+            raise KernelBuildError(
+                f"compiling the kernels failed (exit {proc.returncode}):\n{tail}"
+            )
     logger.info("tfcompress: kernels compiled in %.1f s", time.perf_counter() - start)
     return target
 
