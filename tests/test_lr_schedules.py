@@ -168,9 +168,10 @@ def test_schedule_errors_name_argument_and_value():
 
 
 class FakePruning:
-    """Stands for GradualPruning: only the attributes the coupling reads."""
+    """Stands for GradualPruning: only the protocol the coupling reads (MaskUpdater)."""
 
-    begin_step, end_step, frequency = 0, 9, 3
+    def mask_update_steps(self, total_steps):
+        return tuple(range(0, min(9, total_steps) + 1, 3))
 
 
 class LrRecorder(keras.callbacks.Callback):
@@ -201,7 +202,7 @@ def small(digits):
     return digits.x_train[:48].reshape(-1, 64), digits.y_train[:48]  # 6 steps per epoch
 
 
-def test_mask_update_steps_duck_typing():
+def test_mask_update_steps_asks_the_one_source():
     assert mask_update_steps(FakePruning(), 20) == (3, 6, 9)
 
     class WithMethod:
@@ -209,8 +210,19 @@ def test_mask_update_steps_duck_typing():
             return [0, 4, total, total + 5]
 
     assert mask_update_steps(WithMethod(), 12) == (4, 12)
-    with pytest.raises(ValueError, match="`pruning` must have"):
-        mask_update_steps(object(), 10)
+    # A sparsity schedule answers for itself: its end step off the grid included.
+    schedule = tfc.schedules.PolynomialSparsity(0.8, 0, 10, frequency=3)
+    assert mask_update_steps(schedule, 20) == (3, 6, 9, 10)
+    assert mask_update_steps(tfc.schedules.ConstantSparsity(0.5, 4), 20) == (4,)
+
+    class OnlyAttributes:  # a second, drifting copy of the rule is no longer read
+        begin_step, end_step, frequency = 0, 9, 3
+
+    for wrong in (object(), OnlyAttributes()):
+        with pytest.raises(ValueError, match="`pruning` must be"):
+            mask_update_steps(wrong, 10)
+        with pytest.raises(ValueError, match="`pruning` must be"):
+            LearningRateRewinding(WarmupCosine(0.1, 4), pruning=wrong)
 
 
 @pytest.mark.jax

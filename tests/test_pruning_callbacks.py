@@ -8,6 +8,7 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress.callbacks import DynamicSparseTraining, GradualPruning, KeepSparsity
+from tfcompress.pruning import PruningMask
 
 
 def _data(n=64, shape=(16,), classes=4, seed=0):
@@ -107,10 +108,10 @@ def test_every_kernel_layer_type_is_pruned_in_place(tmp_path):
         variable = getattr(model.get_layer(name), attr)
         assert _zeros(variable) == pytest.approx(0.6, abs=0.02), name
         assert history.history[f"sparsity/{name}"][-1] == pytest.approx(_zeros(variable))
-        assert variable.constraint is None  # handed back after fit
+        assert isinstance(variable.constraint, PruningMask)  # the masks stay with the model
 
 
-def test_logs_reach_csv_logger_and_masks_detach(tmp_path):
+def test_logs_reach_csv_logger_and_masks_stay_until_removed(tmp_path):
     model = _mlp()
     x, y = _data()
     log = tmp_path / "log.csv"
@@ -127,7 +128,11 @@ def test_logs_reach_csv_logger_and_masks_detach(tmp_path):
     assert float(rows[-1]["sparsity"]) == pytest.approx(0.5)
     assert float(rows[-1]["sparsity/d1"]) == pytest.approx(0.5)
     assert _zeros(model.get_layer("d2").kernel) == 0.0
-    # A later fit without the callback trains densely again.
+    # A later fit without the callback keeps the zeros ...
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert _zeros(model.get_layer("d1").kernel) == 0.5
+    # ... until the masks are removed on purpose.
+    assert tfc.remove_masks(model) == 1
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert _zeros(model.get_layer("d1").kernel) < 0.01
 
@@ -166,34 +171,42 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated crash")
 
 
-def _run(tmp_path, interrupt):
+def _run(tmp_path, interrupt, backup_first=True, earlier_epochs=0):
     x, y = _data(n=48)
     model = _mlp(seed=3)
 
     def callbacks(extra=()):
-        return [
-            keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
-            GradualPruning(0.7, begin_step=3, end_step=30, frequency=3),
-            *extra,
-        ]
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+        pruning = GradualPruning(0.7, begin_step=3, end_step=30, frequency=3)
+        listed = [backup, pruning] if backup_first else [pruning, backup]
+        return [*listed, *extra]
 
     fit = dict(batch_size=8, epochs=6, verbose=0, shuffle=False)
+    if earlier_epochs:  # training before pruning: the run counts from its own start
+        model.fit(x, y, batch_size=8, epochs=earlier_epochs, verbose=0, shuffle=False)
     if interrupt:
         with pytest.raises(KeyboardInterrupt):
-            model.fit(x, y, callbacks=callbacks([_Interrupt(at_step=21)]), **fit)  # mid epoch 4
+            stop = _Interrupt(at_step=21 + 6 * earlier_epochs)  # mid epoch 4
+            model.fit(x, y, callbacks=callbacks([stop]), **fit)
         model = _mlp(seed=99)  # a fresh process would rebuild the model
     model.fit(x, y, callbacks=callbacks(), **fit)
     return model
 
 
-def test_interrupted_run_resumed_with_backup_and_restore_matches_uninterrupted(tmp_path):
-    straight = _run(tmp_path / "a", interrupt=False)
-    resumed = _run(tmp_path / "b", interrupt=True)
+@pytest.mark.parametrize(
+    "backup_first, earlier_epochs", [(True, 0), (False, 2)], ids=["backup-first", "after-training"]
+)
+def test_interrupted_run_resumed_with_backup_and_restore_matches_uninterrupted(
+    tmp_path, backup_first, earlier_epochs
+):
+    straight = _run(tmp_path / "a", False, backup_first, earlier_epochs)
+    resumed = _run(tmp_path / "b", True, backup_first, earlier_epochs)
     assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy())
     for a, b in zip(straight.weights, resumed.weights):
-        a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
-        np.testing.assert_array_equal(a == 0, b == 0)
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    for name in ("d1", "d2"):
+        masks = [m.get_layer(name).kernel.constraint.value() for m in (straight, resumed)]
+        np.testing.assert_array_equal(*masks)
     assert _zeros(resumed.get_layer("d1").kernel) == pytest.approx(0.7, abs=1 / 512)
 
 

@@ -26,6 +26,7 @@ EXPECTED_TOP_LEVEL = {
     "pack",
     "unpack",
     "cluster_model",
+    "remove_masks",
     "UnreadableFileError",
 }
 
@@ -167,11 +168,17 @@ EXPECTED_PRUNING = {
     "schedules": {"PolynomialSparsity", "ConstantSparsity", "SparsitySchedule"},
     "transforms": {"shrink_model", "prune_at_init"},
 }
+EXPECTED_PRUNING_MASKS = {
+    "transforms": {"remove_masks"},
+}
 
 
 def test_pruning_names():
     for package, names in EXPECTED_PRUNING.items():
         assert names <= set(getattr(tfc, package).__all__), package
+    for package, names in EXPECTED_PRUNING_MASKS.items():
+        assert names <= set(getattr(tfc, package).__all__), package
+    assert tfc.remove_masks is tfc.transforms.remove_masks is tfc.pruning.remove_masks
 
 
 # Packed binary inference (issues 7 + 9).

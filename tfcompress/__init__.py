@@ -47,6 +47,7 @@ if _TYPE_CHECKING or _load_everything or not _cli_startup():
     from tfcompress.core.io import UnreadableFileError
     from tfcompress.lowrank.factorize import factorize_model
     from tfcompress.packing import pack, unpack
+    from tfcompress.pruning.constraint import remove_masks
     from tfcompress.pruning.shrink import shrink_model
     from tfcompress.pruning.snip import prune_at_init
     from tfcompress.quantization.quantize_model import quantize_model
@@ -99,5 +100,6 @@ __all__ = [
     "pack",
     "unpack",
     "cluster_model",
+    "remove_masks",
     "UnreadableFileError",
 ]

@@ -3,9 +3,10 @@
 Keras' ``LearningRateScheduler`` works per epoch. These set the optimizer's
 rate before every batch from a ``step -> value`` schedule read at
 ``optimizer.iterations``, so a resumed run (``BackupAndRestore``) continues
-with exactly the rate it would have had. The pruning coupling is loose: pass
-the pruning callback (anything exposing ``mask_update_steps(total_steps)`` or
-``begin_step``/``end_step``/``frequency``) or the list of mask-update steps.
+with exactly the rate it would have had. The pruning coupling goes through the
+protocols of :mod:`tfcompress.core.mask_updates`: pass the pruning callback (its
+sparsity schedule says when masks change), a sparsity schedule, or the list of
+mask-update steps.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import keras
 
 from tfcompress.core.backend_state import StepTracker, sync_state
+from tfcompress.core.mask_updates import MaskUpdater, MaskUpdateSchedule
 from tfcompress.learning_rate.schedules import (
     _deserialize_schedule,
     _serialize_schedule,
@@ -27,39 +29,37 @@ __all__ = ["LearningRateRewinding", "mask_update_steps"]
 
 
 def mask_update_steps(pruning: Any, total_steps: int) -> tuple[int, ...]:
-    """The steps ``(0, total_steps]`` at which a pruning callback updates its masks.
+    """The steps ``(0, total_steps]`` at which ``pruning`` changes masks.
 
-    Duck-typed so it does not depend on a pruning implementation: uses
-    ``pruning.mask_update_steps(total_steps)`` if it exists, otherwise
-    ``range(begin_step, end_step + 1, frequency)`` from those attributes
-    (``end_step=None`` meaning the end of training). Step 0 is dropped: a restart
-    there changes nothing.
+    Asks the one source: a mask-changing callback
+    (:class:`tfcompress.core.mask_updates.MaskUpdater`, e.g. ``GradualPruning`` or
+    ``DynamicSparseTraining`` during their fit, in the optimizer's count) or a
+    sparsity schedule (:class:`tfcompress.core.mask_updates.MaskUpdateSchedule`, in
+    its own count). Step 0 is dropped: a restart there changes nothing.
 
     Args:
-        pruning: The pruning callback (or any object with the attributes above).
-        total_steps: Number of optimizer steps in the run.
+        pruning: The pruning callback or sparsity schedule.
+        total_steps: The last step of the run (optimizer steps for a callback).
 
     Returns:
         Sorted tuple of steps.
 
     Raises:
-        ValueError: If ``pruning`` exposes neither interface.
+        ValueError: If ``pruning`` is neither.
 
     Example:
-        >>> class P: begin_step, end_step, frequency = 0, 100, 25
-        >>> mask_update_steps(P(), total_steps=200)
+        >>> schedule = tfc.schedules.PolynomialSparsity(0.8, 0, 100, frequency=25)
+        >>> mask_update_steps(schedule, total_steps=200)
         (25, 50, 75, 100)
     """
-    method = getattr(pruning, "mask_update_steps", None)
-    if callable(method):
-        steps = method(total_steps)
-    elif all(hasattr(pruning, a) for a in ("begin_step", "end_step", "frequency")):
-        end = pruning.end_step if pruning.end_step is not None else total_steps
-        steps = range(int(pruning.begin_step), int(end) + 1, int(pruning.frequency))
+    if isinstance(pruning, MaskUpdater):
+        steps = pruning.mask_update_steps(total_steps)
+    elif isinstance(pruning, MaskUpdateSchedule):
+        steps = pruning.update_steps(total_steps)
     else:
         raise ValueError(
-            "`pruning` must have a `mask_update_steps(total_steps)` method or "
-            f"`begin_step`, `end_step` and `frequency` attributes, got {pruning!r}."
+            "`pruning` must be a pruning callback with `mask_update_steps(total_steps)` or a "
+            f"sparsity schedule with `update_steps(total_steps)`, got {pruning!r}."
         )
     return tuple(sorted({int(s) for s in steps if 0 < int(s) <= total_steps}))
 
@@ -80,15 +80,17 @@ class LearningRateRewinding(keras.callbacks.Callback):
         schedule: ``step -> rate`` callable (e.g. ``tfc.schedules.WarmupCosine``
             or any ``LearningRateSchedule``).
         restart_steps: Steps at which to restart (integers > 0).
-        pruning: A pruning callback whose mask-update steps are restarts too
-            (read when training begins, see :func:`mask_update_steps`).
+        pruning: A pruning callback in the same ``fit`` (or a sparsity
+            schedule) whose mask-update steps are restarts too (asked at the
+            first batch, see :func:`mask_update_steps`).
         period: Also restart every ``period`` steps.
         rewind_to: The schedule's step to restart from.
 
     Raises:
         ValueError: For a non-callable schedule or invalid restarts (at
             construction), or when training begins with an optimizer whose
-            learning rate is itself a ``LearningRateSchedule``.
+            learning rate is itself a ``LearningRateSchedule``; for a ``pruning``
+            that is neither a pruning callback nor a sparsity schedule.
 
     Example:
         >>> pruning = tfc.callbacks.GradualPruning(0.8, begin_step=0, end_step=300, frequency=100)
@@ -116,8 +118,15 @@ class LearningRateRewinding(keras.callbacks.Callback):
         self.restart_steps, self.period, self.rewind_to = validate_restarts(
             restart_steps, period, rewind_to
         )
+        if pruning is not None and not isinstance(pruning, (MaskUpdater, MaskUpdateSchedule)):
+            raise ValueError(
+                "`pruning` must be a pruning callback (GradualPruning, DynamicSparseTraining) or "
+                f"a sparsity schedule, got {pruning!r}."
+            )
         self.pruning = pruning
         self._restarts: tuple[int, ...] = self.restart_steps
+        self._first_epoch: int | None = None
+        self._pending = False
         self._last_rate: float | None = None
         self._steps = StepTracker()
 
@@ -139,18 +148,29 @@ class LearningRateRewinding(keras.callbacks.Callback):
                 f"was built with the schedule {optimizer._learning_rate!r}; build it with a "
                 "float learning rate and pass the schedule to this callback instead."
             )
-        restarts = set(self.restart_steps)
-        if self.pruning is not None:
-            epochs = self.params.get("epochs") or 1
-            steps = self.params.get("steps") or 0
-            total = StepTracker.read(self.model) + epochs * steps
-            restarts |= set(mask_update_steps(self.pruning, total))
-        self._restarts = tuple(sorted(restarts))
+        self._restarts = self.restart_steps
+        # The pruning callback knows its update steps once every on_train_begin has
+        # run (BackupAndRestore may restore its progress): ask at the first batch.
+        self._pending = self.pruning is not None
+        self._first_epoch = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._steps.reset()
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+
+    def _ask_pruning(self, batch: int) -> None:
+        epochs = self.params.get("epochs") or 1
+        steps = self.params.get("steps") or 0
+        remaining = (epochs - (self._first_epoch or 0)) * steps - batch
+        total = StepTracker.read(self.model) + remaining
+        restarts = set(self.restart_steps) | set(mask_update_steps(self.pruning, total))
+        self._restarts = tuple(sorted(restarts))
+        self._pending = False
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._pending:
+            self._ask_pruning(batch)
         rate = self.rate_at(self._steps.step(self.model, batch))
         if rate != self._last_rate:
             sync_state(self.model)  # on JAX, so that the assignment reaches the step

@@ -9,6 +9,7 @@ from tfcompress.distillation.losses import hint_loss as hint_loss
 from tfcompress.distillation.losses import soft_target_loss as soft_target_loss
 from tfcompress.lowrank import decompositions as lowrank
 from tfcompress.ops import tf
+from tfcompress.pruning import masks as pruning
 
 __all__: list[str] = [
     "assign_clusters",
@@ -16,6 +17,7 @@ __all__: list[str] = [
     "hint_loss",
     "kmeans_1d",
     "lowrank",
+    "pruning",
     "soft_target_loss",
     "tf",
 ]

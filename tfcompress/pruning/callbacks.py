@@ -14,10 +14,15 @@ from tfcompress.pruning.masks import (
     compute_masks,
     get_criterion,
     parse_granularity,
-    validate_sparsity,
 )
 from tfcompress.pruning.prunable import LayerSelector, PrunableWeight
-from tfcompress.pruning.schedules import ConstantSparsity, PolynomialSparsity
+from tfcompress.pruning.schedules import (
+    ConstantSparsity,
+    FunctionSparsity,
+    PolynomialSparsity,
+    SparsitySchedule,
+)
+from tfcompress.pruning.validation import check_fraction, check_int, check_positive
 
 __all__ = ["GradualPruning", "KeepSparsity"]
 
@@ -55,32 +60,40 @@ def validate_data(data: Any, needed: bool, owner: str) -> Any:
 class GradualPruning(MaskedTraining):
     """Prunes weights during ``fit`` on a schedule, with no wrapper layers.
 
-    Masks are non-trainable variables applied through each weight's constraint
-    inside the compiled train step; this callback only recomputes them every
-    ``frequency`` steps between ``begin_step`` and ``end_step`` (steps are
-    ``model.optimizer.iterations``, so recompiling restarts the count). Layers
-    keep their names and classes; after ``fit`` the pruned weights are simply
-    zeros. The epoch logs get ``sparsity`` and ``sparsity/<layer>``.
+    Each pruned weight's constraint becomes a
+    :class:`tfcompress.pruning.constraint.PruningMask`, applied inside the
+    compiled train step; this callback only assigns new masks at the update
+    steps of its sparsity schedule. Steps are counted from the callback's own
+    start (the first train step of its run is step 0), whatever the optimizer
+    has done before. Layers keep their names and classes; the masks stay on the
+    model after ``fit``, in later fits and in its ``.keras`` file, until
+    :func:`tfcompress.remove_masks`. An update due after the run's last step
+    (``end_step`` equal to the number of steps) is applied right after it,
+    so the target holds exactly from ``end_step`` on. Every callback's epoch
+    logs get ``sparsity`` and ``sparsity/<layer>`` (TensorBoard included,
+    wherever it is listed).
 
-    Resumable: pruned weights are exact zeros and the step is the optimizer's,
-    so a run resumed with ``keras.callbacks.BackupAndRestore`` (or from a
-    saved ``.keras`` model with its optimizer) re-derives the same masks and
-    continues the schedule.
+    Resumable: the step count, the last update and the masks are saved with the
+    masks, so a run resumed with ``keras.callbacks.BackupAndRestore`` (listed
+    anywhere) or from a saved ``.keras`` model continues exactly; a callback
+    with another configuration starts a new run at step 0.
 
     Args:
         target_sparsity: Final fraction of zeros, in [0, 1). For N:M it must
             be ``1 - N/M`` (None sets it).
-        begin_step: First pruning step.
+        begin_step: First pruning step (counted from the callback's start).
         end_step: Step at which the target is reached (> begin_step). None:
-            two thirds of the way from ``begin_step`` to the fit's last step,
+            two thirds of the way from ``begin_step`` to the run's last step,
             leaving the rest to recover (give it explicitly when a run spans
             several ``fit`` calls).
-        frequency: Steps between mask updates.
-        schedule: ``"polynomial"`` (Zhu & Gupta), ``"constant"`` (all at
-            ``begin_step``), a :class:`tfcompress.schedules.SparsitySchedule`
-            or any callable ``step -> sparsity`` (then masks are updated every
-            ``frequency`` steps from ``begin_step`` to ``end_step``, or forever
-            if it is None).
+        frequency: Steps between mask updates (the polynomial schedule also
+            updates at ``end_step``, on the grid or not).
+        schedule: ``"polynomial"`` (Zhu & Gupta), ``"constant"`` (one update,
+            at ``begin_step``), a :class:`tfcompress.schedules.SparsitySchedule`
+            (its own update steps; ``begin_step``, ``end_step`` and
+            ``frequency`` are then ignored) or any callable ``step -> sparsity``
+            (then masks are updated every ``frequency`` steps from
+            ``begin_step`` to ``end_step``, or forever if it is None).
         granularity: ``"unstructured"``, ``"block"`` (see ``block_shape``),
             ``"channel"`` (whole output channels/filters, with their bias and,
             along a single-consumer chain, the BatchNorm scale/offset and
@@ -102,8 +115,8 @@ class GradualPruning(MaskedTraining):
 
     Raises:
         ValueError: For a sparsity outside [0, 1), ``end_step <= begin_step``,
-            ``frequency < 1``, an unknown or malformed granularity, scope or
-            criterion. At the start of ``fit``, before anything changes: a
+            ``frequency < 1``, a number given as a string, an unknown or
+            malformed granularity, scope or criterion. At the start of ``fit``, before anything changes: a
             selection that matches no layer, channel granularity on a weight
             without channels, a gradient criterion without ``data``.
 
@@ -136,35 +149,28 @@ class GradualPruning(MaskedTraining):
     ):
         super().__init__(layers=layers, verbose=verbose)
         self.granularity = parse_granularity(granularity, block_shape)
+        custom = callable(schedule) and not isinstance(schedule, str)
+        if target_sparsity is not None:
+            target_sparsity = check_fraction("target_sparsity", target_sparsity)
         if self.granularity.kind == "n:m":
             limit = self.granularity.max_sparsity
             if target_sparsity is None:
                 target_sparsity = limit
-            elif abs(float(target_sparsity) - limit) > 1e-9:
+            elif abs(target_sparsity - limit) > 1e-9:
                 raise ValueError(
                     f"target_sparsity={target_sparsity!r} does not match granularity="
                     f"{granularity!r}, which fixes it at 1 - N/M = {limit:g} (or pass None)"
                 )
-        custom = callable(schedule) and not isinstance(schedule, str)
         if target_sparsity is None and not custom:
-            raise ValueError("target_sparsity is required (a number in [0, 1))")
-        self.target_sparsity = (
-            None
-            if target_sparsity is None
-            else validate_sparsity(target_sparsity, "target_sparsity")
-        )
-        if not isinstance(begin_step, int) or begin_step < 0:
-            raise ValueError(f"begin_step must be an integer >= 0, got {begin_step!r}")
-        if end_step is not None and (not isinstance(end_step, int) or end_step <= begin_step):
-            raise ValueError(
-                f"end_step must be an integer > begin_step={begin_step}, got {end_step!r}"
-            )
-        if not isinstance(frequency, int) or frequency < 1:
-            raise ValueError(f"frequency must be an integer >= 1, got {frequency!r}")
+            raise ValueError("target_sparsity must be a number in [0, 1), got None")
+        self.target_sparsity = target_sparsity
+        begin_step = check_int("begin_step", begin_step, minimum=0)
+        end_step = check_int("end_step", end_step, minimum=begin_step + 1, none_ok=True)
+        frequency = check_int("frequency", frequency, minimum=1)
         if not custom and schedule not in ("polynomial", "constant"):
             raise ValueError(
-                f"schedule must be 'polynomial', 'constant' or a callable step -> sparsity, "
-                f"got {schedule!r}"
+                f"schedule must be 'polynomial', 'constant', a SparsitySchedule or a callable "
+                f"step -> sparsity, got {schedule!r}"
             )
         if scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
@@ -176,42 +182,36 @@ class GradualPruning(MaskedTraining):
         self.schedule = schedule
         self.scope = scope
         self.criterion = get_criterion(criterion)
-        self.power = float(power)
+        self.power = check_positive("power", power)
         # Checked for presence at the start of fit, so a config (which leaves
         # data out) still round-trips.
         self.data = validate_data(data, False, "GradualPruning")
-        self._resolved_end: int | None = end_step
         self.mask_bias = self.granularity.kind == "channel"
-        self._schedule_fn: Callable[[int], float] | None = None
+        self.sparsity_schedule = self._make_schedule()
+        self._active: SparsitySchedule = self.sparsity_schedule
 
-    # --- schedule
-    def _make_schedule(self) -> Callable[[int], float]:
-        if callable(self.schedule) and not isinstance(self.schedule, str):
+    # --- schedule: the one source of when masks update
+    def _make_schedule(self) -> SparsitySchedule:
+        if isinstance(self.schedule, SparsitySchedule):
             return self.schedule
+        if callable(self.schedule) and not isinstance(self.schedule, str):
+            return FunctionSparsity(self.schedule, self.begin_step, self.end_step, self.frequency)
         if self.schedule == "constant":
             return ConstantSparsity(self.target_sparsity, self.begin_step)
         return PolynomialSparsity(
-            self.target_sparsity, self.begin_step, self._resolved_end, power=self.power
+            self.target_sparsity,
+            self.begin_step,
+            self.end_step,
+            power=self.power,
+            frequency=self.frequency,
         )
 
     def is_update_step(self, step: int) -> bool:
-        end = self._resolved_end
-        if step < self.begin_step or (end is not None and step > end):
-            return False
-        if self.schedule == "constant":
-            return step == self.begin_step
-        return (step - self.begin_step) % self.frequency == 0 or step == end
+        """Whether masks update before the callback's own step ``step`` (this fit's schedule)."""
+        return self._active.is_update_step(step)
 
-    def last_update_step(self, step: int) -> int | None:
-        """The latest update step <= ``step`` (None if pruning has not begun)."""
-        if step < self.begin_step:
-            return None
-        if self.schedule == "constant":
-            return self.begin_step
-        end = self._resolved_end
-        capped = step if end is None else min(step, end)
-        last = self.begin_step + (capped - self.begin_step) // self.frequency * self.frequency
-        return end if end is not None and capped == end else last
+    def schedule_update_steps(self, total_steps: int) -> tuple[int, ...]:
+        return self._active.update_steps(total_steps)
 
     # --- MaskedTraining hooks
     def validate_targets(self, targets: list[PrunableWeight]) -> None:
@@ -223,39 +223,29 @@ class GradualPruning(MaskedTraining):
                     "(e.g. an Embedding table); exclude them with layers="
                 )
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
+    def validate_fit(self) -> None:
         validate_data(self.data, self.criterion.needs_gradients, "GradualPruning")
-        if self.end_step is None and self.schedule == "polynomial":
-            epochs, steps = self.params.get("epochs"), self.params.get("steps")
-            if not epochs or not steps:
+
+    def resolve(self, total_steps: int | None) -> None:
+        schedule = self.sparsity_schedule
+        if (
+            schedule.end_step is None
+            and schedule.frequency is not None
+            and not isinstance(schedule, FunctionSparsity)
+        ):
+            if total_steps is None:
                 raise ValueError(
                     "end_step=None needs a known number of steps per epoch; pass end_step"
                 )
-            total = epochs * steps
-            if total <= self.begin_step + 1:
+            if total_steps <= schedule.begin_step + 1:
                 raise ValueError(
-                    f"begin_step={self.begin_step} leaves no room to prune in this fit's "
-                    f"{total} steps; pass end_step"
+                    f"begin_step={schedule.begin_step} leaves no room to prune in this run's "
+                    f"{total_steps} steps; pass end_step"
                 )
-            self._resolved_end = self.begin_step + max(1, round(2 * (total - self.begin_step) / 3))
-        self._schedule_fn = self._make_schedule()
-        super().on_train_begin(logs)
-
-    def initial_masks(self, step: int) -> list[np.ndarray] | None:
-        last = self.last_update_step(step)
-        if last is None or last == step:
-            # Not begun (keep every weight) or an update is due now anyway.
-            return [np.ones(tuple(t.variable.shape), np.float32) for t in self.targets]
-        derived = self.zero_masks()
-        achieved = 1.0 - sum(m.sum() for m in derived) / sum(m.size for m in derived)
-        if achieved + 0.01 < float(self._schedule_fn(last)):
-            # The zeros do not hold the schedule's state (e.g. a fresh model at a
-            # late optimizer step): catch up now.
-            return self.compute(step)
-        return derived
+        self._active = schedule.resolved(total_steps) if total_steps is not None else schedule
 
     def compute(self, step: int) -> list[np.ndarray]:
-        sparsity = float(self._schedule_fn(step))
+        sparsity = float(self._active(step))
         if self.granularity.kind == "n:m":
             sparsity = min(sparsity, self.granularity.max_sparsity)
         gradients = None
@@ -276,7 +266,7 @@ class GradualPruning(MaskedTraining):
         )
 
     def on_step(self, step: int) -> None:
-        if self.is_update_step(step):
+        if self._active.is_update_step(step):
             self.set_masks(self.compute(step))
 
     def get_config(self) -> dict:
@@ -328,6 +318,9 @@ class KeepSparsity(MaskedTraining):
         >>> model = keras.saving.load_model("pruned.keras")
         >>> model.fit(x, y, epochs=2, callbacks=[tfc.callbacks.KeepSparsity()])
     """
+
+    def start_run(self) -> None:
+        self.set_masks(self.zero_masks())
 
     def get_config(self) -> dict:
         return {"layers": serialize_layers(self.layers), "verbose": self.verbose}

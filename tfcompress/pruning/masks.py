@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from tfcompress.pruning.validation import check_fraction
+
 __all__ = [
     "GRANULARITIES",
     "Granularity",
@@ -46,14 +48,12 @@ _NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 def validate_sparsity(value: float, name: str = "sparsity") -> float:
-    """Returns ``value`` as a float in [0, 1) or raises ValueError naming ``name``."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}") from None
-    if not 0.0 <= number < 1.0 or math.isnan(number):
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return number
+    """Returns ``value`` as a float in [0, 1) or raises ValueError naming ``name``.
+
+    Strings are refused like everywhere in the pruning package
+    (:func:`tfcompress.pruning.validation.check_fraction`).
+    """
+    return check_fraction(name, value)
 
 
 @dataclasses.dataclass(frozen=True)

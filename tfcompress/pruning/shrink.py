@@ -29,6 +29,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.pruning.constraint import attach_mask, constraint_attribute, strip_mask_configs
+
 __all__ = ["shrink_model"]
 
 _PRODUCERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -363,10 +365,13 @@ def shrink_model(model: keras.Model) -> keras.Model:
             # In order, not by name: sublayers' variables share names (attention's kernels).
             weights[layer.name] = [np.asarray(keras.ops.convert_to_numpy(v)) for v in layer.weights]
 
+    masked: dict[str, list[str]] = {}
     for entry in config["layers"]:
         # Input shapes change: let the rebuilt graph infer them.
         entry.pop("build_config", None)
         name = entry["config"].get("name")
+        # Masks have the old shapes: rebuilt below from the shrunk weights' zeros.
+        masked[name] = strip_mask_configs(entry["config"])
         if name in sizes:
             field, size = sizes[name]
             entry["config"][field] = size
@@ -383,4 +388,9 @@ def shrink_model(model: keras.Model) -> keras.Model:
                     for v in layer.weights
                 ]
             )
+    for layer in small.layers:
+        for variable in layer.weights:
+            if constraint_attribute(layer, variable) in masked.get(layer.name, ()):
+                mask = np.asarray(keras.ops.convert_to_numpy(variable)) != 0
+                attach_mask(small, layer, variable).mask.assign(mask.astype(np.float32))
     return small

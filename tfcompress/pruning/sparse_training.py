@@ -10,8 +10,10 @@ import numpy as np
 
 from tfcompress.pruning.callbacks import _gradient_batch, validate_data
 from tfcompress.pruning.masking import MaskedTraining, deserialize_layers, serialize_layers
-from tfcompress.pruning.masks import erk_sparsities, rigl_update, validate_sparsity
+from tfcompress.pruning.masks import erk_sparsities, rigl_update
 from tfcompress.pruning.prunable import LayerSelector
+from tfcompress.pruning.schedules import ConstantSparsity
+from tfcompress.pruning.validation import check_fraction, check_int, check_positive
 
 __all__ = ["DynamicSparseTraining"]
 
@@ -27,16 +29,19 @@ class DynamicSparseTraining(MaskedTraining):
     ``f(t) * active`` smallest-magnitude active weights and regrows as many
     inactive ones with the largest loss-gradient magnitude (grown weights
     start at zero); ``f`` decays from ``drop_fraction`` to 0 on a cosine.
-    The number of non-zeros never changes. Masks are enforced inside the
-    compiled step like :class:`GradualPruning`'s, and are recovered from the
-    weights' zeros on resume.
+    The number of non-zeros never changes. Steps are counted from the
+    callback's own start; its update steps come from a
+    ``ConstantSparsity(sparsity, 0, end_step, frequency=update_frequency)``
+    schedule. Masks are enforced inside the compiled step and kept with the
+    model like :class:`GradualPruning`'s, and resume the same way.
 
     Args:
         sparsity: Overall fraction of zeros, in [0, 1).
         distribution: ``"uniform"`` or ``"erk"``.
         update_frequency: Steps between drop/regrow updates.
         drop_fraction: Initial fraction of active weights moved per update.
-        end_step: Last update step; None: three quarters of the fit's steps.
+        end_step: Drop/regrow stops here (no update at it); None: three quarters
+            of the run's steps.
         data: ``(x, y)`` examples whose loss gradient ranks regrowth (required;
             not part of the config).
         layers: Which layers: None (all prunable), names, classes or a predicate.
@@ -72,32 +77,36 @@ class DynamicSparseTraining(MaskedTraining):
         verbose: int = 0,
     ):
         super().__init__(layers=layers, verbose=verbose)
-        self.sparsity = validate_sparsity(sparsity)
+        self.sparsity = check_fraction("sparsity", sparsity)
         if distribution not in ("uniform", "erk"):
             raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
-        if not isinstance(update_frequency, int) or update_frequency < 1:
-            raise ValueError(f"update_frequency must be an integer >= 1, got {update_frequency!r}")
-        if not 0.0 < float(drop_fraction) <= 1.0:
-            raise ValueError(f"drop_fraction must be in (0, 1], got {drop_fraction!r}")
-        if end_step is not None and (not isinstance(end_step, int) or end_step < 1):
-            raise ValueError(f"end_step must be an integer >= 1, got {end_step!r}")
+        self.update_frequency = check_int("update_frequency", update_frequency, minimum=1)
+        self.drop_fraction = check_positive("drop_fraction", drop_fraction, upper=1.0)
+        self.end_step = check_int("end_step", end_step, minimum=1, none_ok=True)
         self.distribution = distribution
-        self.update_frequency = update_frequency
-        self.drop_fraction = float(drop_fraction)
-        self.end_step = end_step
-        self.seed = seed
+        self.seed = check_int("seed", seed, minimum=0)
         self.data = validate_data(data, False, "DynamicSparseTraining")
-        self._end = end_step
+        # Drop/regrow every update_frequency steps from step 0 (the random start)
+        # until end_step: the schedule says when, for this callback and for
+        # LearningRateRewinding alike.
+        self.sparsity_schedule = ConstantSparsity(
+            self.sparsity, 0, self.end_step, frequency=self.update_frequency
+        )
+        self._active: ConstantSparsity = self.sparsity_schedule
         self.layer_sparsities: list[float] = []
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
+    def validate_fit(self) -> None:
         validate_data(self.data, True, "DynamicSparseTraining")
-        if self.end_step is None:
-            epochs, steps = self.params.get("epochs"), self.params.get("steps")
-            if not epochs or not steps:
-                raise ValueError("end_step=None needs a known number of steps; pass end_step")
-            self._end = max(1, round(0.75 * epochs * steps))
-        super().on_train_begin(logs)
+
+    def resolve(self, total_steps: int | None) -> None:
+        if self.end_step is None and total_steps is None:
+            raise ValueError("end_step=None needs a known number of steps; pass end_step")
+        self._active = self.sparsity_schedule.resolved(total_steps or 0)
+
+    def schedule_update_steps(self, total_steps: int) -> tuple[int, ...]:
+        return self._active.update_steps(total_steps)
+
+    def start_run(self) -> None:
         shapes = [tuple(t.variable.shape) for t in self.targets]
         if self.distribution == "erk":
             self.layer_sparsities = erk_sparsities(shapes, self.sparsity)
@@ -106,7 +115,7 @@ class DynamicSparseTraining(MaskedTraining):
 
     def drop_fraction_at(self, step: int) -> float:
         """Cosine-decayed fraction of active weights to move at ``step``."""
-        progress = min(1.0, step / self._end)
+        progress = min(1.0, step / self._active.end_step)
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * progress))
 
     def random_masks(self) -> list[np.ndarray]:
@@ -120,16 +129,13 @@ class DynamicSparseTraining(MaskedTraining):
             masks.append(flat.reshape(shape))
         return masks
 
-    def initial_masks(self, step: int) -> list[np.ndarray] | None:
-        if step == 0:
-            return self.random_masks()
-        derived = self.zero_masks()
-        achieved = 1.0 - sum(m.sum() for m in derived) / sum(m.size for m in derived)
-        # A dense model at a late step has no sparse state to resume: start one.
-        return self.random_masks() if achieved + 0.01 < self.sparsity else derived
-
     def on_step(self, step: int) -> None:
-        if step == 0 or step >= self._end or step % self.update_frequency:
+        if not self._active.is_update_step(step):
+            return
+        if step == 0:  # the run's start: random masks at the layers' sparsities
+            if not self.layer_sparsities:
+                self.start_run()
+            self.set_masks(self.random_masks())
             return
         from tfcompress.core.gradients import loss_gradients
 
@@ -139,8 +145,8 @@ class DynamicSparseTraining(MaskedTraining):
         gradients = loss_gradients(self.model, variables, x, y)
         fraction = self.drop_fraction_at(step)
         masks = [
-            rigl_update(keras.ops.convert_to_numpy(mask), weight, grad, fraction)
-            for mask, weight, grad in zip(self.masks, self.weight_values(), gradients)
+            rigl_update(mask, weight, grad, fraction)
+            for mask, weight, grad in zip(self.mask_values(), self.weight_values(), gradients)
         ]
         self.set_masks(masks)
 

@@ -4,6 +4,7 @@ from tfcompress.binary.binarize import binarize_model
 from tfcompress.clustering.cluster_model import cluster_model
 from tfcompress.core.rewrite import Replacement
 from tfcompress.lowrank.factorize import FactorizeReport, expand_lowrank, factorize_model
+from tfcompress.pruning.constraint import remove_masks
 from tfcompress.pruning.shrink import shrink_model
 from tfcompress.pruning.snip import prune_at_init
 from tfcompress.quantization.quantize_model import (
@@ -43,5 +44,6 @@ __all__ = [
     "factorize_model",
     "prune_at_init",
     "quantize_model",
+    "remove_masks",
     "shrink_model",
 ]
