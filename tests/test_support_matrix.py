@@ -488,13 +488,41 @@ def test_expected_covers_every_cell():
     assert set(ARCH_TITLES) == set(archs.ARCHITECTURES)
 
 
-@pytest.mark.parametrize("doc", [DOC, DOC.parent.parent / "README.md"], ids=lambda p: p.name)
-def test_docs_table_is_current(doc):
-    assert markdown_table() in doc.read_text(), (
-        f"{doc} does not hold the current support table; regenerate it with "
+TABLE_BEGIN = "<!-- support-table:begin"
+TABLE_END = "<!-- support-table:end -->"
+
+
+def generated_region(text: str, begin: str = TABLE_BEGIN, end: str = TABLE_END) -> str:
+    """The text between the ``begin`` marker's line and the ``end`` marker (exactly one pair)."""
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(
+            f"expected one {begin!r} ... {end!r} pair, found {text.count(begin)} and "
+            f"{text.count(end)}"
+        )
+    start = text.index("\n", text.index(begin)) + 1
+    return text[start : text.index(end)]
+
+
+def test_generated_region_is_exact():
+    text = "x\n<!-- support-table:begin (generated) -->\n| a |\n[1] n\n<!-- support-table:end -->\n"
+    assert generated_region(text) == "| a |\n[1] n\n"
+    with pytest.raises(ValueError, match="found 2 and 1"):
+        generated_region(text.replace("x\n", "<!-- support-table:begin -->\n"))
+
+
+def test_readme_table_is_current():
+    readme = DOC.parent.parent / "README.md"
+    assert generated_region(readme.read_text()) == markdown_table(), (
+        "README.md's support table (between the support-table markers) is not the one "
+        "generated from EXPECTED; regenerate it with "
         "`PYTHONPATH=. python tests/test_support_matrix.py --print-table` and paste the "
-        "output into docs/support.md's README section and the README"
+        "output between the markers"
     )
+
+
+def test_support_doc_does_not_copy_the_table():
+    # The README holds the one generated copy; docs/support.md links to it.
+    assert markdown_table().splitlines()[0] not in DOC.read_text()
 
 
 if __name__ == "__main__":

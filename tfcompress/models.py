@@ -167,11 +167,15 @@ def train_classifier(
     epochs: int = 10,
     batch_size: int = 32,
     learning_rate: float = 1e-3,
-    verbose: int | str = 0,
+    verbose: int | str = 2,
     callbacks: list[keras.callbacks.Callback] | None = None,
     compile_model: bool = True,
 ) -> keras.callbacks.History:
-    """Compiles (Adam, logits cross-entropy, accuracy) and fits ``model`` on ``data``."""
+    """Compiles (Adam, logits cross-entropy, accuracy) and fits ``model`` on ``data``.
+
+    Prints one line per epoch by default (``verbose=2``), so a long run is never
+    silent; ``verbose=0`` trains quietly, ``1`` shows a progress bar.
+    """
     if compile_model:
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),

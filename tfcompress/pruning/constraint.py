@@ -86,8 +86,15 @@ def _unpack(bits: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _new_mask_variable(value: np.ndarray, dtype: Any = "float32") -> keras.Variable:
+    # A callable initializer, not the array itself: Keras may only create variables with
+    # deferred initialization inside a StatelessScope (tfc.unpack sizes a config there).
     return keras.Variable(
-        value, trainable=False, dtype=dtype, aggregation="only_first_replica", name="mask"
+        lambda shape, dtype: keras.ops.convert_to_tensor(value, dtype),
+        shape=value.shape,
+        trainable=False,
+        dtype=dtype,
+        aggregation="only_first_replica",
+        name="mask",
     )
 
 

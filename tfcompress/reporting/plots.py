@@ -7,7 +7,27 @@ from pathlib import Path
 
 from tfcompress.core.io import atomic_write
 
-__all__ = ["plot_size_vs_accuracy"]
+__all__ = ["plot_size_vs_accuracy", "point_styles"]
+
+# 20 colours that stay apart (tab10, then tab20's lighter shades) and 20 marker
+# shapes: no two techniques share either, up to 20 points.
+_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+)  # fmt: skip
+_MARKERS = "osD^vP*Xhd<>p8H1234+x"
+
+
+def point_styles(n: int) -> list[tuple[str, str]]:
+    """``(colour, marker)`` for ``n`` points, each pair unique in colour and in marker.
+
+    Raises:
+        ValueError: If ``n`` is negative or more than 20 (the distinct colours available).
+    """
+    if not 0 <= n <= len(_COLOURS):
+        raise ValueError(f"n must be between 0 and {len(_COLOURS)} points, got {n}")
+    return [(_COLOURS[i], _MARKERS[i]) for i in range(n)]
 
 
 def plot_size_vs_accuracy(
@@ -35,12 +55,19 @@ def plot_size_vs_accuracy(
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     kept = [(label, size, acc) for label, size, acc in points if size and acc is not None]
-    markers = "osD^vP*Xh<>p"
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
-    for i, (label, size, acc) in enumerate(kept):
-        # A legend rather than text labels: near-equal points would overprint.
+    for (label, size, acc), (colour, marker) in zip(kept, point_styles(len(kept))):
+        # Hollow markers of distinct shapes: points at the same place stay visible one
+        # over another; a legend rather than text labels, which would overprint.
         ax.scatter(
-            size / 1024, 100 * acc, s=55, marker=markers[i % len(markers)], label=label, alpha=0.85
+            size / 1024,
+            100 * acc,
+            s=70,
+            marker=marker,
+            facecolors="none",
+            edgecolors=colour,
+            linewidths=1.8,
+            label=label,
         )
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
