@@ -8,7 +8,7 @@ import os
 import re
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,24 @@ class TFLiteModel:
             raise ValueError("x is empty: give at least one example")
         outputs = [np.concatenate(parts) for parts in zip(*batches)]
         return _pack_like(self._output_template, iter(outputs))
+
+    def invoker(self, sample: Any) -> Callable[[], Any]:
+        """A callable with no argument that runs one invoke on ``sample``'s first example.
+
+        The input is converted (and quantized, for integer inputs) once, so a
+        timing harness that calls it measures the invoke alone.
+
+        Example:
+            >>> run_once = TFLiteModel("model.tflite").invoker(x_test[:1])
+            >>> run_once()
+        """
+        inputs = [a[:1] for a in self.flatten_inputs(sample)]
+        feed = {
+            name: _quantize(value, self._input_details[name])
+            for name, value in zip(self.input_names, inputs)
+        }
+        runner = self._runner
+        return lambda: runner(**feed)
 
     def latency_ms(self, sample: Any, runs: int = 50, warmup: int = 5) -> float:
         """Median wall time in milliseconds of one invoke on ``sample`` (batch of 1)."""

@@ -1,0 +1,241 @@
+"""The two small interfaces of the benchmark suite: a workload and a method.
+
+A **workload** owns a task: its data, a trained starting model per seed, a
+quality metric and a fixed fine-tune budget. A **method** turns a trained model
+into a compressed one at a given level (sparsity, bits, clusters, ...), using the
+workload's fine-tune budget if it fine-tunes at all. The suite runs every method
+at every level and seed on every workload it applies to, with the same budget,
+and measures the result the same way; adding a method takes a function:
+
+Example:
+    >>> from tfcompress.bench import Compressed, register_method
+    >>> @register_method("my_pruning", family="pruning", levels=(0.5, 0.7, 0.8, 0.9),
+    ...                  level_name="sparsity", applies_to=("classification",))
+    ... def my_pruning(model, run):
+    ...     pruned = prune_somehow(model, run.level)
+    ...     run.finetune(pruned, callbacks=[tfc.callbacks.KeepSparsity()])
+    ...     return Compressed(pruned)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+__all__ = [
+    "Compressed",
+    "Method",
+    "MethodRun",
+    "Workload",
+    "get_method",
+    "list_methods",
+    "register_method",
+]
+
+TASKS = ("classification", "language_model", "latency")
+
+
+@dataclasses.dataclass
+class Compressed:
+    """What a method returns.
+
+    Attributes:
+        model: The compressed Keras model, evaluated as it is.
+        export: How the suite exports it to TFLite for bytes and latency:
+            ``None`` (float32), ``"float16"``, ``"dynamic"`` or ``"int8"``
+            (the quantization argument of ``tfc.tflite_export.export``), or a
+            callable ``(path) -> None`` that writes the file itself (a method
+            whose file comes from elsewhere, e.g. TFMOT in a subprocess).
+        quality: The quality if the method measured it itself (a subprocess
+            method); ``None`` lets the suite evaluate ``model``.
+        notes: Free text shown in the report (what was skipped, and why).
+    """
+
+    model: keras.Model | None
+    export: str | Callable[[str], None] | None = None
+    quality: dict | None = None
+    notes: str = ""
+
+
+@dataclasses.dataclass
+class Workload:
+    """A task with data, trained starting models, a metric and a fine-tune budget.
+
+    Subclasses implement :meth:`data`, :meth:`build`, :meth:`train`,
+    :meth:`evaluate` and :meth:`finetune`; the suite caches trained models.
+
+    Attributes:
+        name: Short identifier (``digits_cnn``).
+        task: One of ``"classification"``, ``"language_model"``, ``"latency"``.
+        description: One line for the report.
+        metric: Name of the quality metric (``"accuracy"``, ``"bits_per_byte"``).
+        higher_is_better: Whether a larger metric is better.
+        quick: Whether this instance is the quick configuration.
+    """
+
+    name: str
+    task: str
+    description: str
+    metric: str
+    higher_is_better: bool
+    quick: bool = False
+
+    def data(self) -> Any:
+        """The workload's data: an object with ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
+        raise NotImplementedError
+
+    def build(self) -> keras.Model:
+        """A fresh, untrained model."""
+        raise NotImplementedError
+
+    def train(self, seed: int) -> keras.Model:
+        """The trained starting model for ``seed`` (deterministic given the seed)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: Any) -> dict:
+        """``{metric: value, ...}`` of a Keras model or a TFLite runner on the test split."""
+        raise NotImplementedError
+
+    def finetune(self, model: keras.Model, callbacks: Sequence[Any] = (), seed: int = 0) -> None:
+        """Fine-tunes ``model`` in place with the workload's fixed budget."""
+        raise NotImplementedError
+
+    def calibration(self, count: int, seed: int = 0) -> np.ndarray:
+        """``count`` training inputs, for methods that calibrate (one-shot, int8 export)."""
+        data = self.data()
+        rng = np.random.default_rng(seed)
+        index = rng.choice(len(data.x_train), size=min(count, len(data.x_train)), replace=False)
+        return data.x_train[np.sort(index)]
+
+    def sample_input(self) -> np.ndarray:
+        """One input batch (batch 1) for latency measurements."""
+        return self.data().x_test[:1]
+
+    def compile_for_finetune(self, model: keras.Model) -> None:
+        """Compiles ``model`` with the workload's loss and fine-tune optimizer."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class MethodRun:
+    """Everything a method gets besides the trained model.
+
+    Attributes:
+        workload: The workload (its data, calibration, fine-tune budget).
+        level: The compression level to reach (what ``Method.level_name`` says).
+        seed: The seed of this run (starting model, sampling, fine-tune order).
+    """
+
+    workload: Workload
+    level: Any
+    seed: int
+
+    def finetune(self, model: keras.Model, callbacks: Sequence[Any] = (), compile: bool = True):
+        """Fine-tunes ``model`` in place with the workload's fixed budget."""
+        if compile:
+            self.workload.compile_for_finetune(model)
+        self.workload.finetune(model, callbacks=list(callbacks), seed=self.seed)
+
+    def calibration(self, count: int = 256) -> np.ndarray:
+        return self.workload.calibration(count, seed=self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A compression method as the suite sees it.
+
+    Attributes:
+        name: Identifier used on the command line and in results.
+        fn: ``(trained_model, MethodRun) -> Compressed``; must not modify the
+            trained model (the suite passes a copy, but a method should clone).
+        family: ``"baseline"``, ``"pruning"``, ``"quantization"``, ...
+        levels: The full run's compression levels (at least four, ordered
+            from mild to strong).
+        quick_levels: The quick run's levels (a subset).
+        level_name: What a level is (``"sparsity"``, ``"bits"``, ...).
+        applies_to: The tasks (or workload names) it runs on.
+        finetunes: Whether it uses the fine-tune budget (shown in the report).
+        description: One line for the report, with the reference.
+    """
+
+    name: str
+    fn: Callable[[keras.Model, MethodRun], Compressed]
+    family: str
+    levels: tuple
+    quick_levels: tuple
+    level_name: str
+    applies_to: tuple[str, ...]
+    finetunes: bool = True
+    description: str = ""
+
+    def applies(self, workload: Workload) -> bool:
+        return workload.task in self.applies_to or workload.name in self.applies_to
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    family: str,
+    levels: Sequence[Any],
+    level_name: str,
+    applies_to: Sequence[str],
+    quick_levels: Sequence[Any] | None = None,
+    finetunes: bool = True,
+    description: str = "",
+) -> Callable[[Callable], Callable]:
+    """Decorator: registers ``fn(model, run) -> Compressed`` as a suite method.
+
+    Raises:
+        ValueError: A name already registered, fewer than one level, or an unknown task.
+    """
+    if name in _METHODS:
+        raise ValueError(f"a benchmark method named {name!r} is already registered")
+    if not levels:
+        raise ValueError(f"levels must name at least one level; received {levels!r}")
+    unknown = [t for t in applies_to if t not in TASKS and not t.startswith("workload:")]
+    if unknown:
+        raise ValueError(
+            f"applies_to must hold tasks from {TASKS} or 'workload:NAME'; received {unknown}"
+        )
+
+    def decorate(fn: Callable) -> Callable:
+        _METHODS[name] = Method(
+            name=name,
+            fn=fn,
+            family=family,
+            levels=tuple(levels),
+            quick_levels=tuple(quick_levels if quick_levels is not None else levels),
+            level_name=level_name,
+            applies_to=tuple(t.removeprefix("workload:") for t in applies_to),
+            finetunes=finetunes,
+            description=description or (fn.__doc__ or "").strip().splitlines()[0],
+        )
+        return fn
+
+    return decorate
+
+
+def list_methods() -> list[Method]:
+    """Every registered method, in registration order."""
+    from tfcompress.bench import methods  # noqa: F401  (registers the built-in methods)
+
+    return list(_METHODS.values())
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``.
+
+    Raises:
+        ValueError: No method has that name (the known names are listed).
+    """
+    known = {m.name: m for m in list_methods()}
+    if name not in known:
+        raise ValueError(f"unknown benchmark method {name!r}; known: {sorted(known)}")
+    return known[name]

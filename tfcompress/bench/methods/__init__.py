@@ -1,0 +1,7 @@
+"""The suite's methods: importing this package registers them (one module per family).
+
+Add a method: write ``fn(model, run) -> Compressed`` in the module of its family
+and decorate it with :func:`tfcompress.bench.register_method`.
+"""
+
+from tfcompress.bench.methods import baselines  # noqa: F401
