@@ -8,6 +8,7 @@ when ``pyproject.toml`` changes. Needs only Python 3.10+ with pip and venv.
     python3 run.py demo                 # tfcompress demo (extra args are passed on)
     python3 run.py test                 # import rules, the test suite (2 workers), its JAX subset
     python3 run.py test ARGS            # import rules, then pytest ARGS on $KERAS_BACKEND
+    python3 run.py bench suite --quick  # the benchmark suite (tfcompress bench suite --quick)
     python3 run.py bench qat            # python benchmarks/qat.py (needs the bench extra)
 
 ``test`` first checks the import rules of ``pyproject.toml`` (``lint-imports``:
@@ -109,9 +110,14 @@ def main(argv: list[str]) -> int:
     else:
         _ensure_venv("test,bench")
         if not rest:
-            print("usage: python3 run.py bench NAME [args]; NAME is a file in benchmarks/")
+            print(
+                "usage: python3 run.py bench suite [--quick] ... | bench NAME [args] (NAME: a file in benchmarks/)"
+            )
             return 2
-        cmd = [str(PYTHON), str(ROOT / "benchmarks" / f"{rest[0]}.py"), *rest[1:]]
+        if rest[0] == "suite":  # the standard benchmark lives in the package
+            cmd = [str(PYTHON), "-m", "tfcompress", "bench", *rest]
+        else:
+            cmd = [str(PYTHON), str(ROOT / "benchmarks" / f"{rest[0]}.py"), *rest[1:]]
     _log(" ".join(cmd))
     return subprocess.call(cmd, cwd=ROOT, env=env)
 

@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--unsafe", action="store_true", help="load with safe_mode=False")
     exp.set_defaults(func=_cmd_export)
+
+    from tfcompress.bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
