@@ -13,15 +13,8 @@ same run, and the machine's conditions (load average, CPU instruction sets)
 recorded with the result.
 """
 
-from tfcompress.bench.api import (
-    Compressed,
-    Method,
-    MethodRun,
-    Workload,
-    get_method,
-    list_methods,
-    register_method,
-)
+from tfcompress.bench.api import Compressed, Method, MethodRun, Workload, register_method
+from tfcompress.bench.catalog import get_method, list_methods
 from tfcompress.bench.timing import ArmTiming, Timing, cpu_isa, machine_conditions, time_arms
 
 __all__ = [

@@ -31,9 +31,8 @@ __all__ = [
     "Method",
     "MethodRun",
     "Workload",
-    "get_method",
-    "list_methods",
     "register_method",
+    "registered_methods",
 ]
 
 TASKS = ("classification", "language_model", "latency")
@@ -222,20 +221,7 @@ def register_method(
     return decorate
 
 
-def list_methods() -> list[Method]:
-    """Every registered method, in registration order."""
-    from tfcompress.bench import methods  # noqa: F401  (registers the built-in methods)
-
+def registered_methods() -> list[Method]:
+    """The methods registered so far (the built-in ones register when
+    :mod:`tfcompress.bench.methods` is imported; use :func:`tfcompress.bench.list_methods`)."""
     return list(_METHODS.values())
-
-
-def get_method(name: str) -> Method:
-    """The registered method ``name``.
-
-    Raises:
-        ValueError: No method has that name (the known names are listed).
-    """
-    known = {m.name: m for m in list_methods()}
-    if name not in known:
-        raise ValueError(f"unknown benchmark method {name!r}; known: {sorted(known)}")
-    return known[name]

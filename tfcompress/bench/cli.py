@@ -62,7 +62,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from tfcompress.bench.report import load_document, write_report
 
     if args.bench_command == "list":
-        from tfcompress.bench.api import list_methods
+        from tfcompress.bench.catalog import list_methods
         from tfcompress.bench.workloads import list_workloads
 
         print("workloads:")

@@ -27,7 +27,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfcompress.bench.api import Method, MethodRun, Workload, list_methods
+from tfcompress.bench.api import Method, MethodRun, Workload
+from tfcompress.bench.catalog import list_methods
 from tfcompress.bench.metrics import export_arm, file_sizes, latency_table, model_stats
 from tfcompress.bench.timing import machine_conditions
 from tfcompress.bench.workloads import list_workloads
