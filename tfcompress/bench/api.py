@@ -105,10 +105,16 @@ class Workload:
 
     def calibration(self, count: int, seed: int = 0) -> np.ndarray:
         """``count`` training inputs, for methods that calibrate (one-shot, int8 export)."""
+        return self.calibration_pairs(count, seed)[0]
+
+    def calibration_pairs(self, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` training inputs with their targets (for gradient-based methods)."""
         data = self.data()
         rng = np.random.default_rng(seed)
-        index = rng.choice(len(data.x_train), size=min(count, len(data.x_train)), replace=False)
-        return data.x_train[np.sort(index)]
+        index = np.sort(
+            rng.choice(len(data.x_train), size=min(count, len(data.x_train)), replace=False)
+        )
+        return data.x_train[index], data.y_train[index]
 
     def sample_input(self) -> np.ndarray:
         """One input batch (batch 1) for latency measurements."""
@@ -140,7 +146,12 @@ class MethodRun:
         self.workload.finetune(model, callbacks=list(callbacks), seed=self.seed)
 
     def calibration(self, count: int = 256) -> np.ndarray:
+        """``count`` training inputs drawn for this run's seed."""
         return self.workload.calibration(count, seed=self.seed)
+
+    def calibration_pairs(self, count: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` training inputs and targets drawn for this run's seed."""
+        return self.workload.calibration_pairs(count, seed=self.seed)
 
 
 @dataclasses.dataclass(frozen=True)

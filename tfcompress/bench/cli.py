@@ -51,6 +51,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     report = what.add_parser("report", help="rebuild report.md and plots from a results.json")
     report.add_argument("results", help="a results.json written by `bench suite`")
     report.add_argument("--out", help="output folder (default: the results' folder)")
+    report.add_argument(
+        "--summary",
+        action="store_true",
+        help="print the README's summary table instead of writing files",
+    )
     what.add_parser("list", help="list the workloads and methods")
     bench.set_defaults(func=run_bench)
 
@@ -78,6 +83,11 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     if args.bench_command == "report":
         document = load_document(args.results)
+        if args.summary:
+            from tfcompress.bench.report import summary_markdown
+
+            print(summary_markdown(document), end="")
+            return 0
         folder = Path(args.out) if args.out else Path(args.results).parent
         for name, path in write_report(document, folder).items():
             print(f"{name}: {path}")

@@ -174,10 +174,6 @@ class LanguageModelWorkload(Workload):
         """``gzip -9`` bits per byte on the held-out split (the whole of it)."""
         return {"gzip9_bits_per_byte": gzip_bits_per_byte(self.data().test)}
 
-    def calibration(self, count: int, seed: int = 0) -> np.ndarray:
-        x, _ = sample_windows(self.data().train, count, self.context, seed=10_000 + seed)
-        return x
-
     def calibration_pairs(self, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Calibration windows with their next-byte targets (for gradient-based methods)."""
         return sample_windows(self.data().train, count, self.context, seed=10_000 + seed)
