@@ -84,6 +84,10 @@ EXAMPLES = {
 }
 
 # Class name -> (factory, input shape with batch): every layer needs one.
+def _language_model():
+    return importlib.import_module("tfcompress.language_model")
+
+
 LAYER_EXAMPLES = {
     "BinaryDense": (lambda: tfc.layers.BinaryDense(4), (2, 5)),
     "BinaryConv2D": (lambda: tfc.layers.BinaryConv2D(4, 3, padding="same"), (2, 6, 6, 2)),
@@ -117,6 +121,7 @@ LAYER_EXAMPLES = {
         lambda: keras.saving.get_registered_object("tfcompress>FoldedBatchNorm")(),
         (2, 5),
     ),
+    "PositionEmbedding": (lambda: _language_model().PositionEmbedding(6), (2, 6, 4)),
 }
 
 

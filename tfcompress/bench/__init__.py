@@ -13,9 +13,41 @@ same run, and the machine's conditions (load average, CPU instruction sets)
 recorded with the result.
 """
 
-from tfcompress.bench.api import Compressed, Method, MethodRun, Workload, register_method
-from tfcompress.bench.catalog import get_method, list_methods
-from tfcompress.bench.timing import ArmTiming, Timing, cpu_isa, machine_conditions, time_arms
+from typing import TYPE_CHECKING
+
+# The names load on first use: the command line imports tfcompress.bench.cli to build
+# its parser, and that must not start Keras (``tfcompress --help`` stays instant and
+# TensorFlow's start-up logs stay quiet until the command sets their level).
+_HOME = {
+    "ArmTiming": "timing",
+    "Compressed": "api",
+    "Method": "api",
+    "MethodRun": "api",
+    "Timing": "timing",
+    "Workload": "api",
+    "cpu_isa": "timing",
+    "get_method": "catalog",
+    "list_methods": "catalog",
+    "machine_conditions": "timing",
+    "register_method": "api",
+    "time_arms": "timing",
+}
+
+if TYPE_CHECKING:
+    from tfcompress.bench.api import Compressed, Method, MethodRun, Workload, register_method
+    from tfcompress.bench.catalog import get_method, list_methods
+    from tfcompress.bench.timing import ArmTiming, Timing, cpu_isa, machine_conditions, time_arms
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'tfcompress.bench' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"tfcompress.bench.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ArmTiming",

@@ -17,6 +17,7 @@ from tfcompress.core.calibration import CalibrationData, calibration_data, model
 from tfcompress.core.native_logs import native_log_capture
 from tfcompress.core.protocols import is_quantization_aware as layer_is_quantization_aware
 from tfcompress.core.walk import walk_layers
+from tfcompress.export.attention_masks import int8_friendly_attention_masks
 from tfcompress.export.interpreter import structure_from_names
 
 __all__ = [
@@ -370,7 +371,8 @@ def convert(
     check_finite_weights(model)
 
     # freezing runs Grappler, which logs to stderr too
-    with native_log_capture(), float32_compute(model):
+    masks = int8_friendly_attention_masks() if quantization == "int8" else contextlib.nullcontext()
+    with native_log_capture(), float32_compute(model), masks:
         function = _concrete_function(model, structure)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     if quantization is not None:
