@@ -21,7 +21,7 @@ from tfcompress.bench.tfmot_subprocess import (
     tfmot_available,
     tfmot_prune,
 )
-from tfcompress.bench.workloads import get_workload, mobilenet_style
+from tfcompress.bench.workloads import get_workload, list_workloads, mobilenet_style
 from tfcompress.datasets import Split
 from tfcompress.language_model import byte_lm
 from tfcompress.models import digits_cnn, digits_mlp
@@ -215,3 +215,24 @@ def test_tfmot_refuses_clearly_before_running():
         tfmot_prune(digits_mlp(), data, 0.5, epochs=1, end_step=1, frequency=1, python=missing)
     with pytest.raises(ValueError, match="representative_data"):
         tfmot_prune(digits_mlp(), data, 0.5, epochs=1, end_step=1, frequency=1, exports=("int8",))
+
+
+def test_method_levels_descriptions_and_workloads():
+    for name in METHODS:
+        method = get_method(name)
+        assert len(method.levels) >= 4 and len(method.quick_levels) == 2, name
+        assert set(method.quick_levels) <= set(method.levels), name
+        assert method.finetunes and method.description, name
+    assert get_method("qat").levels == ("int8", "int4", "int3", "int2")
+    # The levels of the one-shot sparsegpt_nm (methods/oneshot.py), so the two compare.
+    assert get_method("n_m_sparsity").levels == ("2:4", "4:8", "1:4", "2:8")
+    for name in ("gradual_magnitude", "rigl", "snip", "distill_magnitude"):
+        levels = get_method(name).levels
+        assert levels == tuple(sorted(levels)) == get_method("magnitude_layer").levels
+    applies = {
+        w.name: {m for m in METHODS if get_method(m).applies(w)} for w in list_workloads(tiny=True)
+    }
+    assert applies["digits_cnn"] == applies["lenet_300_100"] == set(METHODS)
+    assert applies["mobilenet_digits"] == set(METHODS) - {"tfmot_magnitude"}
+    assert applies["byte_lm"] == set(METHODS) - {"tfmot_magnitude", "binarize"}
+    assert applies["mobilenetv2_035"] == set()
