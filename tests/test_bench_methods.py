@@ -236,3 +236,28 @@ def test_method_levels_descriptions_and_workloads():
     assert applies["mobilenet_digits"] == set(METHODS) - {"tfmot_magnitude"}
     assert applies["byte_lm"] == set(METHODS) - {"tfmot_magnitude", "binarize"}
     assert applies["mobilenetv2_035"] == set()
+
+
+def test_qat_files_export_with_their_learned_ranges_not_calibration(tmp_path):
+    # Calibration data would also quantize the layers QAT left float (the language
+    # model's LayerNorm and attention went from 1.87 to 5.9 bits per byte that way).
+    from tfcompress.bench.metrics import export_arm
+    from tfcompress.quantization.quantize_model import quantize_model
+
+    class Stub:
+        calls = 0
+
+        def data(self):
+            return Split(*(np.ones((4, 64), "float32"), np.zeros(4, "int64")) * 2)
+
+        def calibration(self, count, seed=0):
+            Stub.calls += 1
+            return np.ones((count, 64), "float32")
+
+    keras.utils.set_random_seed(0)
+    qat = quantize_model(digits_mlp(), "int8")
+    qat.predict(np.ones((2, 64), "float32"), verbose=0)
+    assert export_arm(qat, tmp_path / "qat.tflite", "int8", Stub())["verified"]
+    assert Stub.calls == 0
+    export_arm(digits_mlp(), tmp_path / "ptq.tflite", "int8", Stub())
+    assert Stub.calls == 1
