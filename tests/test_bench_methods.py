@@ -261,3 +261,20 @@ def test_qat_files_export_with_their_learned_ranges_not_calibration(tmp_path):
     assert Stub.calls == 0
     export_arm(digits_mlp(), tmp_path / "ptq.tflite", "int8", Stub())
     assert Stub.calls == 1
+
+
+def test_methods_leave_the_trained_model_unchanged():
+    from tfcompress.bench.api import MethodRun
+
+    workload = get_workload("lenet_300_100", tiny=True)
+    for name in METHODS:
+        if name == "tfmot_magnitude":  # reads get_weights() only, in another process
+            continue
+        method = get_method(name)
+        model = workload.train(0)
+        before = [w.copy() for w in model.get_weights()]
+        result = method.fn(model, MethodRun(workload, method.levels[-1], 0))
+        assert result.model is not model, name
+        for old, new in zip(before, model.get_weights()):
+            np.testing.assert_array_equal(old, new, err_msg=name)
+        assert all(getattr(v, "constraint", None) is None for v in model.weights), name
