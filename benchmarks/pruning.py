@@ -2,7 +2,7 @@
 
 Rows: the float model; 50/80/90% unstructured, 2:4 and 50% channels (+ shrink_model)
 fine-tuned from it with GradualPruning; the 80% model after one epoch of int8 QAT
-with KeepSparsity; TFMOT 80% (tf_keras, in a subprocess).
+with KeepSparsity; TFMOT 80% from the same float model (tf_keras, in a subprocess).
 Columns: Keras accuracy, gzip bytes of the float and int8 TFLite files, the
 train-step time ratio to the plain float step (the compiled steps timed
 interleaved, min over rounds), MACs/params and single-thread interpreter latency.
@@ -12,10 +12,9 @@ Run: python3 run.py bench pruning
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -68,69 +67,36 @@ class _KeepTrainFunction(keras.callbacks.Callback):
         self.function = self.model.train_function
 
 
-def _tfmot_subprocess(x_train, y_train, x_test, y_test) -> dict:
-    script = r"""
-import json, os, sys, time, gzip, tempfile
-import numpy as np
-import tf_keras as keras
-import tensorflow as tf
-import tensorflow_model_optimization as tfmot
-d = np.load(sys.argv[1])
-x, y, xt, yt = d["x"], d["y"], d["xt"], d["yt"]
-def cnn():
-    L = keras.layers
-    return keras.Sequential([L.InputLayer((8, 8, 1)),
-        L.Conv2D(32, 3, padding="same", activation="relu"), L.Conv2D(64, 3, padding="same", activation="relu"),
-        L.MaxPooling2D(2), L.Conv2D(128, 3, padding="same", activation="relu"), L.MaxPooling2D(2),
-        L.Flatten(), L.Dense(128, activation="relu"), L.Dense(10)])
-keras.utils.set_random_seed(1)
-loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-base = cnn(); base.compile(keras.optimizers.Adam(1e-3), loss, ["accuracy"])
-base.fit(x, y, epochs=int(sys.argv[2]), batch_size=32, verbose=0)
-float_acc = float(np.mean(base.predict(xt, verbose=0).argmax(-1) == yt))
-steps = int(np.ceil(len(x) / 32))
-epochs = int(sys.argv[3])
-schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, 0.8, 0, (2 * epochs * steps) // 3, frequency=max(1, steps // 3))
-pruned = tfmot.sparsity.keras.prune_low_magnitude(base, pruning_schedule=schedule)
-pruned.compile(keras.optimizers.Adam(5e-4), loss, ["accuracy"])
-class Times(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None): self.times = []
-    def on_epoch_begin(self, e, logs=None): self.t = time.perf_counter()
-    def on_epoch_end(self, e, logs=None): self.times.append(time.perf_counter() - self.t)
-t_pruned = Times()
-pruned.fit(x, y, epochs=epochs, batch_size=32, verbose=0,
-           callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), t_pruned])
-plain = cnn(); plain.compile(keras.optimizers.Adam(5e-4), loss, ["accuracy"])
-t_plain = Times()
-plain.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[t_plain])
-stripped = tfmot.sparsity.keras.strip_pruning(pruned)
-acc = float(np.mean(stripped.predict(xt, verbose=0).argmax(-1) == yt))
-kernels = [w for w in stripped.get_weights() if w.ndim >= 2]
-sparsity = 1 - sum(int(np.count_nonzero(k)) for k in kernels) / sum(k.size for k in kernels)
-conv = tf.lite.TFLiteConverter.from_keras_model(stripped)
-conv.optimizations = [tf.lite.Optimize.DEFAULT]
-conv.representative_dataset = lambda: ([x[i:i+1]] for i in range(500))
-conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-int8 = conv.convert()
-print("JSON" + json.dumps({"float_accuracy": float_acc, "accuracy": acc, "sparsity": sparsity,
-    "int8_bytes": len(int8), "int8_gzip_bytes": len(gzip.compress(int8, 9)),
-    "epoch_time_ratio": min(t_pruned.times[1:]) / min(t_plain.times[1:])}))
-"""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "digits.npz"
-        np.savez(path, x=x_train, y=y_train, xt=x_test, yt=y_test)
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
-        done = subprocess.run(
-            [sys.executable, "-c", script, str(path), str(BASE_EPOCHS), str(FINE_TUNE_EPOCHS)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=1200,
+def _tfmot_arm(base, data, epochs: int, end: int, frequency: int) -> dict:
+    """TFMOT 80% from the same trained model, schedule and budget (one subprocess: the
+    suite's ``tfcompress.bench.tfmot_subprocess``), exported as full int8."""
+    from tfcompress.bench.tfmot_subprocess import TFMOTUnavailableError, tfmot_prune
+
+    try:
+        result = tfmot_prune(
+            base,
+            data,
+            0.8,
+            epochs=epochs,
+            end_step=end,
+            frequency=frequency,
+            batch_size=BATCH,
+            learning_rate=5e-4,
+            exports=("int8",),
+            representative_data=data.x_train[:500],
+            time_epochs=True,
         )
-    for line in done.stdout.splitlines():
-        if line.startswith("JSON"):
-            return json.loads(line[4:])
-    return {"error": (done.stderr or done.stdout)[-2000:]}
+    except (TFMOTUnavailableError, RuntimeError) as error:
+        return {"error": str(error)}
+    int8 = result.files["int8"]
+    return {
+        "accuracy": result.accuracy,
+        "sparsity": result.sparsity,
+        "int8_bytes": len(int8),
+        "int8_gzip_bytes": len(gzip.compress(int8, 9)),
+        "epoch_time_ratio": result.epoch_time_ratio,
+        "versions": result.versions,
+    }
 
 
 def main() -> None:
@@ -225,7 +191,7 @@ def main() -> None:
         r["latency_median_ms"] = 1000 * latency.median(r["arm"])
         r["latency_ratio_to_float"] = latency.ratio(r["arm"])
     print("TFMOT (tf_keras subprocess) ...", flush=True)
-    tfmot = _tfmot_subprocess(data.x_train, data.y_train, data.x_test, data.y_test)
+    tfmot = _tfmot_arm(base, data, FINE_TUNE_EPOCHS, end, frequency)
     if "error" not in tfmot:
         tfmot["int8_gzip_ratio_to_float"] = float_export.gzip_bytes / tfmot["int8_gzip_bytes"]
     for r in results:
@@ -286,7 +252,8 @@ def main() -> None:
     )
     print(
         "step time: compiled train step, arms interleaved, min of 7 rounds x 20 steps; "
-        "TFMOT: min epoch time ratio in tf_keras (its own plain model as baseline); "
+        "TFMOT: same float model, schedule and budget, in tf_keras; min epoch time ratio "
+        "to the same fit without pruning; "
         "latency: the float file (the sparse one where it helps), the int8 file for the QAT row, "
         "one thread, batch 1, files interleaved, min over 5 rounds of the median of 60 invokes"
     )

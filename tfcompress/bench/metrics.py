@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from tfcompress.bench.timing import time_arms
+from tfcompress.export.converter import is_quantization_aware
 from tfcompress.export.interpreter import TFLiteModel
 from tfcompress.export.tflite import export as export_tflite
 from tfcompress.reporting.summary import summary
@@ -51,7 +52,10 @@ def export_arm(
 ) -> dict:
     """Exports ``model`` to ``path``, verifies it on test inputs, returns sizes and parity."""
     data = workload.data()
-    representative = workload.calibration(64, seed=seed) if quantization == "int8" else None
+    # A quantization-aware model exports with the ranges it learned: calibration data would
+    # also quantize the layers QAT left float (LayerNorm, attention), by calibration.
+    calibrate = quantization == "int8" and not is_quantization_aware(model)
+    representative = workload.calibration(64, seed=seed) if calibrate else None
     report = export_tflite(
         model,
         path,

@@ -4,4 +4,13 @@ Add a method: write ``fn(model, run) -> Compressed`` in the module of its family
 and decorate it with :func:`tfcompress.bench.register_method`.
 """
 
-from tfcompress.bench.methods import baselines  # noqa: F401
+from tfcompress.bench.methods import (
+    baselines,  # noqa: F401
+    binary,  # noqa: F401
+    clustering,  # noqa: F401
+    distillation,  # noqa: F401
+    lowrank,  # noqa: F401
+    pruning,  # noqa: F401
+    quantization,  # noqa: F401
+    tfmot,  # noqa: F401
+)

@@ -1,0 +1,242 @@
+"""tfcompress's pruning methods on the suite's workloads, each starting from the trained
+model and using the workload's fine-tune budget: gradual magnitude pruning,
+structured channel pruning made real by ``shrink_model``, N:M sparsity, dynamic
+sparse training (RigL) and SNIP's connection sensitivity.
+
+Every unstructured method prunes the layers the baselines prune
+(:func:`~tfcompress.bench.methods.common.pruned_layers`), so their curves compare
+with ``magnitude_layer`` at the same sparsity; models are exported as float
+files (the exporter picks TFLite's sparse encoding when it is smaller).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfcompress.bench.api import Compressed, MethodRun, register_method
+from tfcompress.bench.methods.budget import budget_steps, schedule_steps
+from tfcompress.bench.methods.common import copy_model, pruned_layers
+from tfcompress.pruning.callbacks import GradualPruning
+from tfcompress.pruning.masks import compute_masks
+from tfcompress.pruning.shrink import shrink_model
+from tfcompress.pruning.snip import prune_at_init
+from tfcompress.pruning.sparse_training import DynamicSparseTraining
+
+__all__ = ["channel_prunable_layers"]
+
+SPARSITIES = (0.5, 0.7, 0.8, 0.9)
+QUICK_SPARSITIES = (0.5, 0.9)
+CHANNEL_FRACTIONS = (0.25, 0.5, 0.7, 0.8)
+PRUNED_TASKS = ("classification", "language_model")
+
+# Layers a removed channel passes through unchanged in number (what shrink_model follows).
+_PASS_THROUGH = (
+    keras.layers.BatchNormalization,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Flatten,
+)
+_CHANNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
+
+
+def _plain_channel_layer(layer: keras.layers.Layer) -> bool:
+    return type(layer) in _CHANNEL_LAYERS and getattr(layer, "groups", 1) == 1
+
+
+def channel_prunable_layers(model: keras.Model) -> list[str]:
+    """Names of the Dense/Conv layers whose pruned output channels ``shrink_model`` can remove.
+
+    A layer qualifies when every path from its output, through layers that
+    keep channels apart (BatchNorm, activations, pooling, dropout, padding,
+    Flatten, depthwise convolutions with depth multiplier 1), ends in the
+    input of another Dense/Conv layer. Channels that reach a model output
+    (the classifier's logits), a residual ``Add``, attention or a
+    normalization across channels stay, so pruning them would cost accuracy
+    for nothing; those layers are left out.
+
+    Raises:
+        ValueError: If no layer qualifies.
+    """
+    consumers: dict[int, list[keras.layers.Layer]] = defaultdict(list)
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for tensor in node.input_tensors:
+                producer = tensor._keras_history.operation
+                consumers[id(producer)].append(layer)
+    outputs = {id(t._keras_history.operation) for t in model.outputs}
+
+    def ends_in_inputs(layer: keras.layers.Layer) -> bool:
+        if id(layer) in outputs or not consumers[id(layer)]:
+            return False
+        for nxt in consumers[id(layer)]:
+            if _plain_channel_layer(nxt):
+                continue
+            depthwise = isinstance(nxt, keras.layers.DepthwiseConv2D) and nxt.depth_multiplier == 1
+            if not (isinstance(nxt, _PASS_THROUGH) or depthwise) or not ends_in_inputs(nxt):
+                return False
+        return True
+
+    names = [layer.name for layer in model.layers if _plain_channel_layer(layer)]
+    chosen = [name for name in names if ends_in_inputs(model.get_layer(name))]
+    if not chosen:
+        raise ValueError(
+            f"model {model.name!r} has no Dense/Conv layer whose output channels shrink_model "
+            f"could remove (candidates {names} all reach an output, a merge or a layer that "
+            "mixes channels)"
+        )
+    return chosen
+
+
+@register_method(
+    "gradual_magnitude",
+    family="pruning",
+    levels=SPARSITIES,
+    quick_levels=QUICK_SPARSITIES,
+    level_name="sparsity",
+    applies_to=PRUNED_TASKS,
+    description="GradualPruning: layer-wise magnitude, polynomial schedule reaching the target "
+    "at 2/3 of the fine-tune (Zhu & Gupta 2017)",
+)
+def gradual_magnitude(model: keras.Model, run: MethodRun) -> Compressed:
+    pruned = copy_model(model)
+    end, frequency = schedule_steps(run.workload)
+    pruning = GradualPruning(
+        run.level,
+        begin_step=0,
+        end_step=end,
+        frequency=frequency,
+        layers=pruned_layers(run.workload),
+    )
+    run.finetune(pruned, callbacks=[pruning])
+    return Compressed(pruned, export=None)
+
+
+@register_method(
+    "channel_shrink",
+    family="pruning",
+    levels=CHANNEL_FRACTIONS,
+    quick_levels=(0.5, 0.8),
+    level_name="channel fraction",
+    applies_to=PRUNED_TASKS,
+    description="GradualPruning granularity='channel' (L1 of filters, Li et al. 2017) on the "
+    "layers shrink_model can remove channels from, then shrink_model: fewer MACs for real",
+)
+def channel_shrink(model: keras.Model, run: MethodRun) -> Compressed:
+    pruned = copy_model(model)
+    layers = channel_prunable_layers(pruned)
+    end, frequency = schedule_steps(run.workload)
+    pruning = GradualPruning(
+        run.level,
+        begin_step=0,
+        end_step=end,
+        frequency=frequency,
+        granularity="channel",
+        layers=layers,
+    )
+    run.finetune(pruned, callbacks=[pruning])
+    small = shrink_model(pruned)
+    return Compressed(small, export=None, notes=f"channel-pruned layers: {', '.join(layers)}")
+
+
+@register_method(
+    "n_m_sparsity",
+    family="pruning",
+    levels=("2:4", "4:8", "1:4", "2:8"),  # sparsegpt_nm's levels, for one comparison
+    quick_levels=("2:4", "1:4"),
+    level_name="N:M pattern",
+    applies_to=PRUNED_TASKS,
+    description="GradualPruning to N:M fine-grained sparsity (N of every M weights along the "
+    "input; 2:4 is the sparse-tensor-core pattern, Mishra et al. 2021)",
+)
+def n_m_sparsity(model: keras.Model, run: MethodRun) -> Compressed:
+    pruned = copy_model(model)
+    end, frequency = schedule_steps(run.workload)
+    pruning = GradualPruning(
+        None,
+        begin_step=0,
+        end_step=end,
+        frequency=frequency,
+        granularity=run.level,
+        layers=pruned_layers(run.workload),
+    )
+    run.finetune(pruned, callbacks=[pruning])
+    return Compressed(pruned, export=None)
+
+
+class _MagnitudeStart(DynamicSparseTraining):
+    """RigL whose starting masks keep each layer's largest weights instead of random ones.
+
+    Starting from a trained model, RigL's random initial masks would throw
+    away what training found; magnitude masks (RigL's own drop criterion) at
+    the layers' ERK sparsities start from it instead.
+    """
+
+    def random_masks(self) -> list[np.ndarray]:
+        return [
+            compute_masks([value], sparsity, "unstructured", scope="layer")[0]
+            for value, sparsity in zip(self.weight_values(), self.layer_sparsities)
+        ]
+
+
+@register_method(
+    "rigl",
+    family="pruning",
+    levels=SPARSITIES,
+    quick_levels=QUICK_SPARSITIES,
+    level_name="sparsity",
+    applies_to=PRUNED_TASKS,
+    description="DynamicSparseTraining (RigL, Evci et al. 2020): ERK sparsities, magnitude "
+    "start from the trained model, drop/regrow by gradient over 3/4 of the fine-tune",
+)
+def rigl(model: keras.Model, run: MethodRun) -> Compressed:
+    pruned = copy_model(model)
+    steps = budget_steps(run.workload)
+    callback = _MagnitudeStart(
+        run.level,
+        distribution="erk",
+        update_frequency=max(1, steps // 10),
+        end_step=max(1, (3 * steps) // 4),
+        data=run.calibration_pairs(256),
+        layers=pruned_layers(run.workload),
+        seed=run.seed,
+    )
+    run.finetune(pruned, callbacks=[callback])
+    return Compressed(pruned, export=None)
+
+
+@register_method(
+    "snip",
+    family="pruning",
+    levels=SPARSITIES,
+    quick_levels=QUICK_SPARSITIES,
+    level_name="sparsity",
+    applies_to=PRUNED_TASKS,
+    description="SNIP connection sensitivity |w dL/dw| on 256 training examples (Lee et al. "
+    "2019), global, applied to the trained model, then fine-tune",
+)
+def snip(model: keras.Model, run: MethodRun) -> Compressed:
+    pruned = copy_model(model)
+    layers: Any = pruned_layers(run.workload)
+    run.workload.compile_for_finetune(pruned)  # SNIP takes the compiled loss
+    keep = prune_at_init(pruned, run.calibration_pairs(256), run.level, layers=layers)
+    run.finetune(pruned, callbacks=[keep])
+    return Compressed(pruned, export=None)
