@@ -187,6 +187,7 @@ def quantize(
     per_channel: bool = True,
     layers: LayerSelection = None,
     *,
+    activations: bool = True,
     damping: float = 0.01,
     block_size: int = 128,
     batch_size: int = 32,
@@ -225,6 +226,10 @@ def quantize(
             (FULLY_CONNECTED) weights: pass False for an int8 file of a model
             with Dense layers.
         layers: Which layers (see :func:`prune`).
+        activations: Give the model int8 input/output ranges, calibrated on
+            the calibration data, for a full-integer TFLite file. False:
+            weight-only fake quantization (what the weights alone cost in
+            accuracy; export it as float or ``"dynamic"``).
         damping: Relative Hessian dampening (see :func:`prune`).
         block_size: Columns per lazy-update block.
         batch_size: Calibration examples per forward pass.
@@ -253,7 +258,9 @@ def quantize(
     method = check_choice("method", method, QUANTIZE_METHODS)
     grid = _grid(bits, group_size, per_channel)
     common = _common(damping, block_size, batch_size, max_samples, verbose)
-    settings = Settings("quantize", method, grid=grid, **common)
+    if not isinstance(activations, bool):
+        raise ValueError(f"activations must be True or False, got {activations!r}")
+    settings = Settings("quantize", method, grid=grid, activations=activations, **common)
     result, report = run(model, calibration_data, settings, layers)
     return _finish(result, report, return_report)
 
@@ -275,6 +282,7 @@ def compress(
     per_channel: bool = True,
     layers: LayerSelection = None,
     *,
+    activations: bool = True,
     damping: float = 0.01,
     block_size: int = 128,
     batch_size: int = 32,
@@ -301,6 +309,7 @@ def compress(
         group_size: See :func:`quantize`.
         per_channel: See :func:`quantize`.
         layers: See :func:`prune`.
+        activations: See :func:`quantize`.
         damping: Relative Hessian dampening.
         block_size: Columns per lazy-update block.
         batch_size: Calibration examples per forward pass.
@@ -328,6 +337,16 @@ def compress(
     sparsity = resolve_sparsity(sparsity, nm)
     grid = _grid(bits, group_size, per_channel)
     common = _common(damping, block_size, batch_size, max_samples, verbose)
-    settings = Settings("compress", method, sparsity=sparsity, pattern=nm, grid=grid, **common)
+    if not isinstance(activations, bool):
+        raise ValueError(f"activations must be True or False, got {activations!r}")
+    settings = Settings(
+        "compress",
+        method,
+        sparsity=sparsity,
+        pattern=nm,
+        grid=grid,
+        activations=activations,
+        **common,
+    )
     result, report = run(model, calibration_data, settings, layers)
     return _finish(result, report, return_report)

@@ -66,14 +66,14 @@ def quant_carrier_names(model: keras.Model, names: Sequence[str], per_group: boo
 
 
 def quantized_copy(
-    model: keras.Model, carriers: set[str], bits: int, per_channel: bool
+    model: keras.Model, carriers: set[str], bits: int, per_channel: bool, activations: bool = True
 ) -> keras.Model:
     """``quantize_model``'s copy of ``model``: the carriers become ``Quant*`` layers.
 
     Their kernel quantizer is an LSQ quantizer (``bits``, per output channel or
     per tensor) whose step one-shot quantization sets; every other weight layer
-    stays float; activation layers get their output ranges as
-    ``quantize_model`` gives them.
+    stays float; with ``activations``, inputs and outputs get int8 ranges as
+    ``quantize_model`` places them (weight-only fake quantization otherwise).
     """
     scheme = QuantizeScheme.default()
     overrides: dict[str, Any] = {}
@@ -86,6 +86,14 @@ def quantized_copy(
             else:
                 overrides[layer.name] = None
     config = QuantizeConfig(weight_bits=bits, overrides=overrides)
+    if not activations:
+        config = QuantizeConfig(
+            weight_bits=bits,
+            overrides=overrides,
+            activation_quantizer=None,
+            input_quantizer=None,
+            quantize_activation_layers=False,
+        )
     with warnings.catch_warnings():
         # Layers without an int8 rule are reported by the one-shot report instead.
         warnings.filterwarnings("ignore", message="quantize_model left")

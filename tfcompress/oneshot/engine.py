@@ -59,6 +59,7 @@ class Settings:
         sparsity: Fraction to prune (0 when not pruning).
         pattern: N:M pattern or None.
         grid: The quantization grid, or None when not quantizing.
+        activations: Give quantized models int8 input/output ranges.
         damping: Relative Hessian dampening.
         block_size: Lazy-update block of the column sweep.
         batch_size: Calibration examples per forward pass.
@@ -71,6 +72,7 @@ class Settings:
     sparsity: float = 0.0
     pattern: NMPattern | None = None
     grid: GridSpec | None = None
+    activations: bool = True
     damping: float = 0.01
     block_size: int = 128
     batch_size: int = 32
@@ -210,7 +212,11 @@ def run(
             model, plan.names, settings.grid.group_size is not None
         )
         work = carriers.quantized_copy(
-            model, quant_names, settings.grid.bits, settings.grid.per_channel
+            model,
+            quant_names,
+            settings.grid.bits,
+            settings.grid.per_channel,
+            settings.activations,
         )
     else:
         work, _ = rewrite_model(model, lambda layer: None)
