@@ -30,7 +30,14 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["LayerRule", "container_class", "rule_for", "supported_classes"]
+__all__ = ["LayerRule", "container_class", "rule_for", "supported_classes", "variable_numpy"]
+
+
+def variable_numpy(variable: Any) -> np.ndarray:
+    """A variable's value as float32 NumPy (without the array-protocol warning of TF variables)."""
+    if keras.backend.backend() == "tensorflow":
+        return np.asarray(variable.numpy(), np.float32)
+    return np.asarray(keras.ops.convert_to_numpy(variable.value), np.float32)
 
 
 class LayerRule:
@@ -52,7 +59,7 @@ class LayerRule:
         return self.layer.kernel
 
     def kernel(self) -> np.ndarray:
-        return np.asarray(keras.ops.convert_to_numpy(self.variable), np.float32)
+        return variable_numpy(self.variable)
 
     def matrix(self) -> np.ndarray:
         """The kernel as ``(G, R, C)`` float32."""
