@@ -15,13 +15,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import resource
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -31,7 +29,7 @@ from tfcompress.core.calibration import calibration_data
 from tfcompress.core.rewrite import rewrite_model
 from tfcompress.oneshot import carriers
 from tfcompress.oneshot.grid import GridSpec
-from tfcompress.oneshot.hessian import inverse_cholesky
+from tfcompress.oneshot.hessian import inverse_cholesky, single_threaded_blas
 from tfcompress.oneshot.obs import obs_prune
 from tfcompress.oneshot.report import LayerReport, OneShotReport
 from tfcompress.oneshot.rules import rule_for
@@ -114,6 +112,11 @@ def solve_layer(
     Returns:
         A :class:`Solution`.
     """
+    with single_threaded_blas():
+        return _solve(weights, hessian, settings, name)
+
+
+def _solve(weights: np.ndarray, hessian: np.ndarray, settings: Settings, name: str) -> Solution:
     s = settings
     keep = None
     steps = None
@@ -155,18 +158,6 @@ def solve_layer(
         relative_error(weights, result, hessian),
         damping,
     )
-
-
-@contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """One BLAS thread for the solvers: on shared cores, idle BLAS threads spin against TF's."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def _peak_rss() -> int:
@@ -232,8 +223,7 @@ def run(
             rule = target.rule
             weights = rule.matrix()
             hessian = target.hessian.hessian()
-            with _single_threaded_blas():
-                solution = solve_layer(weights, hessian, settings, target.name)
+            solution = solve_layer(weights, hessian, settings, target.name)
             samples = target.hessian.count
             if samples < rule.columns and settings.needs_hessian_factor:
                 warnings.warn(
@@ -242,7 +232,7 @@ def run(
                     f"{solution.damping:g} x mean(diag H) was used. Give more calibration data "
                     "for a better solution.",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
             rule.variable.assign(rule.kernel_from(solution.weights))
             quant = target.name in quant_names

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 
 from tfcompress.core.calibration import CalibrationData
-from tfcompress.oneshot.hessian import HessianSum
+from tfcompress.oneshot.hessian import HessianSum, single_threaded_blas
 from tfcompress.oneshot.rules import LayerRule
 from tfcompress.quantization.base import Quantizer
 
@@ -76,10 +76,11 @@ class Target:
         vectors = self.rule.input_vectors(array)
         if self.hessian is None:
             self.hessian = HessianSum(self.rule.groups, self.rule.columns)
-        if vectors.ndim == 3:
-            self.hessian.add_grouped(vectors)
-        else:
-            self.hessian.add_rows(vectors)
+        with single_threaded_blas():
+            if vectors.ndim == 3:
+                self.hessian.add_grouped(vectors)
+            else:
+                self.hessian.add_rows(vectors)
 
 
 @contextlib.contextmanager
