@@ -166,3 +166,38 @@ def test_prune_runs_on_the_current_backend():
     pruned, report = tfc.oneshot.prune(_mlp(), x, sparsity=0.5, verbose=0, return_report=True)
     assert np.mean(keras.ops.convert_to_numpy(pruned.get_layer("d2").kernel) == 0) == 0.5
     assert report.layers[1].error < report.layers[1].baseline_error
+
+
+def test_shared_layer_sums_the_hessian_of_every_call():
+    a, b = keras.Input((6,), name="a"), keras.Input((6,), name="b")
+    shared = keras.layers.Dense(4, name="shared")
+    merged = keras.layers.Concatenate()([shared(a), shared(b)])
+    model = keras.Model({"a": a, "b": b}, keras.layers.Dense(2, name="out")(merged))
+    rng = np.random.default_rng(8)
+    xa, xb = (rng.normal(size=(50, 6)).astype("float32") for _ in range(2))
+    pruned, report = tfc.oneshot.prune(
+        model, {"a": xa, "b": xb}, sparsity=0.5, verbose=0, return_report=True
+    )
+    assert report.layer("shared").samples == 100  # both calls
+    acc = HessianSum(1, 6)
+    acc.add_rows(np.concatenate([xa, xb]))
+    w = model.get_layer("shared").kernel.numpy().T[None]
+    expected = solve_layer(w, acc.hessian(), Settings("prune", "sparsegpt", sparsity=0.5))
+    np.testing.assert_allclose(
+        pruned.get_layer("shared").kernel.numpy(), expected.weights[0].T, rtol=1e-4, atol=1e-5
+    )
+    assert report.passes == 2
+
+
+def test_nested_models_are_entered():
+    inner = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(8, activation="relu", name="inner_dense")],
+        name="inner",
+    )
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="top")(inner(inputs)))
+    x = _correlated_inputs(64, 8, seed=9)
+    pruned, report = tfc.oneshot.prune(model, x, sparsity=0.5, verbose=0, return_report=True)
+    assert [r.name for r in report.layers] == ["inner/inner_dense", "top"]
+    kernel = pruned.get_layer("inner").get_layer("inner_dense").kernel
+    assert isinstance(kernel.constraint, PruningMask) and np.mean(kernel.numpy() == 0) == 0.5

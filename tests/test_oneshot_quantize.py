@@ -240,3 +240,27 @@ def test_weight_only_quantization_has_no_activation_ranges(data):
     kernel = keras.ops.convert_to_numpy(layer.quantized_kernel())
     expected = x @ kernel + layer.bias.numpy()
     np.testing.assert_allclose(quant.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_is_folded_before_gptq(data):
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 2)),
+            keras.layers.Conv2D(4, 3, use_bias=False, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+    bn = model.get_layer("bn")
+    bn.set_weights([w + np.linspace(0.5, 1.5, w.size).astype("float32") for w in bn.get_weights()])
+    quant = tfc.oneshot.quantize(model, data, bits=4, per_channel=False, verbose=0)
+    conv = quant.get_layer("conv")
+    assert type(quant.get_layer("bn")).__name__ == "FoldedBatchNorm"
+    step = conv.quantizer_state["kernel"]["step"].numpy()
+    levels = conv.kernel.numpy() / step
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+    reference = model.predict(data, verbose=0)
+    error = np.abs(quant.predict(data, verbose=0) - reference).max()
+    assert error < 0.1 * np.abs(reference).max()

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import resource
 import sys
@@ -267,7 +268,10 @@ def run(
             done[0] += 1
             progress.update(done[0], [("error", solution.error)])
 
-    with bypass_quantizers(work):
+    # Quantizing: capture float activations (the Quant layers' ranges are not set yet, and
+    # kernels not yet reached must stay float). Pruning runs the model as it computes.
+    bypass = bypass_quantizers(work) if settings.grid is not None else contextlib.nullcontext()
+    with bypass:
         report.passes, never = run_sequential(
             work, targets, calib, solve, batch_size=settings.batch_size
         )
