@@ -31,7 +31,7 @@ from tfcompress.core.rewrite import rewrite_model
 from tfcompress.oneshot import carriers
 from tfcompress.oneshot.grid import GridSpec
 from tfcompress.oneshot.hessian import inverse_cholesky, single_threaded_blas
-from tfcompress.oneshot.obs import obs_prune
+from tfcompress.oneshot.obs import OBS_CHUNK_BYTES, obs_prune
 from tfcompress.oneshot.report import LayerReport, OneShotReport
 from tfcompress.oneshot.rules import rule_for
 from tfcompress.oneshot.sequential import Target, bypass_quantizers, run_sequential
@@ -166,6 +166,15 @@ def _peak_rss() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def _working_bytes(target: Target, weights: np.ndarray, settings: Settings) -> int:
+    """What one layer holds: Hessian, its inverse and factor, weight copies, a batch."""
+    groups, rows, columns = weights.shape
+    held = target.hessian.nbytes * 3 + weights.nbytes * 4 + target.largest_batch_bytes
+    if settings.method == "obs":  # one inverse Hessian (float64) per row, chunked
+        held += min(OBS_CHUNK_BYTES, groups * rows * columns * columns * 8)
+    return int(held)
+
+
 def _carrier_name(layer: keras.layers.Layer, settings: Settings, quant: bool) -> str:
     if settings.grid is None:
         return "mask"
@@ -214,7 +223,12 @@ def run(
         work, _ = rewrite_model(model, lambda layer: None)
     targets = [Target(name, rule_for(find_layer(work, name))[0]) for name in plan.names]
     keeps: dict[str, np.ndarray] = {}
-    progress = keras.utils.Progbar(len(targets), verbose=settings.verbose, unit_name="layer")
+    progress = keras.utils.Progbar(
+        len(targets),
+        verbose=settings.verbose,
+        unit_name="layer",
+        stateful_metrics=["error", "baseline"],  # the last layer's, not running means
+    )
     done = [0]
     solve_seconds = [0.0]
 
@@ -259,14 +273,14 @@ def run(
                     error=solution.error,
                     damping=solution.damping,
                     seconds=seconds,
-                    working_bytes=int(
-                        target.hessian.nbytes * 3 + weights.nbytes * 4 + target.largest_batch_bytes
-                    ),
+                    working_bytes=_working_bytes(target, weights, settings),
                     carrier=_carrier_name(rule.layer, settings, quant),
                 )
             )
             done[0] += 1
-            progress.update(done[0], [("error", solution.error)])
+            progress.update(
+                done[0], [("error", solution.error), ("baseline", solution.baseline_error)]
+            )
 
     # Quantizing: capture float activations (the Quant layers' ranges are not set yet, and
     # kernels not yet reached must stay float). Pruning runs the model as it computes.

@@ -36,9 +36,10 @@ import numpy as np
 
 from tfcompress.oneshot.solvers import NMPattern
 
-__all__ = ["obs_prune", "obs_step"]
+__all__ = ["OBS_CHUNK_BYTES", "obs_prune", "obs_step"]
 
-_CHUNK_BYTES = 192 * 2**20
+#: Bytes of per-row inverse Hessians and traces processed at a time.
+OBS_CHUNK_BYTES = 192 * 2**20
 
 
 def obs_step(w: np.ndarray, hinv: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +156,7 @@ def obs_prune(
     keep = np.ones(flat_w.shape, bool)
     if steps == 0:
         return result.reshape(w.shape), keep.reshape(w.shape)
-    chunk = max(1, _CHUNK_BYTES // (columns * columns * 8 + (steps + 1) * columns * 4))
+    chunk = max(1, OBS_CHUNK_BYTES // (columns * columns * 8 + (steps + 1) * columns * 4))
     traces, all_losses, all_picked = [], [], []
     for start in range(0, flat_w.shape[0], chunk):
         stop = min(start + chunk, flat_w.shape[0])

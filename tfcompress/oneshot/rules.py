@@ -43,9 +43,12 @@ def variable_numpy(variable: Any) -> np.ndarray:
 class LayerRule:
     """How one layer's kernel and inputs look to the solvers (see the module docstring).
 
+    Args:
+        layer: A built layer of the rule's type.
+
     Attributes:
         layer: The layer.
-        groups: ``G``; rows: ``R``; columns: ``C``.
+        groups: ``G``, the number of independent problems.
     """
 
     groups: int = 1
@@ -59,7 +62,22 @@ class LayerRule:
         return self.layer.kernel
 
     def kernel(self) -> np.ndarray:
+        """The kernel's current value (float32)."""
         return variable_numpy(self.variable)
+
+    def matrix_shape(self) -> tuple[int, int, int]:
+        """``(G, R, C)``."""
+        raise NotImplementedError
+
+    @property
+    def rows(self) -> int:
+        """``R``: output rows of each problem."""
+        return self.matrix_shape()[1]
+
+    @property
+    def columns(self) -> int:
+        """``C``: input columns (the size of the Hessian)."""
+        return self.matrix_shape()[2]
 
     def matrix(self) -> np.ndarray:
         """The kernel as ``(G, R, C)`` float32."""
@@ -70,26 +88,13 @@ class LayerRule:
         raise NotImplementedError
 
     def input_vectors(self, x: np.ndarray) -> np.ndarray:
-        """Input vectors ``(n, C)``, or ``(G, n, C)`` for grouped rules."""
-        raise NotImplementedError
-
-    @property
-    def rows(self) -> int:
-        return self._shape[1]
-
-    @property
-    def columns(self) -> int:
-        return self._shape[2]
-
-    @property
-    def _shape(self) -> tuple[int, int, int]:
-        return self.matrix_shape()
-
-    def matrix_shape(self) -> tuple[int, int, int]:
+        """One batch of the layer's input as vectors: ``(n, C)``, or ``(G, n, C)`` when grouped."""
         raise NotImplementedError
 
 
 class DenseRule(LayerRule):
+    """Dense: ``W = kernel^T``; every position of the input is a vector."""
+
     def matrix_shape(self):
         c, r = self.variable.shape
         return 1, int(r), int(c)

@@ -58,7 +58,8 @@ class Target:
         name: Qualified name (``"block0_attn/query"``).
         rule: Its :class:`~tfcompress.oneshot.rules.LayerRule` (on the working copy).
         hessian: The Hessian sum of the current pass.
-        largest_batch_bytes: Bytes of the largest input batch seen.
+        largest_batch_bytes: Bytes of the largest input batch seen (with its
+            input vectors when they are a copy, e.g. im2col patches).
     """
 
     name: str
@@ -72,8 +73,9 @@ class Target:
 
     def add(self, x: Any) -> None:
         array = np.asarray(keras.ops.convert_to_numpy(x), np.float32)
-        self.largest_batch_bytes = max(self.largest_batch_bytes, array.nbytes)
         vectors = self.rule.input_vectors(array)
+        held = array.nbytes + (vectors.nbytes if vectors.base is None else 0)
+        self.largest_batch_bytes = max(self.largest_batch_bytes, held)
         if self.hessian is None:
             self.hessian = HessianSum(self.rule.groups, self.rule.columns)
         with single_threaded_blas():
