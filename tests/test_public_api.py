@@ -28,6 +28,19 @@ EXPECTED_TOP_LEVEL = {
     "cluster_model",
     "remove_masks",
     "UnreadableFileError",
+    "oneshot",
+}
+
+EXPECTED_ONESHOT = {
+    "COMPRESS_METHODS",
+    "PRUNE_METHODS",
+    "QUANTIZE_METHODS",
+    "SUPPORTED_BITS",
+    "LayerReport",
+    "OneShotReport",
+    "compress",
+    "prune",
+    "quantize",
 }
 
 EXPECTED_EXPORT = {
@@ -191,3 +204,9 @@ EXPECTED_BINARY_INFERENCE = {
 def test_binary_inference_names():
     for package, names in EXPECTED_BINARY_INFERENCE.items():
         assert names <= set(getattr(tfc, package).__all__), package
+
+
+def test_oneshot_names():
+    assert set(tfc.oneshot.__all__) == EXPECTED_ONESHOT
+    for name in EXPECTED_ONESHOT:
+        assert getattr(tfc.oneshot, name) is not None

@@ -31,6 +31,7 @@ if _TYPE_CHECKING or _load_everything or not _cli_startup():
     from tfcompress import datasets as datasets
     from tfcompress import layers as layers
     from tfcompress import models as models
+    from tfcompress import oneshot as oneshot
     from tfcompress import ops as ops
     from tfcompress import optimizers as optimizers
     from tfcompress import packing as packing
@@ -85,6 +86,7 @@ __all__ = [
     "factorize_model",
     "layers",
     "models",
+    "oneshot",
     "ops",
     "optimizers",
     "pack",

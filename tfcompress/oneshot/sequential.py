@@ -1,0 +1,263 @@
+"""Sequential capture: each layer's Hessian from inputs that flow through the layers already compressed.
+
+One-shot methods compress layers one at a time, in the order the model calls
+them, and each layer must see its inputs as the *compressed* earlier layers
+produce them, so that it corrects their errors rather than compound them.
+:func:`run_sequential` does that with bounded memory:
+
+1. one *discovery* forward pass on the first calibration batch records the
+   order in which the target layers are called, and which consecutive ones
+   receive the very same input (the query/key/value projections of a
+   self-attention layer): those form one *group*, whose members cannot affect
+   each other's inputs and so share one pass;
+2. for each group, in call order, the calibration data is streamed batch by
+   batch through the model; the group's layers add their input vectors to
+   their Hessian sums (:class:`~tfcompress.oneshot.hessian.HessianSum`) and the
+   forward pass is cut short right after the group's last call (nothing
+   downstream is computed); then ``solve(group)`` compresses the group's
+   layers in place before the next pass.
+
+Only one batch of activations and the Hessians of one group are held at a
+time. The layers' ``call`` is wrapped for the run and restored afterwards,
+even on error; calls go through the Keras model eagerly, so Sequential,
+Functional and nested models, and layers inside ``MultiHeadAttention``, are
+all seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfcompress.core.calibration import CalibrationData
+from tfcompress.oneshot.hessian import HessianSum, single_threaded_blas
+from tfcompress.oneshot.rules import LayerRule
+from tfcompress.quantization.base import Quantizer
+
+__all__ = ["Target", "bypass_quantizers", "discover_groups", "forward", "run_sequential"]
+
+_MISSING = object()
+_QUANTIZER_ATTRIBUTES = ("input_quantizer", "kernel_quantizer", "activation_quantizer", "quantizer")
+
+
+class _Stop(Exception):
+    """Raised inside a wrapped call to end a forward pass early."""
+
+
+@dataclasses.dataclass
+class Target:
+    """A layer to compress.
+
+    Attributes:
+        name: Qualified name (``"block0_attn/query"``).
+        rule: Its :class:`~tfcompress.oneshot.rules.LayerRule` (on the working copy).
+        hessian: The Hessian sum of the current pass.
+        largest_batch_bytes: Bytes of the largest input batch seen (with its
+            input vectors when they are a copy, e.g. im2col patches).
+    """
+
+    name: str
+    rule: LayerRule
+    hessian: HessianSum | None = None
+    largest_batch_bytes: int = 0
+
+    @property
+    def layer(self) -> keras.layers.Layer:
+        return self.rule.layer
+
+    def add(self, x: Any) -> None:
+        array = np.asarray(keras.ops.convert_to_numpy(x), np.float32)
+        vectors = self.rule.input_vectors(array)
+        held = array.nbytes + (vectors.nbytes if vectors.base is None else 0)
+        self.largest_batch_bytes = max(self.largest_batch_bytes, held)
+        if self.hessian is None:
+            self.hessian = HessianSum(self.rule.groups, self.rule.columns)
+        with single_threaded_blas():
+            if vectors.ndim == 3:
+                self.hessian.add_grouped(vectors)
+            else:
+                self.hessian.add_rows(vectors)
+
+
+@contextlib.contextmanager
+def _wrapped(targets: Sequence[Target], on_call: Callable[[int, Any], None]) -> Iterator[None]:
+    """Wraps each target's ``call``: ``on_call(index, first positional input)`` runs first."""
+    saved = [(t.layer, t.layer.__dict__.get("call", _MISSING)) for t in targets]
+
+    def wrap(index: int, original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            on_call(index, args[0] if args else kwargs.get("inputs"))
+            return original(*args, **kwargs)
+
+        return call
+
+    try:
+        for index, target in enumerate(targets):
+            object.__setattr__(target.layer, "call", wrap(index, target.layer.call))
+        yield
+    finally:
+        for layer, previous in saved:
+            if previous is _MISSING:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", previous)
+
+
+@contextlib.contextmanager
+def bypass_quantizers(model: keras.Model, ranges: dict | None = None) -> Iterator[None]:
+    """Makes every tfcompress quantizer of ``model`` the identity for the duration.
+
+    One-shot methods capture float activations: the kernels they have already
+    rounded sit on their grid (rounding them again changes nothing), the ones
+    not yet reached must stay float, and activation ranges are not known yet.
+    With ``ranges``, each stateful range quantizer (moving min/max) records the
+    ``(state, quantizer, min, max)`` of what passes through it, keyed by the id
+    of its ``"min"`` variable.
+    """
+    patched: dict[int, Any] = {}
+
+    def recorder(quantizer: Quantizer) -> Callable[..., Any]:
+        def call(x: Any, state: dict, training: bool) -> Any:
+            if ranges is not None and state and "min" in state and "max" in state:
+                value = keras.ops.convert_to_numpy(x)
+                low, high = float(np.min(value)), float(np.max(value))
+                old = ranges.get(id(state["min"]))
+                if old is not None:
+                    low, high = min(old[2], low), max(old[3], high)
+                ranges[id(state["min"])] = (state, quantizer, low, high)
+            return x
+
+        return call
+
+    try:
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            for attribute in _QUANTIZER_ATTRIBUTES:
+                quantizer = layer.__dict__.get(attribute)
+                if isinstance(quantizer, Quantizer) and id(quantizer) not in patched:
+                    object.__setattr__(quantizer, "call", recorder(quantizer))
+                    patched[id(quantizer)] = quantizer
+        yield
+    finally:
+        for quantizer in patched.values():
+            object.__delattr__(quantizer, "call")
+
+
+def forward(model: keras.Model, batch: Any) -> None:
+    """Runs ``model`` on ``batch`` (inference mode), ending quietly where a pass stops it."""
+    with contextlib.suppress(_Stop):
+        model(batch, training=False)
+
+
+def discover_groups(
+    model: keras.Model, targets: Sequence[Target], batch: Any
+) -> tuple[list[tuple[list[int], int]], list[int]]:
+    """Call order and grouping from one forward pass.
+
+    Returns:
+        ``(passes, never_called)``: each pass is ``(target indices, position
+        of the last call to wait for)``; ``never_called`` lists targets the
+        model did not call.
+    """
+    sequence: list[int] = []
+    inputs: list[Any] = []
+
+    def on_call(index: int, x: Any) -> None:
+        sequence.append(index)
+        inputs.append(x)
+
+    with _wrapped(targets, on_call):
+        forward(model, batch)
+    counts = Counter(sequence)
+    planned: set[int] = set()
+    passes: list[tuple[list[int], int]] = []
+    for position, index in enumerate(sequence):
+        if index in planned:
+            continue
+        group = [index]
+        if counts[index] == 1:
+            follow = position + 1
+            while (
+                follow < len(sequence)
+                and sequence[follow] not in planned
+                and sequence[follow] not in group
+                and counts[sequence[follow]] == 1
+                and _same_input(inputs[position], inputs[follow])
+            ):
+                group.append(sequence[follow])
+                follow += 1
+        planned.update(group)
+        last = max(p for p, i in enumerate(sequence) if i in group)
+        passes.append((group, last))
+    never_called = [i for i in range(len(targets)) if i not in counts]
+    return passes, never_called
+
+
+def _same_input(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        x, y = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+    except Exception:  # a non-tensor input
+        return False
+    return x.shape == y.shape and bool(np.array_equal(x, y))
+
+
+class _PassCounter:
+    """Feeds the group's inputs to their Hessians and stops the pass after its last call."""
+
+    def __init__(self, targets: Sequence[Target], members: set[int], last: int):
+        self.targets, self.members, self.last = targets, members, last
+        self.position = 0
+
+    def on_call(self, index: int, x: Any) -> None:
+        here = self.position
+        self.position += 1
+        if index in self.members:
+            self.targets[index].add(x)
+        if here == self.last:
+            raise _Stop()
+
+
+def run_sequential(
+    model: keras.Model,
+    targets: Sequence[Target],
+    calibration: CalibrationData,
+    solve: Callable[[list[Target]], None],
+    *,
+    batch_size: int = 32,
+    passes: list[tuple[list[int], int]] | None = None,
+) -> tuple[int, list[int]]:
+    """Streams calibration batches group by group and calls ``solve`` after each group.
+
+    Args:
+        model: The working copy whose targets are compressed in place.
+        targets: The layers to compress.
+        calibration: Checked calibration inputs.
+        solve: Called with each group's targets (Hessians filled); it compresses
+            them in place. Their Hessians are dropped afterwards.
+        batch_size: Calibration examples per forward pass.
+        passes: The groups from :func:`discover_groups` (found here if None).
+
+    Returns:
+        ``(number of passes, indices of targets never called)``.
+    """
+    never_called: list[int] = []
+    if passes is None:
+        first = next(calibration.input_batches(batch_size))
+        passes, never_called = discover_groups(model, targets, first)
+    for group, last in passes:
+        counter = _PassCounter(targets, set(group), last)
+        with _wrapped(targets, counter.on_call):
+            for batch in calibration.input_batches(batch_size):
+                counter.position = 0
+                forward(model, batch)
+        solve([targets[i] for i in group])
+        for i in group:
+            targets[i].hessian = None
+    return len(passes), never_called
