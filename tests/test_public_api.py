@@ -191,3 +191,12 @@ EXPECTED_BINARY_INFERENCE = {
 def test_binary_inference_names():
     for package, names in EXPECTED_BINARY_INFERENCE.items():
         assert names <= set(getattr(tfc, package).__all__), package
+
+
+# M-FAC (issue 19): the criterion for GradualPruning(criterion="mfac").
+def test_mfac_criterion_names():
+    import tfcompress.pruning
+
+    assert {"MFACCriterion", "PruningMask", "remove_masks"} <= set(tfcompress.pruning.__all__)
+    for name in tfcompress.pruning.__all__:
+        assert hasattr(tfcompress.pruning, name), name

@@ -1,0 +1,1 @@
+"""One-shot post-training compression from calibration data, no retraining."""
