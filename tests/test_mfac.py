@@ -346,3 +346,30 @@ def test_mfac_criterion_errors():
     x, y = _correlated(8)
     with pytest.raises(ValueError, match="needs gradients"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[GradualPruning(0.5, criterion="mfac")])
+
+
+def test_embedding_tables_get_dense_gradients_and_are_pruned():
+    from tfcompress.core.gradients import loss_gradients
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((4,), dtype="int32"),
+            keras.layers.Embedding(20, 3, name="embed"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(20, name="logits"),
+        ]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 10, (16, 4)).astype("int32"), rng.integers(0, 20, 16)
+    table = model.get_layer("embed").embeddings
+    (grad,) = loss_gradients(model, [table], x, y)  # IndexedSlices on TensorFlow, densified
+    assert isinstance(grad, np.ndarray) and grad.shape == (20, 3)
+    assert np.all(grad[10:] == 0) and np.any(grad[:10] != 0)  # ids >= 10 never looked up
+    pruned = mfac_prune(model, (x, y), 0.5, num_gradients=16)
+    zeros = sum(
+        int(np.sum(np.asarray(w) == 0))
+        for w in (pruned.get_layer("embed").embeddings, pruned.get_layer("logits").kernel)
+    )
+    assert zeros == round(0.5 * (20 * 3 + 12 * 20))
