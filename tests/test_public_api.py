@@ -210,3 +210,12 @@ def test_oneshot_names():
     assert set(tfc.oneshot.__all__) == EXPECTED_ONESHOT
     for name in EXPECTED_ONESHOT:
         assert getattr(tfc.oneshot, name) is not None
+
+
+# M-FAC (issue 19): the criterion for GradualPruning(criterion="mfac").
+def test_mfac_criterion_names():
+    import tfcompress.pruning
+
+    assert {"MFACCriterion", "PruningMask", "remove_masks"} <= set(tfcompress.pruning.__all__)
+    for name in tfcompress.pruning.__all__:
+        assert hasattr(tfcompress.pruning, name), name

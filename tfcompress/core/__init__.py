@@ -1,6 +1,7 @@
 """Shared machinery every technique uses, written once.
 
-Backend checks and per-backend state, gradients of a loss, replica reductions,
+Backend checks and per-backend state, gradients of a loss, the inverse empirical
+Fisher from gradients (``fisher``, M-FAC), replica reductions,
 layer walking and selection (``walk``), model rewriting (``rewrite``),
 calibration data (``calibration``: one normaliser for arrays, datasets and
 generators, shape-checked against the model's inputs), activation capture

@@ -49,6 +49,8 @@ def loss_gradients(
         else:
             value = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
     grads = tape.gradient(value, [v.value for v in variables])
+    # An embedding table's gradient comes as IndexedSlices (only the rows looked up): densify.
+    grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
     return [
         np.zeros(tuple(v.shape), np.float32) if g is None else np.asarray(g)
         for v, g in zip(variables, grads)

@@ -39,6 +39,23 @@ def gradient_batch(data: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x)[take], np.asarray(y)[take]
 
 
+def gradient_batches(
+    data: Any, index: int, count: int, size: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` consecutive chunks of ``size`` examples (cycling) for update ``index``.
+
+    Deterministic in ``index``, so a resumed run sees the same batches.
+    """
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    n = len(x)
+    size = min(size, n)
+    out = []
+    for j in range(count):
+        take = (np.arange(size) + (index * count + j) * size) % n
+        out.append((x[take], y[take]))
+    return out
+
+
 def validate_data(data: Any, needed: bool, owner: str) -> Any:
     if data is None:
         if needed:
@@ -104,7 +121,10 @@ class GradualPruning(MaskedTraining):
         scope: ``"layer"`` (each weight reaches the target) or ``"global"``
             (one ranking over all selected weights).
         criterion: ``"magnitude"``, ``"taylor"`` (first-order Taylor, needs
-            ``data``) or a :class:`tfcompress.pruning.masks.PruningCriterion`.
+            ``data``), ``"mfac"`` (second-order WoodFisher saliency from M-FAC's
+            inverse empirical Fisher of several mini-batch gradients, needs
+            ``data``; see :class:`tfcompress.pruning.MFACCriterion`) or a
+            :class:`tfcompress.pruning.masks.PruningCriterion`.
         layers: Which layers: None (all prunable), names, classes or a
             predicate ``layer -> bool``.
         block_shape: ``(rows of K, columns of C)`` for block granularity
@@ -252,9 +272,17 @@ class GradualPruning(MaskedTraining):
         if self.criterion.needs_gradients:
             from tfcompress.core.gradients import loss_gradients
 
-            x, y = gradient_batch(self.data, step // self.frequency)
             self.sync_state()
-            gradients = loss_gradients(self.model, [t.variable for t in self.targets], x, y)
+            variables = [t.variable for t in self.targets]
+            samples = int(getattr(self.criterion, "gradient_samples", 1))
+            if samples == 1:
+                x, y = gradient_batch(self.data, step // self.frequency)
+                gradients = loss_gradients(self.model, variables, x, y)
+            else:  # one (m, *shape) stack per weight, one mini-batch gradient per row
+                size = self.criterion.gradient_batch_size or _GRADIENT_SAMPLES
+                batches = gradient_batches(self.data, step // self.frequency, samples, size)
+                per_batch = [loss_gradients(self.model, variables, x, y) for x, y in batches]
+                gradients = [np.stack(column) for column in zip(*per_batch)]
         return compute_masks(
             self.weight_values(),
             sparsity,

@@ -39,6 +39,7 @@ __all__ = [
     "get_criterion",
     "matrix_view",
     "parse_granularity",
+    "register_criterion",
     "rigl_update",
     "validate_sparsity",
 ]
@@ -159,6 +160,10 @@ class PruningCriterion:
 
     Subclass and override :meth:`contributions` and :meth:`reduce` to plug in
     a criterion; set ``needs_gradients = True`` to receive the loss gradient.
+    A criterion that needs several gradients (second-order ones, e.g.
+    M-FAC) sets ``gradient_samples = m`` (and ``gradient_batch_size``, the
+    examples per gradient; None: the caller's default): it then receives a
+    stack of shape ``(m, *weight.shape)``, one mini-batch gradient per row.
 
     Example:
         >>> class Random(PruningCriterion):
@@ -167,6 +172,8 @@ class PruningCriterion:
     """
 
     needs_gradients: bool = False
+    gradient_samples: int = 1
+    gradient_batch_size: int | None = None
 
     def contributions(self, weight: np.ndarray, gradient: np.ndarray | None = None) -> np.ndarray:
         """Per-element contributions, the same shape as ``weight``."""
@@ -226,8 +233,13 @@ class TaylorCriterion(PruningCriterion):
 _CRITERIA = {"magnitude": MagnitudeCriterion, "taylor": TaylorCriterion}
 
 
+def register_criterion(name: str, factory: type[PruningCriterion]) -> None:
+    """Makes ``get_criterion(name)`` return ``factory()`` (e.g. ``"mfac"``)."""
+    _CRITERIA[name.lower()] = factory
+
+
 def get_criterion(criterion: str | PruningCriterion) -> PruningCriterion:
-    """``"magnitude"``, ``"taylor"`` or a :class:`PruningCriterion` instance.
+    """A criterion by name (``"magnitude"``, ``"taylor"``, ``"mfac"``, ...) or instance.
 
     Raises:
         ValueError: For an unknown name or object.
@@ -345,8 +357,11 @@ def compute_masks(
         granularity: ``"unstructured"``, ``"block"``, ``"channel"`` or ``"N:M"``.
         channel_axes: Per weight, its output-channel axes (None: last axis).
         scope: ``"layer"`` or ``"global"``.
-        criterion: ``"magnitude"``, ``"taylor"`` or a :class:`PruningCriterion`.
-        gradients: Loss gradients, one per weight, for gradient criteria.
+        criterion: A criterion name (``"magnitude"``, ``"taylor"``, ``"mfac"``)
+            or a :class:`PruningCriterion`.
+        gradients: Loss gradients, one per weight, for gradient criteria
+            (a ``(m, *shape)`` stack per weight for a criterion with
+            ``gradient_samples = m``).
         block_shape: Tile shape of the matrix view for ``"block"``.
 
     Returns:
