@@ -50,25 +50,13 @@ def _keras_file_problem(file: Path) -> str | None:
 
 
 def _start_tensorflow() -> None:
-    """Imports TensorFlow, Keras and every tfcompress layer, without their start-up logs.
+    """Imports TensorFlow and every tfcompress layer quietly (only the commands that need them)."""
+    from tfcompress.core.native_logs import start_tensorflow_quietly
 
-    Only the commands that need them call this, so ``--help`` stays instant. absl and
-    the device probe print to the process's stderr while TensorFlow starts; those lines
-    are dropped unless the import fails.
-    """
-    _quiet_tensorflow()
-    from tfcompress.core.native_logs import native_log_capture
+    start_tensorflow_quietly()
+    import tfcompress
 
-    with native_log_capture():
-        import tensorflow as tf
-
-        import tfcompress
-
-        tfcompress.load_all()
-        tf.config.list_physical_devices()  # the device probe logs once, here
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
+    tfcompress.load_all()
 
 
 def _one_line(error: BaseException) -> str:

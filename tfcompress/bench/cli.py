@@ -64,6 +64,9 @@ def run_bench(args: argparse.Namespace) -> int:
     """Runs one ``bench`` subcommand; returns the exit status."""
     from pathlib import Path
 
+    from tfcompress.core.native_logs import start_tensorflow_quietly
+
+    start_tensorflow_quietly()
     from tfcompress.bench.report import load_document, write_report
 
     if args.bench_command == "list":

@@ -39,3 +39,22 @@ def native_log_capture() -> Iterator[None]:
         finally:
             os.dup2(saved, fd)
             os.close(saved)
+
+
+def start_tensorflow_quietly() -> None:
+    """Imports TensorFlow and Keras without their start-up logs.
+
+    For command lines, which import them only for the commands that need them (so
+    ``--help`` stays instant). absl and the device probe print to the process's
+    stderr while TensorFlow starts; those lines are dropped unless the import fails.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    with native_log_capture():
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the device probe logs once, here
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)

@@ -10,6 +10,7 @@ from tfcompress.bench.methods import (
     clustering,  # noqa: F401
     distillation,  # noqa: F401
     lowrank,  # noqa: F401
+    oneshot,  # noqa: F401
     pruning,  # noqa: F401
     quantization,  # noqa: F401
     tfmot,  # noqa: F401

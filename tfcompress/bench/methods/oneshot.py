@@ -3,9 +3,14 @@ magnitude, GPTQ and round-to-nearest, from a few hundred calibration samples.
 
 Every arm here uses no fine-tune budget; its baselines in the same run are
 ``magnitude_layer_no_ft`` (one-shot magnitude) and ``rtn`` (round to nearest).
-Calibration: 128 sequences of 128 bytes for the language model, 256 training
-images for the classifiers, drawn per seed (the seeds are the calibration
-samplings).
+Calibration: 128 sequences of 128 bytes for the language model, 512 training
+images for the classifiers (enough input vectors for every Dense layer's
+Hessian to be non-singular), drawn per seed.
+
+Quantized classifiers get int8 activation ranges and export as full-integer
+files, one weight step per tensor (the converter takes per-tensor ranges on
+Dense only); the language model is quantized weight-only (as GPTQ is used on
+LLMs) and exports with int8 weights, float activations ("dynamic").
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ QUICK_BITS = (4, 3)
 TASKS = ("classification", "language_model")
 
 
+def _count(run: MethodRun) -> int:
+    return 128 if run.workload.task == "language_model" else 512
+
+
 def _calibration(run: MethodRun):
-    count = 128 if run.workload.task == "language_model" else 256
-    return run.calibration(count)
+    return run.calibration(_count(run))
 
 
 def _prune(model: keras.Model, run: MethodRun, method: str, pattern: str, sparsity: float):
@@ -100,13 +108,13 @@ def magnitude_nm(model: keras.Model, run: MethodRun) -> Compressed:
 def mfac(model: keras.Model, run: MethodRun) -> Compressed:
     from tfcompress import oneshot
 
-    count = 128 if run.workload.task == "language_model" else 256
     pruned = oneshot.prune(
         model,
-        run.calibration_pairs(count),
+        run.calibration_pairs(_count(run)),
         sparsity=run.level,
         method="mfac",
         layers=pruned_layers(run.workload),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         verbose=0,
     )
     return Compressed(pruned, export=None)
@@ -115,8 +123,18 @@ def mfac(model: keras.Model, run: MethodRun) -> Compressed:
 def _quantize(model: keras.Model, run: MethodRun, method: str) -> Compressed:
     from tfcompress import oneshot
 
-    quant = oneshot.quantize(model, _calibration(run), bits=run.level, method=method, verbose=0)
-    return Compressed(quant, export="int8")
+    language_model = run.workload.task == "language_model"
+    quant = oneshot.quantize(
+        model,
+        _calibration(run),
+        bits=run.level,
+        method=method,
+        per_channel=False,
+        layers=pruned_layers(run.workload),
+        activations=not language_model,
+        verbose=0,
+    )
+    return Compressed(quant, export="dynamic" if language_model else "int8")
 
 
 @register_method(
@@ -127,7 +145,7 @@ def _quantize(model: keras.Model, run: MethodRun, method: str) -> Compressed:
     level_name="bits",
     applies_to=TASKS,
     finetunes=False,
-    description="GPTQ one-shot weight quantization, per channel (Frantar et al. 2023), no fine-tune",
+    description="GPTQ one-shot weight quantization, per tensor (Frantar et al. 2023), no fine-tune",
 )
 def gptq(model: keras.Model, run: MethodRun) -> Compressed:
     return _quantize(model, run, "gptq")
@@ -141,7 +159,7 @@ def gptq(model: keras.Model, run: MethodRun) -> Compressed:
     level_name="bits",
     applies_to=TASKS,
     finetunes=False,
-    description="round-to-nearest weight quantization, per channel (GPTQ's baseline)",
+    description="round-to-nearest weight quantization, per tensor (GPTQ's baseline)",
 )
 def rtn(model: keras.Model, run: MethodRun) -> Compressed:
     return _quantize(model, run, "rtn")
