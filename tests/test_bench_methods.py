@@ -239,8 +239,7 @@ def test_method_levels_descriptions_and_workloads():
 
 
 def test_qat_files_export_with_their_learned_ranges_not_calibration(tmp_path):
-    # Calibration data would also quantize the layers QAT left float (the language
-    # model's LayerNorm and attention went from 1.87 to 5.9 bits per byte that way).
+    # A fully quantization-aware model needs no calibration data: its ranges were learned.
     from tfcompress.bench.metrics import export_arm
     from tfcompress.quantization.quantize_model import quantize_model
 
@@ -261,6 +260,9 @@ def test_qat_files_export_with_their_learned_ranges_not_calibration(tmp_path):
     assert Stub.calls == 0
     export_arm(digits_mlp(), tmp_path / "ptq.tflite", "int8", Stub())
     assert Stub.calls == 1
+    # ... unless QAT left layers float (the method says so): those need calibrated ranges
+    export_arm(qat, tmp_path / "qat2.tflite", "int8", Stub(), calibrate=True)
+    assert Stub.calls == 2
 
 
 def test_methods_leave_the_trained_model_unchanged():

@@ -105,8 +105,14 @@ def test_shipped_model_beats_the_bound_and_is_what_the_record_says(shipped, corp
 def test_shipped_model_exports_to_tflite_and_agrees(shipped, corpus, tmp_path, quantization):
     x, y = eval_windows(corpus.test, 128, limit=16)
     calibration = sample_windows(corpus.train, 64, seed=5)[0] if quantization else None
-    report = tfc.tflite_export.export(shipped, tmp_path / "lm.tflite", quantization=quantization,
-                                      representative_data=calibration, verify_data=x, verbose=0)
+    report = tfc.tflite_export.export(
+        shipped,
+        tmp_path / "lm.tflite",
+        quantization=quantization,
+        representative_data=calibration,
+        verify_data=x,
+        verbose=0,
+    )
     assert report.verified
     runner = TFLiteModel(tmp_path / "lm.tflite")
     keras_bpb, _ = bits_per_byte(shipped, x, y)

@@ -8,15 +8,15 @@ from tfcompress.reporting.plots import plot_size_vs_accuracy, point_styles
 
 
 def test_every_point_gets_its_own_colour_and_marker():
-    styles = point_styles(20)
-    assert len({c for c, _ in styles}) == 20
-    assert len({m for _, m in styles}) == 20
+    styles = point_styles(30)
+    assert len({c for c, _ in styles}) == 30
+    assert len({str(m) for _, m in styles}) == 30
     assert point_styles(12) == styles[:12]
 
 
 def test_too_many_points_are_refused():
-    with pytest.raises(ValueError, match="between 0 and 20 points, got 21"):
-        point_styles(21)
+    with pytest.raises(ValueError, match="between 0 and 30 points, got 31"):
+        point_styles(31)
 
 
 def test_plot_writes_a_png_with_one_entry_per_technique(tmp_path):

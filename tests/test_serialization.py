@@ -83,6 +83,7 @@ EXAMPLES = {
     ),
 }
 
+
 # Class name -> (factory, input shape with batch): every layer needs one.
 def _language_model():
     return importlib.import_module("tfcompress.language_model")

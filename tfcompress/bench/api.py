@@ -52,12 +52,18 @@ class Compressed:
         quality: The quality if the method measured it itself (a subprocess
             method); ``None`` lets the suite evaluate ``model``.
         notes: Free text shown in the report (what was skipped, and why).
+        calibrate: For ``export="int8"``: whether the converter gets calibration
+            data. None: only when the model is not quantization-aware. True for
+            a quantization-aware model whose transform left layers float
+            (attention, LayerNorm): without ranges for those the converter keeps
+            every matmul float (the LM's QAT file was 2.78 MB of float32).
     """
 
     model: keras.Model | None
     export: str | Callable[[str], None] | None = None
     quality: dict | None = None
     notes: str = ""
+    calibrate: bool | None = None
 
 
 @dataclasses.dataclass
@@ -74,6 +80,9 @@ class Workload:
         metric: Name of the quality metric (``"accuracy"``, ``"bits_per_byte"``).
         higher_is_better: Whether a larger metric is better.
         quick: Whether this instance is the quick configuration.
+        quick_levels: In the quick configuration, how many of each method's
+            quick levels this workload runs (None: all of them); the slow
+            workloads run one, so ``--quick`` stays within 15 minutes.
     """
 
     name: str
@@ -82,6 +91,7 @@ class Workload:
     metric: str
     higher_is_better: bool
     quick: bool = False
+    quick_levels: int | None = None
 
     def data(self) -> Any:
         """The workload's data: an object with ``x_train``, ``y_train``, ``x_test``, ``y_test``."""

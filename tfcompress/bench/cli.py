@@ -43,7 +43,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         type=int,
         metavar="N",
-        help="seeds of the starting models (default 0 1 2; --tiny: 0)",
+        help="seeds of the starting models (default 0 1 2; --quick and --tiny: 0)",
     )
     suite.add_argument("--out", default="bench_results", help="output folder (%(default)s)")
     suite.add_argument("--no-latency", action="store_true", help="skip the LiteRT timing")

@@ -49,12 +49,17 @@ def export_arm(
     quantization: str | None,
     workload: Any,
     seed: int = 0,
+    calibrate: bool | None = None,
 ) -> dict:
-    """Exports ``model`` to ``path``, verifies it on test inputs, returns sizes and parity."""
+    """Exports ``model`` to ``path``, verifies it on test inputs, returns sizes and parity.
+
+    ``calibrate`` (int8 only): None calibrates unless the model is quantization-aware
+    (it exports with the ranges it learned); True always (see ``Compressed.calibrate``).
+    """
     data = workload.data()
-    # A quantization-aware model exports with the ranges it learned: calibration data would
-    # also quantize the layers QAT left float (LayerNorm, attention), by calibration.
-    calibrate = quantization == "int8" and not is_quantization_aware(model)
+    if calibrate is None:
+        calibrate = not is_quantization_aware(model)
+    calibrate = quantization == "int8" and calibrate
     representative = workload.calibration(64, seed=seed) if calibrate else None
     report = export_tflite(
         model,

@@ -205,7 +205,7 @@ def plot_workload(entry: dict, path: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(a["method"] for a in entry["arms"]))
-    styles = dict(zip(methods, point_styles(min(len(methods), 20))))
+    styles = dict(zip(methods, point_styles(min(len(methods), 30))))
     scale = 100.0 if entry["metric"] == "accuracy" else 1.0
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=110)
     dense = entry["dense"]
@@ -270,7 +270,7 @@ def _plot_latency_only(entry: dict, path: str | Path) -> Path | None:
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
-    for (label, x, y), (colour, marker) in zip(points, point_styles(min(len(points), 20))):
+    for (label, x, y), (colour, marker) in zip(points, point_styles(min(len(points), 30))):
         ax.plot(
             [x],
             [y],

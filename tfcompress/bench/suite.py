@@ -94,7 +94,7 @@ def _run_arm(
             result.export(str(path))
             arm.update(file_sizes(path))
         else:
-            arm.update(export_arm(result.model, path, mode, workload, seed))
+            arm.update(export_arm(result.model, path, mode, workload, seed, result.calibrate))
         arm["file"] = str(path)
     if result.quality is not None:
         arm["quality"] = dict(result.quality)
@@ -152,7 +152,7 @@ def run_suite(
         methods: Method names (None: all registered). See :func:`list_methods`.
         quick: The quick configuration: fewer levels, shorter budgets.
         tiny: The test command's smoke configuration (1-2 epochs, 1 level).
-        seeds: Seeds of the starting models (default 3; tiny: 1).
+        seeds: Seeds of the starting models (default 0, 1, 2; quick and tiny: 0).
         latency: Time the exported files (seed 0 of each arm) in LiteRT.
         latency_rounds: Rounds of the interleaved timing (default 7; quick 5; tiny 2).
         folder: Where the .tflite files go (default: a temporary folder).
@@ -168,7 +168,7 @@ def run_suite(
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     chosen_workloads = _select(workloads, list_workloads(quick=quick, tiny=tiny), "workloads")
     chosen_methods = _select(methods, list_methods(), "methods")
-    seeds = list(seeds) if seeds is not None else ([0] if tiny else [0, 1, 2])
+    seeds = list(seeds) if seeds is not None else ([0] if tiny or quick else [0, 1, 2])
     if not seeds:
         raise ValueError("seeds must hold at least one seed; received []")
     rounds = latency_rounds or (2 if tiny else (5 if quick else 7))
@@ -179,14 +179,18 @@ def run_suite(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
-    def levels_of(method: Method) -> tuple:
-        return method.levels[:1] if tiny else (method.quick_levels if quick else method.levels)
+    def levels_of(method: Method, workload: Workload) -> tuple:
+        if tiny:
+            return method.levels[:1]
+        if quick:
+            return tuple(method.quick_levels)[: workload.quick_levels]
+        return method.levels
 
     def seeds_of(workload: Workload) -> list[int]:
         return seeds[:1] if workload.task == "latency" else seeds
 
     total = sum(
-        len(levels_of(m)) * len(seeds_of(w)) + 0
+        len(levels_of(m, w)) * len(seeds_of(w))
         for w in chosen_workloads
         for m in chosen_methods
         if m.applies(w)
@@ -235,7 +239,7 @@ def run_suite(
         for method in chosen_methods:
             if not method.applies(workload):
                 continue
-            for level in levels_of(method):
+            for level in levels_of(method, workload):
                 arm_entry = {
                     "method": method.name,
                     "family": method.family,

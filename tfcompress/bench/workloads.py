@@ -135,7 +135,7 @@ class LanguageModelWorkload(Workload):
     """
 
     finetune_steps: int = 100
-    finetune_batch: int = 32
+    finetune_batch: int = 16
     finetune_learning_rate: float = 2e-4
     eval_limit: int | None = None
 
@@ -263,25 +263,28 @@ def mobilenet_style(input_shape=(32, 32, 1), num_classes: int = 10, width: int =
     A stem convolution, four blocks (expansion 4; strides 1, 2, 1, 2; residual
     where shapes allow), a 1x1 head, global average pooling and a Dense
     classifier: the block structure of Sandler et al. (2018) at digits scale.
+    BatchNormalization uses momentum 0.9: with Keras' 0.99 the moving statistics
+    lag a few hundred steps behind the weights, and after 12 epochs the model
+    scored 53% in inference mode while fitting its training split at 100%.
     """
     inputs = keras.Input(input_shape)
     x = keras.layers.Conv2D(width, 3, strides=2, padding="same", name="stem")(inputs)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
     channels = width
     for i, (out, stride) in enumerate([(width, 1), (2 * width, 2), (2 * width, 1), (4 * width, 2)]):
         h = keras.layers.Conv2D(4 * channels, 1, name=f"b{i}_expand")(x)
-        h = keras.layers.BatchNormalization(name=f"b{i}_expand_bn")(h)
+        h = keras.layers.BatchNormalization(momentum=0.9, name=f"b{i}_expand_bn")(h)
         h = keras.layers.ReLU(6.0, name=f"b{i}_expand_relu")(h)
         h = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", name=f"b{i}_dw")(h)
-        h = keras.layers.BatchNormalization(name=f"b{i}_dw_bn")(h)
+        h = keras.layers.BatchNormalization(momentum=0.9, name=f"b{i}_dw_bn")(h)
         h = keras.layers.ReLU(6.0, name=f"b{i}_dw_relu")(h)
         h = keras.layers.Conv2D(out, 1, name=f"b{i}_project")(h)
-        h = keras.layers.BatchNormalization(name=f"b{i}_project_bn")(h)
+        h = keras.layers.BatchNormalization(momentum=0.9, name=f"b{i}_project_bn")(h)
         x = keras.layers.Add(name=f"b{i}_add")([x, h]) if stride == 1 and out == channels else h
         channels = out
     x = keras.layers.Conv2D(8 * width, 1, name="head")(x)
-    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="head_bn")(x)
     x = keras.layers.ReLU(6.0, name="head_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
@@ -328,8 +331,9 @@ def list_workloads(quick: bool = False, tiny: bool = False) -> list[Workload]:
             "bits_per_byte",
             False,
             short,
-            finetune_steps=5 if tiny else (60 if quick else 150),
-            eval_limit=16 if tiny else (512 if quick else None),
+            quick_levels=1,
+            finetune_steps=5 if tiny else (30 if quick else 60),
+            eval_limit=16 if tiny else (128 if quick else 512),
         ),
         ClassifierWorkload(
             "mobilenet_digits",
@@ -338,9 +342,10 @@ def list_workloads(quick: bool = False, tiny: bool = False) -> list[Workload]:
             "accuracy",
             True,
             short,
+            quick_levels=1,
             builder=mobilenet_style,
             upsample=32,
-            train_epochs=2 if tiny else (12 if quick else 20),
+            train_epochs=2 if tiny else (8 if quick else 12),
             finetune_epochs=1 if tiny else (2 if quick else 3),
         ),
         LatencyWorkload(

@@ -9,21 +9,26 @@ from tfcompress.core.io import atomic_write
 
 __all__ = ["plot_size_vs_accuracy", "point_styles"]
 
-# 20 colours that stay apart (tab10, then tab20's lighter shades) and 20 marker
-# shapes: no two techniques share either, up to 20 points.
+# 30 colours that stay apart (tab10, tab20's lighter shades, tab20b's darker ones)
+# and 30 marker shapes (tuples are matplotlib's (sides, style, angle) polygons and
+# stars): no two methods share either, up to 30 points.
 _COLOURS = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5", "#393b79", "#637939", "#8c6d31", "#843c39",
+    "#7b4173", "#5254a3", "#8ca252", "#bd9e39", "#ad494a", "#a55194",
 )  # fmt: skip
-_MARKERS = "osD^vP*Xhd<>p8H1234+x"
+_MARKERS = (
+    *"osD^vP*Xhd<>p8H1234+x|_",
+    (6, 1, 0), (7, 1, 0), (4, 1, 45), (8, 2, 0), (5, 2, 0), (7, 0, 0), (9, 0, 0),
+)  # fmt: skip
 
 
 def point_styles(n: int) -> list[tuple[str, str]]:
     """``(colour, marker)`` for ``n`` points, each pair unique in colour and in marker.
 
     Raises:
-        ValueError: If ``n`` is negative or more than 20 (the distinct colours available).
+        ValueError: If ``n`` is negative or more than 30 (the distinct styles available).
     """
     if not 0 <= n <= len(_COLOURS):
         raise ValueError(f"n must be between 0 and {len(_COLOURS)} points, got {n}")

@@ -9,8 +9,9 @@ Hessian to be non-singular), drawn per seed.
 
 Quantized classifiers get int8 activation ranges and export as full-integer
 files, one weight step per tensor (the converter takes per-tensor ranges on
-Dense only); the language model is quantized weight-only (as GPTQ is used on
-LLMs) and exports with int8 weights, float activations ("dynamic").
+Dense only). The language model is quantized weight-only (as GPTQ is used on
+LLMs), so its quality is the weights' alone; its full-integer file calibrates
+the activations.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ def _quantize(model: keras.Model, run: MethodRun, method: str) -> Compressed:
         activations=not language_model,
         verbose=0,
     )
-    return Compressed(quant, export="dynamic" if language_model else "int8")
+    # The LM's file: the attention, LayerNorm and activations get calibrated int8 ranges (a
+    # "dynamic" file of fake-quantized weights stays float32: 2.78 MB instead of 0.80 MB).
+    return Compressed(quant, export="int8", calibrate=language_model)
 
 
 @register_method(

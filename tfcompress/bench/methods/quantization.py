@@ -1,7 +1,8 @@
 """Quantization-aware training on the suite's workloads: ``quantize_model`` with the
 project's weight-bit presets, fine-tuned with the workload's budget, exported as a
-full-integer TFLite file (the export QAT is for: no calibration data, the ranges
-learned in training)."""
+full-integer TFLite file: with the ranges learned in training, plus calibration
+data for the layers quantize_model leaves float (the language model's attention,
+LayerNorm and embeddings)."""
 
 from __future__ import annotations
 
@@ -40,4 +41,5 @@ def qat(model: keras.Model, run: MethodRun) -> Compressed:
     if log.skipped:
         float_layers = sorted({entry.kind for entry in log.skipped})
         notes = f"left float: {len(log.skipped)} layers ({', '.join(float_layers)})"
-    return Compressed(quantized, export="int8", notes=notes)
+    # Layers left float need calibrated ranges, or the converter keeps the matmuls float too.
+    return Compressed(quantized, export="int8", notes=notes, calibrate=bool(log.skipped))
