@@ -83,6 +83,8 @@ class Workload:
         quick_levels: In the quick configuration, how many of each method's
             quick levels this workload runs (None: all of them); the slow
             workloads run one, so ``--quick`` stays within 15 minutes.
+        relative_cost: Roughly how long its arms take next to the digits CNN's;
+            parallel runs (``--jobs``) start the slowest workloads first.
     """
 
     name: str
@@ -92,6 +94,7 @@ class Workload:
     higher_is_better: bool
     quick: bool = False
     quick_levels: int | None = None
+    relative_cost: float = 1.0
 
     def data(self) -> Any:
         """The workload's data: an object with ``x_train``, ``y_train``, ``x_test``, ``y_test``."""

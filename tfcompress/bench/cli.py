@@ -1,7 +1,7 @@
 """``tfcompress bench ...``: run the suite, rebuild its report, list what it has.
 
 tfcompress bench suite [--quick | --tiny] [--workloads A B] [--methods X Y]
-                       [--seeds 0 1 2] [--out bench_results] [--no-latency]
+                       [--seeds 0 1 2] [--out bench_results] [--no-latency] [--jobs 2]
 tfcompress bench report bench_results/results.json [--out folder]
 tfcompress bench list
 """
@@ -9,6 +9,7 @@ tfcompress bench list
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,14 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     suite.add_argument("--out", default="bench_results", help="output folder (%(default)s)")
     suite.add_argument("--no-latency", action="store_true", help="skip the LiteRT timing")
+    suite.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        metavar="N",
+        help="worker processes, each running whole workloads (one process keeps about one "
+        "core busy; latency is timed after the workers finish); default %(default)s",
+    )
     suite.add_argument("--quiet", action="store_true", help="no progress bar")
     report = what.add_parser("report", help="rebuild report.md and plots from a results.json")
     report.add_argument("results", help="a results.json written by `bench suite`")
@@ -57,6 +66,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         help="print the README's summary table instead of writing files",
     )
     what.add_parser("list", help="list the workloads and methods")
+    worker = what.add_parser("worker", help=argparse.SUPPRESS)  # started by --jobs runs
+    worker.add_argument("spec", help="JSON: run_suite's arguments and the output path")
     bench.set_defaults(func=run_bench)
 
 
@@ -67,6 +78,15 @@ def run_bench(args: argparse.Namespace) -> int:
     from tfcompress.core.native_logs import start_tensorflow_quietly
 
     start_tensorflow_quietly()
+    import tensorflow as tf
+
+    # Each arm is a new model, so Keras' predict/fit functions are traced per arm by design;
+    # TensorFlow's "triggered tf.function retracing" warnings would fill the log.
+    tf.get_logger().setLevel("ERROR")
+    if args.bench_command == "worker":
+        from tfcompress.bench.worker import run_worker
+
+        return run_worker(args.spec)
     from tfcompress.bench.report import load_document, write_report
 
     if args.bench_command == "list":
@@ -95,19 +115,24 @@ def run_bench(args: argparse.Namespace) -> int:
         for name, path in write_report(document, folder).items():
             print(f"{name}: {path}")
         return 0
-    from tfcompress.bench.suite import run_suite
-
     out = Path(args.out)
-    document = run_suite(
-        args.workloads,
-        args.methods,
-        quick=args.quick,
-        tiny=args.tiny,
-        seeds=args.seeds,
-        latency=not args.no_latency,
-        folder=out / "files",
-        verbose=0 if args.quiet else 1,
-    )
+    options = {
+        "quick": args.quick,
+        "tiny": args.tiny,
+        "seeds": args.seeds,
+        "latency": not args.no_latency,
+        "folder": out / "files",
+    }
+    if args.jobs > 1:
+        from tfcompress.bench.parallel import run_parallel
+
+        document = run_parallel(args.workloads, args.methods, jobs=args.jobs, **options)
+    else:
+        from tfcompress.bench.suite import run_suite
+
+        document = run_suite(
+            args.workloads, args.methods, verbose=0 if args.quiet else 1, **options
+        )
     written = write_report(document, out)
     for name, path in written.items():
         print(f"{name}: {path}")
@@ -117,6 +142,7 @@ def run_bench(args: argparse.Namespace) -> int:
         for a in w["arms"]
         if a.get("errors")
     ]
+    failed += [f"{w['name']} (worker: {w['error']})" for w in document.get("failed_workloads", [])]
     if failed:
         print(
             f"{len(failed)} arm(s) had errors (see report.md): {', '.join(failed)}", file=sys.stderr

@@ -34,7 +34,7 @@ from tfcompress.bench.timing import machine_conditions
 from tfcompress.bench.workloads import list_workloads
 from tfcompress.export.interpreter import TFLiteModel
 
-__all__ = ["SCHEMA", "run_suite"]
+__all__ = ["SCHEMA", "run_suite", "sanity_checks", "select", "time_workload"]
 
 SCHEMA = "tfcompress.bench.suite/1"
 _TFLITE_EVALUATED = ("float16", "dynamic", "int8")
@@ -47,7 +47,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
 
 
-def _select(names: Sequence[str] | None, known: list, what: str) -> list:
+def select(names: Sequence[str] | None, known: list, what: str) -> list:
+    """The items of ``known`` called ``names`` (all when None), in the order given."""
     if names is None:
         return known
     by_name = {item.name: item for item in known}
@@ -58,15 +59,25 @@ def _select(names: Sequence[str] | None, known: list, what: str) -> list:
 
 
 class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.bar = keras.utils.Progbar(total, unit_name="arm") if enabled and total else None
-        self.done = 0
+    """A bar over arms (verbose 1), or one line per arm (verbose 2: worker processes)."""
+
+    def __init__(self, total: int, verbose: int):
+        self.bar = keras.utils.Progbar(total, unit_name="arm") if verbose == 1 and total else None
+        self.lines = verbose == 2
+        self.total, self.done, self.started = total, 0, time.perf_counter()
 
     def step(self, label: str) -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.update(self.done)
             print(f"  {label}", file=sys.stderr, flush=True)
+        elif self.lines:
+            elapsed = time.perf_counter() - self.started
+            print(
+                f"[bench] {self.done}/{self.total} {label} ({elapsed:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _evaluate_tflite(workload: Workload, path: Path) -> dict:
@@ -156,7 +167,7 @@ def run_suite(
         latency: Time the exported files (seed 0 of each arm) in LiteRT.
         latency_rounds: Rounds of the interleaved timing (default 7; quick 5; tiny 2).
         folder: Where the .tflite files go (default: a temporary folder).
-        verbose: 1 shows a progress bar over arms.
+        verbose: 1 shows a progress bar over arms, 2 one line per arm, 0 nothing.
         log: Where one-line messages go (default ``print`` to stderr).
 
     Returns:
@@ -166,8 +177,8 @@ def run_suite(
         ValueError: An unknown workload or method name, or an empty seed list.
     """
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    chosen_workloads = _select(workloads, list_workloads(quick=quick, tiny=tiny), "workloads")
-    chosen_methods = _select(methods, list_methods(), "methods")
+    chosen_workloads = select(workloads, list_workloads(quick=quick, tiny=tiny), "workloads")
+    chosen_methods = select(methods, list_methods(), "methods")
     seeds = list(seeds) if seeds is not None else ([0] if tiny or quick else [0, 1, 2])
     if not seeds:
         raise ValueError("seeds must hold at least one seed; received []")
@@ -195,7 +206,7 @@ def run_suite(
         for m in chosen_methods
         if m.applies(w)
     )
-    progress = _Progress(total, verbose > 0)
+    progress = _Progress(total, verbose)
     started = time.perf_counter()
     document: dict[str, Any] = {
         "schema": SCHEMA,
@@ -221,6 +232,7 @@ def run_suite(
         dense = {
             "method": "dense",
             "runs": dense_runs,
+            "file": str(dense_file),
             **export_arm(dense_model, dense_file, None, workload),
         }
         _summarise(dense, workload.metric)
@@ -235,7 +247,6 @@ def run_suite(
         }
         if hasattr(workload, "anchor"):
             entry["anchor"] = workload.anchor()
-        files = {"dense": dense_file}
         for method in chosen_methods:
             if not method.applies(workload):
                 continue
@@ -263,25 +274,39 @@ def run_suite(
                         )
                     arm_entry["runs"].append(run)
                     progress.step(f"{workload.name} {method.name} {level} seed {seed}")
-                    if run.get("file") and index == 0:
-                        files[f"{method.name}@{level}"] = Path(run["file"])
                 _summarise(arm_entry, workload.metric)
                 entry["arms"].append(arm_entry)
-        if latency and len(files) > 1:
-            log(f"[bench] workload {workload.name}: timing {len(files)} files, interleaved")
-            table = latency_table(files, workload.sample_input(), "dense", rounds=rounds)
-            entry["latency"] = {"settings": table["settings"], "conditions": table["conditions"]}
-            dense["latency"] = table["arms"]["dense"]
-            for arm_entry in entry["arms"]:
-                key = f"{arm_entry['method']}@{arm_entry['level']}"
-                if key in table["arms"]:
-                    arm_entry["latency"] = table["arms"][key]
+        if latency:
+            time_workload(entry, workload, rounds, log)
         document["workloads"].append(entry)
     document["seconds"] = time.perf_counter() - started
     document["sanity"] = sanity_checks(document)
     if temporary is not None:
         temporary.cleanup()
     return document
+
+
+def time_workload(entry: dict, workload: Workload, rounds: int, log: Callable[[str], Any]) -> None:
+    """Times the dense file and each arm's first-seed file of ``entry``, interleaved.
+
+    Adds ``latency`` to the entry (settings, machine conditions), to its dense
+    reference and to every arm with a file.
+    """
+    files = {"dense": Path(entry["dense"]["file"])}
+    for arm in entry["arms"]:
+        first = arm["runs"][0] if arm["runs"] else {}
+        if first.get("file"):
+            files[f"{arm['method']}@{arm['level']}"] = Path(first["file"])
+    if len(files) < 2:
+        return
+    log(f"[bench] workload {entry['name']}: timing {len(files)} files, interleaved")
+    table = latency_table(files, workload.sample_input(), "dense", rounds=rounds)
+    entry["latency"] = {"settings": table["settings"], "conditions": table["conditions"]}
+    entry["dense"]["latency"] = table["arms"]["dense"]
+    for arm in entry["arms"]:
+        key = f"{arm['method']}@{arm['level']}"
+        if key in table["arms"]:
+            arm["latency"] = table["arms"][key]
 
 
 def sanity_checks(document: dict) -> list[dict]:
