@@ -167,31 +167,51 @@ def _best_arm(entry: dict, method: str) -> dict | None:
     return max(kept, key=lambda item: item[0])[1] if kept else None
 
 
-def summary_markdown(document: dict, workloads: Sequence[str] | None = None) -> str:
-    """One row per (workload, method): the most compressed level that keeps quality.
+def _summary_cell(entry: dict, method: str) -> str:
+    """The most compressed level that keeps quality, or how much the mildest level lost."""
+    arms = [a for a in entry["arms"] if a["method"] == method]
+    if not arms:
+        return ""
+    if entry["metric"] == "none":  # latency only: the fastest file
+        timed = [(_derived(entry, a)["latency_speedup"], a) for a in arms]
+        timed = [(x, a) for x, a in timed if x]
+        if not timed:
+            return "-"
+        speedup, arm = max(timed, key=lambda item: item[0])
+        return f"{arm['level']}: {speedup:.2f}x faster"
+    arm = _best_arm(entry, method)
+    if arm is not None:
+        gzip = _derived(entry, arm)["gzip_ratio"]
+        return f"**{arm['level']}**, {_fmt(gzip)}x gzip"
+    mildest = arms[0]
+    dense, mean = entry["dense"].get("quality_mean"), mildest.get("quality_mean")
+    if dense is None or mean is None:
+        return f"{mildest['level']}: failed" if mildest.get("errors") else "-"
+    if entry["metric"] == "accuracy":
+        return f"{mildest['level']}: {100 * (mean - dense):+.1f} pt"
+    return f"{mildest['level']}: {mean - dense:+.2f} bpb"
 
-    "Keeps quality" means within 1 accuracy point or 0.05 bits per byte of the
-    dense mean; latency-only workloads list the most compressed level.
+
+def summary_markdown(document: dict, workloads: Sequence[str] | None = None) -> str:
+    """One row per method, one column per workload: what each method achieves where.
+
+    A bold level is the most compressed one whose mean quality stays within
+    1 accuracy point or 0.05 bits per byte of the dense model (with its gzip
+    compression); otherwise the cell gives the mildest level's loss. Latency-only
+    workloads give the fastest file's measured speed-up.
     """
-    lines = [
-        "| workload | method | level kept | quality (dense) | gzip x | MACs x | latency x |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for entry in document["workloads"]:
-        if workloads is not None and entry["name"] not in workloads:
-            continue
-        for method in dict.fromkeys(a["method"] for a in entry["arms"]):
-            arm = _best_arm(entry, method)
-            if arm is None:
-                lines.append(f"| {entry['name']} | {method} | none | - | - | - | - |")
-                continue
-            d = _derived(entry, arm)
-            lines.append(
-                f"| {entry['name']} | {method} | {arm['level_name']} {arm['level']} | "
-                f"{_quality(entry, arm)} ({_quality(entry, entry['dense'])}) | "
-                f"{_fmt(d['gzip_ratio'])} | {_fmt(d['macs_speedup'])} | "
-                f"{_fmt(d['latency_speedup'])} |"
-            )
+    entries = [e for e in document["workloads"] if workloads is None or e["name"] in workloads]
+    methods = list(dict.fromkeys(a["method"] for e in entries for a in e["arms"]))
+    header = ["method"]
+    for entry in entries:
+        if entry["metric"] == "none":
+            header.append(f"{entry['name']} (latency)")
+        else:
+            header.append(f"{entry['name']} ({_quality(entry, entry['dense'])})")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        cells = [_summary_cell(entry, method) for entry in entries]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
