@@ -11,23 +11,16 @@ taken on a machine as quiet as a one-process run's.
 
 from __future__ import annotations
 
-import datetime
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import keras
-
-from tfcompress.bench.catalog import list_methods
-from tfcompress.bench.suite import SCHEMA, sanity_checks, select, time_workload
-from tfcompress.bench.timing import machine_conditions
-from tfcompress.bench.workloads import list_workloads
+from tfcompress.bench.suite import prepare_run, sanity_checks, time_workload
 
 __all__ = ["run_parallel"]
 
@@ -57,31 +50,10 @@ def run_parallel(
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int; received {jobs!r}")
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    known = list_workloads(quick=quick, tiny=tiny)
-    chosen = select(workloads, known, "workloads")
-    if methods is not None:
-        select(methods, list_methods(), "methods")
-    seeds = list(seeds) if seeds is not None else ([0] if tiny or quick else [0, 1, 2])
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed; received []")
-    rounds = latency_rounds or (2 if tiny else (5 if quick else 7))
-    temporary = None
-    if folder is None:
-        temporary = tempfile.TemporaryDirectory(prefix="tfcompress-bench-")
-        folder = temporary.name
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    setup = prepare_run(workloads, methods, quick, tiny, seeds, latency_rounds, folder)
+    chosen, seeds, rounds, folder = setup.workloads, setup.seeds, setup.rounds, setup.folder
     started = time.perf_counter()
-    document: dict[str, Any] = {
-        "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "configuration": "tiny" if tiny else ("quick" if quick else "full"),
-        "command": sys.argv,
-        "seeds": seeds,
-        "jobs": jobs,
-        "machine": machine_conditions(keras=keras.__version__),
-        "workloads": [],
-    }
+    document = setup.document(jobs=jobs)
 
     def work(workload) -> tuple[str, dict | None, str | None]:
         spec = {
@@ -121,6 +93,6 @@ def run_parallel(
         document["failed_workloads"] = failed
     document["seconds"] = time.perf_counter() - started
     document["sanity"] = sanity_checks(document)
-    if temporary is not None:
-        temporary.cleanup()
+    if setup.temporary is not None:
+        setup.temporary.cleanup()
     return document

@@ -13,6 +13,7 @@ latency run. A failing arm is recorded with its error and the run goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import statistics
@@ -34,7 +35,7 @@ from tfcompress.bench.timing import machine_conditions
 from tfcompress.bench.workloads import list_workloads
 from tfcompress.export.interpreter import TFLiteModel
 
-__all__ = ["SCHEMA", "run_suite", "sanity_checks", "select", "time_workload"]
+__all__ = ["SCHEMA", "RunSetup", "prepare_run", "run_suite", "sanity_checks", "time_workload"]
 
 SCHEMA = "tfcompress.bench.suite/1"
 _TFLITE_EVALUATED = ("float16", "dynamic", "int8")
@@ -143,6 +144,56 @@ def _summarise(entry: dict, metric: str) -> None:
     entry["errors"] = [a["error"] for a in entry["runs"] if a.get("error")]
 
 
+@dataclasses.dataclass
+class RunSetup:
+    """What one suite run uses, checked before anything runs (shared by the parallel runner)."""
+
+    workloads: list
+    methods: list
+    seeds: list[int]
+    rounds: int
+    folder: Path
+    temporary: Any
+    configuration: str
+
+    def document(self, **extra: Any) -> dict[str, Any]:
+        """The results document's header (schema, time, command, seeds, machine)."""
+        return {
+            "schema": SCHEMA,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "configuration": self.configuration,
+            "command": sys.argv,
+            "seeds": self.seeds,
+            **extra,
+            "machine": machine_conditions(keras=keras.__version__),
+            "workloads": [],
+        }
+
+
+def prepare_run(workloads, methods, quick, tiny, seeds, latency_rounds, folder) -> RunSetup:
+    """Checks names and seeds and makes the file folder (a temporary one when None).
+
+    Raises:
+        ValueError: An unknown workload or method name, or an empty seed list.
+    """
+    chosen_workloads = select(workloads, list_workloads(quick=quick, tiny=tiny), "workloads")
+    chosen_methods = select(methods, list_methods(), "methods")
+    seeds = list(seeds) if seeds is not None else ([0] if tiny or quick else [0, 1, 2])
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed; received []")
+    rounds = latency_rounds or (2 if tiny else (5 if quick else 7))
+    temporary = None
+    if folder is None:
+        temporary = tempfile.TemporaryDirectory(prefix="tfcompress-bench-")
+        folder = temporary.name
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    configuration = "tiny" if tiny else ("quick" if quick else "full")
+    return RunSetup(
+        chosen_workloads, chosen_methods, seeds, rounds, folder, temporary, configuration
+    )
+
+
 def run_suite(
     workloads: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
@@ -177,18 +228,9 @@ def run_suite(
         ValueError: An unknown workload or method name, or an empty seed list.
     """
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    chosen_workloads = select(workloads, list_workloads(quick=quick, tiny=tiny), "workloads")
-    chosen_methods = select(methods, list_methods(), "methods")
-    seeds = list(seeds) if seeds is not None else ([0] if tiny or quick else [0, 1, 2])
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed; received []")
-    rounds = latency_rounds or (2 if tiny else (5 if quick else 7))
-    temporary = None
-    if folder is None:
-        temporary = tempfile.TemporaryDirectory(prefix="tfcompress-bench-")
-        folder = temporary.name
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    setup = prepare_run(workloads, methods, quick, tiny, seeds, latency_rounds, folder)
+    chosen_workloads, chosen_methods, seeds = setup.workloads, setup.methods, setup.seeds
+    rounds, folder, temporary = setup.rounds, setup.folder, setup.temporary
 
     def levels_of(method: Method, workload: Workload) -> tuple:
         if tiny:
@@ -208,15 +250,7 @@ def run_suite(
     )
     progress = _Progress(total, verbose)
     started = time.perf_counter()
-    document: dict[str, Any] = {
-        "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "configuration": "tiny" if tiny else ("quick" if quick else "full"),
-        "command": sys.argv,
-        "seeds": seeds,
-        "machine": machine_conditions(keras=keras.__version__),
-        "workloads": [],
-    }
+    document = setup.document()
     for workload in chosen_workloads:
         wfolder = folder / workload.name
         wfolder.mkdir(exist_ok=True)
