@@ -368,3 +368,24 @@ def test_prune_at_init_prunes_by_connection_sensitivity_and_keeps_it():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(d1.kernel) == 0, pattern)
     with pytest.raises(ValueError, match="sparsity"):
         tfc.prune_at_init(model, (x, y), 1.0)
+
+
+def test_two_pruning_callbacks_leave_no_metrics_wrapper_behind():
+    # Callbacks end in order (first installed ends first): each must unlink its own wrapper
+    # from wherever it sits in the chain, or evaluate() keeps reporting stale sparsity.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, name="a"), keras.layers.Dense(4, name="b")]
+    )
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(32, 4)).astype("float32")
+    first = GradualPruning(0.5, begin_step=0, end_step=2, frequency=1, layers=["a"])
+    second = GradualPruning(0.75, begin_step=0, end_step=2, frequency=1, layers=["b"])
+    history = model.fit(x, y, epochs=2, batch_size=8, callbacks=[first, second], verbose=0)
+    assert any("sparsity" in key for key in history.history)
+    assert "get_metrics_result" not in vars(model)
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert not any("sparsity" in key for key in logs)
+    kernels = [model.get_layer(n).kernel.numpy() for n in ("a", "b")]
+    assert [float(np.mean(k == 0)) for k in kernels] == [0.5, 0.75]

@@ -339,10 +339,12 @@ class MaskedTraining(keras.callbacks.Callback):
         previous = vars(model).get("get_metrics_result")
         if getattr(previous, "_tfc_owner", None) is self:
             previous = previous._tfc_previous  # left behind by a fit that died
-        base = previous if previous is not None else type(model).get_metrics_result.__get__(model)
 
         def get_metrics_result():
-            result = base()
+            # The inner function is read at call time: another callback's wrapper below this
+            # one may unlink itself first (callbacks end in order, not in reverse).
+            inner = get_metrics_result._tfc_previous
+            result = inner() if inner is not None else type(model).get_metrics_result(model)
             if self._reporting and self._sparsity:
                 for key, variable in self._sparsity.items():
                     value = keras.ops.convert_to_tensor(variable)
@@ -356,11 +358,16 @@ class MaskedTraining(keras.callbacks.Callback):
         model.get_metrics_result = get_metrics_result
 
     def _uninstall_metrics(self) -> None:
+        """Unlinks this callback's wrapper wherever it is in the chain of wrappers."""
         model = self.model
-        current = vars(model).get("get_metrics_result")
-        if getattr(current, "_tfc_owner", None) is not self:
+        outer, current = None, vars(model).get("get_metrics_result")
+        while current is not None and getattr(current, "_tfc_owner", None) is not self:
+            outer, current = current, getattr(current, "_tfc_previous", None)
+        if current is None:
             return
-        if current._tfc_previous is None:
+        if outer is not None:
+            outer._tfc_previous = current._tfc_previous
+        elif current._tfc_previous is None:
             del vars(model)["get_metrics_result"]
         else:
             model.get_metrics_result = current._tfc_previous

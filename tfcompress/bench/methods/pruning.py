@@ -11,7 +11,6 @@ files (the exporter picks TFLite's sparse encoding when it is smaller).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import keras
@@ -21,89 +20,18 @@ from tfcompress.bench.api import Compressed, MethodRun, register_method
 from tfcompress.bench.methods.budget import budget_steps, schedule_steps
 from tfcompress.bench.methods.common import copy_model, pruned_layers
 from tfcompress.pruning.callbacks import GradualPruning
+from tfcompress.pruning.channels import channel_prunable_layers
 from tfcompress.pruning.masks import compute_masks
 from tfcompress.pruning.shrink import shrink_model
 from tfcompress.pruning.snip import prune_at_init
 from tfcompress.pruning.sparse_training import DynamicSparseTraining
 
-__all__ = ["channel_prunable_layers"]
+__all__ = ["channel_prunable_layers"]  # re-exported: moved to tfcompress.pruning.channels
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 QUICK_SPARSITIES = (0.5, 0.9)
 CHANNEL_FRACTIONS = (0.25, 0.5, 0.7, 0.8)
 PRUNED_TASKS = ("classification", "language_model")
-
-# Layers a removed channel passes through unchanged in number (what shrink_model follows).
-_PASS_THROUGH = (
-    keras.layers.BatchNormalization,
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Flatten,
-)
-_CHANNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
-
-
-def _plain_channel_layer(layer: keras.layers.Layer) -> bool:
-    return type(layer) in _CHANNEL_LAYERS and getattr(layer, "groups", 1) == 1
-
-
-def channel_prunable_layers(model: keras.Model) -> list[str]:
-    """Names of the Dense/Conv layers whose pruned output channels ``shrink_model`` can remove.
-
-    A layer qualifies when every path from its output, through layers that
-    keep channels apart (BatchNorm, activations, pooling, dropout, padding,
-    Flatten, depthwise convolutions with depth multiplier 1), ends in the
-    input of another Dense/Conv layer. Channels that reach a model output
-    (the classifier's logits), a residual ``Add``, attention or a
-    normalization across channels stay, so pruning them would cost accuracy
-    for nothing; those layers are left out.
-
-    Raises:
-        ValueError: If no layer qualifies.
-    """
-    consumers: dict[int, list[keras.layers.Layer]] = defaultdict(list)
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                producer = tensor._keras_history.operation
-                consumers[id(producer)].append(layer)
-    outputs = {id(t._keras_history.operation) for t in model.outputs}
-
-    def ends_in_inputs(layer: keras.layers.Layer) -> bool:
-        if id(layer) in outputs or not consumers[id(layer)]:
-            return False
-        for nxt in consumers[id(layer)]:
-            if _plain_channel_layer(nxt):
-                continue
-            depthwise = isinstance(nxt, keras.layers.DepthwiseConv2D) and nxt.depth_multiplier == 1
-            if not (isinstance(nxt, _PASS_THROUGH) or depthwise) or not ends_in_inputs(nxt):
-                return False
-        return True
-
-    names = [layer.name for layer in model.layers if _plain_channel_layer(layer)]
-    chosen = [name for name in names if ends_in_inputs(model.get_layer(name))]
-    if not chosen:
-        raise ValueError(
-            f"model {model.name!r} has no Dense/Conv layer whose output channels shrink_model "
-            f"could remove (candidates {names} all reach an output, a merge or a layer that "
-            "mixes channels)"
-        )
-    return chosen
 
 
 @register_method(
