@@ -23,6 +23,7 @@ from tfcompress.export.converter import (
     validate_quantization,
 )
 from tfcompress.export.interpreter import TFLiteModel
+from tfcompress.export.low_bit import pack_low_bit_weights
 from tfcompress.export.sparsity import (
     AUTO_THRESHOLD,
     file_sparsity,
@@ -62,6 +63,10 @@ class ExportReport:
         op_counts: ``{"CONV_2D[int8]": 3, ...}`` as found in the file.
         weight_sparsity: Fraction of zeros in the file's weight tensors.
         sparse_encoding: Whether weights use TFLite's sparse encoding.
+        int4_weights: How many weight tensors on a 3-4 bit grid were
+            rewritten to INT4 (see :mod:`tfcompress.export.low_bit`).
+        int2_weights: How many ``FULLY_CONNECTED`` weight tensors on a 2-bit
+            grid were rewritten to INT2.
     """
 
     path: str
@@ -81,6 +86,8 @@ class ExportReport:
     op_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     weight_sparsity: float | None = None
     sparse_encoding: bool = False
+    int4_weights: int = 0
+    int2_weights: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -268,12 +275,18 @@ def export(
         sparse = _convert(True)
         if len(sparse) < len(flatbuffer) and runs_with_default_delegate(sparse, num_threads):
             flatbuffer = sparse
+    packing = None
+    if quantization == "int8":  # weights on a 2-4 bit grid: INT4/INT2 tensors, same values
+        packing = pack_low_bit_weights(flatbuffer)
+        flatbuffer = packing.flatbuffer
     write_bytes(target, flatbuffer)  # atomic: a failed write keeps a previous file
     report = ExportReport(
         path=str(target),
         quantization=quantization,
         bytes=len(flatbuffer),
         gzip_bytes=len(gzip.compress(flatbuffer, compresslevel=9)),
+        int4_weights=len(packing.int4) if packing else 0,
+        int2_weights=len(packing.int2) if packing else 0,
     )
     found = file_sparsity(flatbuffer)
     report.weight_sparsity = found.weight_sparsity

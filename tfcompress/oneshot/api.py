@@ -7,11 +7,12 @@ The user's model is never modified: the result is a copy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import keras
 
-from tfcompress.core.walk import LayerSelection
+from tfcompress.core.walk import LayerSelection, walk_layers
 from tfcompress.oneshot.engine import Settings, run
 from tfcompress.oneshot.grid import GridSpec
 from tfcompress.oneshot.report import OneShotReport
@@ -181,7 +182,7 @@ def _mfac(model, data, sparsity, nm, layers, return_report, options):
 def quantize(
     model: keras.Model,
     calibration_data: Any,
-    bits: int = 4,
+    bits: int | Mapping[str, int] = 4,
     method: str = "gptq",
     group_size: int | None = None,
     per_channel: bool = True,
@@ -217,7 +218,9 @@ def quantize(
     Args:
         model: A trained, built Sequential or Functional model. Not modified.
         calibration_data: Typical inputs (see :func:`prune`).
-        bits: Weight bits, 2 to 8.
+        bits: Weight bits, 2 to 8; or ``{layer name: bits}`` for mixed
+            precision (what ``tfc.allocate.bits`` chooses): those layers are
+            quantized, each to its own bits, and ``layers`` must be None.
         method: ``"gptq"`` or ``"rtn"``.
         group_size: Columns sharing one step within a row (e.g. 128), or
             None for one step per output channel (or tensor).
@@ -256,13 +259,44 @@ def quantize(
     """
     _check_model(model)
     method = check_choice("method", method, QUANTIZE_METHODS)
+    layer_bits: tuple[tuple[str, int], ...] = ()
+    if isinstance(bits, Mapping):
+        layer_bits, layers = _layer_bits(model, bits, layers)
+        bits = max(b for _, b in layer_bits)
     grid = _grid(bits, group_size, per_channel)
     common = _common(damping, block_size, batch_size, max_samples, verbose)
     if not isinstance(activations, bool):
         raise ValueError(f"activations must be True or False, got {activations!r}")
-    settings = Settings("quantize", method, grid=grid, activations=activations, **common)
+    settings = Settings(
+        "quantize", method, grid=grid, layer_bits=layer_bits, activations=activations, **common
+    )
     result, report = run(model, calibration_data, settings, layers)
     return _finish(result, report, return_report)
+
+
+def _layer_bits(model: keras.Model, bits: Mapping, layers: Any):
+    """``bits={path: bits}``: checked pairs and a selection of exactly those layers."""
+    if layers is not None:
+        raise ValueError(
+            f"layers={layers!r} was given with bits as a mapping; the mapping's keys are the "
+            "layers to quantize, so pass layers=None"
+        )
+    if not bits:
+        raise ValueError("bits is an empty mapping; expected {layer name: bits} with 1+ layers")
+    paths = dict(walk_layers(model, sublayers=True, models=True))
+    pairs = []
+    for name, value in bits.items():
+        if not isinstance(name, str) or name not in paths:
+            raise ValueError(
+                f"bits has the key {name!r}, which names no layer of model {model.name!r}; "
+                f"keys are layer paths such as {list(paths)[:4]}"
+            )
+        try:
+            pairs.append((name, check_bits(value)))
+        except ValueError as error:
+            raise ValueError(f"bits[{name!r}]: {error}") from None
+    chosen = {id(paths[name]) for name, _ in pairs}
+    return tuple(pairs), lambda layer: id(layer) in chosen
 
 
 def _grid(bits: Any, group_size: Any, per_channel: Any) -> GridSpec:

@@ -66,11 +66,16 @@ def quant_carrier_names(model: keras.Model, names: Sequence[str], per_group: boo
 
 
 def quantized_copy(
-    model: keras.Model, carriers: set[str], bits: int, per_channel: bool, activations: bool = True
+    model: keras.Model,
+    carriers: set[str],
+    bits: int | dict[str, int],
+    per_channel: bool,
+    activations: bool = True,
 ) -> keras.Model:
     """``quantize_model``'s copy of ``model``: the carriers become ``Quant*`` layers.
 
-    Their kernel quantizer is an LSQ quantizer (``bits``, per output channel or
+    Their kernel quantizer is an LSQ quantizer (``bits``: one number, or
+    ``{carrier name: bits}`` for mixed precision; per output channel or
     per tensor) whose step one-shot quantization sets; every other weight layer
     stays float; with ``activations``, inputs and outputs get int8 ranges as
     ``quantize_model`` places them (weight-only fake quantization otherwise).
@@ -81,14 +86,16 @@ def quantized_copy(
         rule = scheme.rule_for(layer)
         if isinstance(rule, WeightRule) and rule.role == "weights":
             if name in carriers:
-                quantizer = LSQQuantizer(bits, signed=True, axis=-1 if per_channel else None)
+                layer_bits = bits[name] if isinstance(bits, dict) else bits
+                quantizer = LSQQuantizer(layer_bits, signed=True, axis=-1 if per_channel else None)
                 overrides[layer.name] = {"kernel_quantizer": quantizer}
             else:
                 overrides[layer.name] = None
-    config = QuantizeConfig(weight_bits=bits, overrides=overrides)
+    default_bits = max(bits.values(), default=8) if isinstance(bits, dict) else bits
+    config = QuantizeConfig(weight_bits=default_bits, overrides=overrides)
     if not activations:
         config = QuantizeConfig(
-            weight_bits=bits,
+            weight_bits=default_bits,
             overrides=overrides,
             activation_quantizer=None,
             input_quantizer=None,

@@ -58,6 +58,8 @@ class Settings:
         sparsity: Fraction to prune (0 when not pruning).
         pattern: N:M pattern or None.
         grid: The quantization grid, or None when not quantizing.
+        layer_bits: ``((layer name, bits), ...)``: layers whose grid has other
+            bits than ``grid`` (mixed precision); the rest use ``grid``.
         activations: Give quantized models int8 input/output ranges.
         damping: Relative Hessian dampening.
         block_size: Lazy-update block of the column sweep.
@@ -71,6 +73,7 @@ class Settings:
     sparsity: float = 0.0
     pattern: NMPattern | None = None
     grid: GridSpec | None = None
+    layer_bits: tuple[tuple[str, int], ...] = ()
     activations: bool = True
     damping: float = 0.01
     block_size: int = 128
@@ -85,6 +88,19 @@ class Settings:
     @property
     def needs_hessian_factor(self) -> bool:
         return self.method not in ("magnitude", "rtn")
+
+    def bits_for(self, name: str) -> int | None:
+        """The weight bits of layer ``name`` (None when not quantizing)."""
+        if self.grid is None:
+            return None
+        return dict(self.layer_bits).get(name, self.grid.bits)
+
+    def for_layer(self, name: str) -> Settings:
+        """These settings with layer ``name``'s own grid (mixed precision)."""
+        bits = self.bits_for(name)
+        if self.grid is None or bits == self.grid.bits:
+            return self
+        return dataclasses.replace(self, grid=dataclasses.replace(self.grid, bits=bits))
 
 
 @dataclasses.dataclass
@@ -189,6 +205,14 @@ def run(
     start = time.perf_counter()
     calib = calibration_data(data, model, max_samples=settings.max_samples)
     plan = plan_targets(model, layers, settings.operation)
+    if settings.layer_bits:
+        named = dict(settings.layer_bits)
+        unnamed = [name for name in plan.names if name not in named]
+        if unnamed:
+            raise ValueError(
+                f"bits names layers by other names than the model's paths; use {plan.names} "
+                f"(no bits given for {unnamed})"
+            )
     for name in plan.names:
         rule, _ = rule_for(find_layer(model, name))
         kernel = rule.kernel()
@@ -203,7 +227,7 @@ def run(
         if settings.prunes
         else None,
         target_sparsity=settings.sparsity if settings.prunes else None,
-        bits=settings.grid.bits if settings.grid else None,
+        bits=settings.grid.bits if settings.grid and not settings.layer_bits else None,
         skipped=list(plan.skipped),
         calibration_samples=calib.num_samples,
     )
@@ -215,7 +239,7 @@ def run(
         work = carriers.quantized_copy(
             model,
             quant_names,
-            settings.grid.bits,
+            {name: settings.bits_for(name) for name in quant_names},
             settings.grid.per_channel,
             settings.activations,
         )
@@ -238,7 +262,8 @@ def run(
             rule = target.rule
             weights = rule.matrix()
             hessian = target.hessian.hessian()
-            solution = solve_layer(weights, hessian, settings, target.name)
+            layer_settings = settings.for_layer(target.name)
+            solution = solve_layer(weights, hessian, layer_settings, target.name)
             samples = target.hessian.count
             if samples < rule.columns and settings.needs_hessian_factor:
                 warnings.warn(
@@ -268,7 +293,7 @@ def run(
                     problems=rule.groups,
                     samples=samples,
                     sparsity=float(np.mean(kernel == 0)),
-                    bits=settings.grid.bits if settings.grid else None,
+                    bits=settings.bits_for(target.name),
                     baseline_error=solution.baseline_error,
                     error=solution.error,
                     damping=solution.damping,
@@ -321,9 +346,10 @@ def _grid_notes(report: OneShotReport, settings: Settings, quant_names: set[str]
             if settings.grid.group_size is not None
             else "tfcompress has no Quant layer for their type"
         )
+        bits = sorted({settings.bits_for(name) for name in floats})
         report.notes.append(
             f"{len(floats)} layer(s) keep float kernels whose values are on the "
-            f"{settings.grid.bits}-bit grid ({why}): exact in Keras and .keras, stored as float "
+            f"{'/'.join(map(str, bits))}-bit grid ({why}): exact in Keras and .keras, stored as float "
             f"(or re-quantized) in TFLite: {', '.join(floats)}"
         )
     dense = [
