@@ -29,6 +29,7 @@ EXPECTED_TOP_LEVEL = {
     "remove_masks",
     "UnreadableFileError",
     "oneshot",
+    "allocate",
 }
 
 EXPECTED_ONESHOT = {
@@ -204,6 +205,23 @@ EXPECTED_BINARY_INFERENCE = {
 def test_binary_inference_names():
     for package, names in EXPECTED_BINARY_INFERENCE.items():
         assert names <= set(getattr(tfc, package).__all__), package
+
+
+EXPECTED_ALLOCATE = {
+    "BitsPlan",
+    "LayerChoice",
+    "Plan",
+    "SparsityPlan",
+    "bits",
+    "container_bits",
+    "sparsity",
+}
+
+
+def test_allocate_names():
+    assert set(tfc.allocate.__all__) == EXPECTED_ALLOCATE
+    assert tfc.allocate.bits is tfc.allocation.bits
+    assert callable(tfc.allocate.sparsity) and callable(tfc.allocate.bits)
 
 
 def test_oneshot_names():

@@ -27,6 +27,7 @@ def _cli_startup() -> bool:
 _load_everything = globals().get("_load_everything", False)  # kept across load_all's reload
 
 if _TYPE_CHECKING or _load_everything or not _cli_startup():
+    from tfcompress import allocate as allocate
     from tfcompress import callbacks as callbacks
     from tfcompress import datasets as datasets
     from tfcompress import layers as layers
@@ -79,6 +80,7 @@ __version__ = "0.1.0"
 __all__ = [
     "UnreadableFileError",
     "__version__",
+    "allocate",
     "binarize_model",
     "callbacks",
     "cluster_model",

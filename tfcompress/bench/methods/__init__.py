@@ -5,6 +5,8 @@ and decorate it with :func:`tfcompress.bench.register_method`.
 """
 
 from tfcompress.bench.methods import (
+    allocation_bits,  # noqa: F401
+    allocation_sparsity,  # noqa: F401
     baselines,  # noqa: F401
     binary,  # noqa: F401
     clustering,  # noqa: F401

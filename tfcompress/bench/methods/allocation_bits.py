@@ -1,0 +1,85 @@
+"""Mixed precision for a file-size budget (``tfc.allocate.bits``), no fine-tune.
+
+The level is the file-size budget as a multiple of the uniform 4-bit file
+(measured in the same arm): at level 1.0 ``mixed_bits`` and ``gptq`` at 4 bits
+(the same GPTQ, per tensor, the same calibration) compare at the same file size.
+Errors are the calibration loss increase when one layer alone takes a width
+(512 training images or 128 byte windows with their targets); widths 2, 4 and
+8 (2-bit Dense weights are INT2 tensors in the file, 2-bit convolutions INT4).
+The language model is quantized weight-only, like ``gptq``; its file
+calibrates the activations.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+
+from tfcompress.bench.api import Compressed, MethodRun, register_method
+from tfcompress.bench.methods.common import pruned_layers
+from tfcompress.export.tflite import export
+
+TASKS = ("classification", "language_model")
+
+
+@register_method(
+    "mixed_bits",
+    family="allocation",
+    levels=(1.5, 1.25, 1.0, 0.9),
+    quick_levels=(1.0,),
+    level_name="x 4-bit file",
+    applies_to=TASKS,
+    finetunes=False,
+    description="tfc.allocate.bits: 2/4/8-bit GPTQ per layer within a multiple of the uniform "
+    "4-bit file's bytes (loss-increase errors, exact knapsack), no fine-tune",
+)
+def mixed_bits(model: keras.Model, run: MethodRun) -> Compressed:
+    from tfcompress import allocation, oneshot
+
+    language_model = run.workload.task == "language_model"
+    x, y = run.calibration_pairs(128 if language_model else 512)
+    layers = pruned_layers(run.workload)
+    # The uniform 4-bit file's bytes: its weights are rounded to nearest (bytes do not depend
+    # on the rounding), with the activation ranges the arm's own file will have.
+    four = oneshot.quantize(
+        model,
+        x,
+        bits=4,
+        method="rtn",
+        per_channel=False,
+        layers=layers,
+        activations=not language_model,
+        verbose=0,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        four_bytes = export(
+            four,
+            os.path.join(folder, "four.tflite"),
+            quantization="int8",
+            representative_data=x,
+            verify=False,
+            verbose=0,
+        ).bytes
+    plan = allocation.bits(
+        model,
+        x,
+        target_bytes=int(run.level * four_bytes),
+        choices=(2, 4, 8),
+        error="loss",
+        targets=y,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        per_channel=False,
+        activations=not language_model,
+        layers=layers,
+        verbose=0,
+    )
+    quant = plan.apply(model)
+    counts = {b: sum(1 for c in plan.choices.values() if c == b) for b in (2, 4, 8)}
+    notes = (
+        f"layers at 2/4/8 bits: {counts[2]}/{counts[4]}/{counts[8]}; predicted "
+        f"{plan.total_cost:,.0f} B of a {plan.budget:,.0f} B budget (uniform 4-bit file "
+        f"{four_bytes:,} B)"
+    )
+    return Compressed(quant, export="int8", calibrate=language_model, notes=notes)
