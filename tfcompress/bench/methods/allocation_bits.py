@@ -28,7 +28,7 @@ TASKS = ("classification", "language_model")
     "mixed_bits",
     family="allocation",
     levels=(1.5, 1.25, 1.0, 0.9),
-    quick_levels=(1.0,),
+    quick_levels=(1.0, 0.9),
     level_name="x 4-bit file",
     applies_to=TASKS,
     finetunes=False,
