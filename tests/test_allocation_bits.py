@@ -308,3 +308,24 @@ def test_missing_calibration_data_is_named(setup):
         tfc.allocate.bits(model, None, target_ratio=0.2, verbose=0)
     with pytest.raises(ValueError, match="empty"):
         tfc.allocate.bits(model, x[:0], target_ratio=0.2, verbose=0)
+
+
+def test_layer_tensors_are_found_by_name_in_the_file(tmp_path):
+    from tfcompress.allocation.file_costs import layer_tensor_bytes, name_pattern
+
+    # default names: "dense" must not claim "dense_1"'s tensor (tracing appends _<n>)
+    assert name_pattern("dense").search("sequential_1/dense_1/MatMul")
+    assert not name_pattern("dense").search("sequential_1/dense_1_2/MatMul")
+    assert name_pattern("dense_1").search("sequential_1/dense_1_2/MatMul;x/dense_1_2/Fake")
+    assert name_pattern("block0_attn/key").search("byte_lm_1/block0_attn_1/key_1/MatMul")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(32), keras.layers.Dense(8)], name="net"
+    )
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+    quant = tfc.oneshot.quantize(model, x, bits=8, per_channel=False, verbose=0)
+    tfc.tflite_export.export(quant, tmp_path / "m.tflite", quantization="int8", verify=False)
+    names = [layer.name for layer in model.layers]
+    found = layer_tensor_bytes((tmp_path / "m.tflite").read_bytes(), names)
+    # INT8 data, one scale (4 B) and one zero point (8 B) per tensor
+    assert found == {names[0]: 16 * 32 + 12, names[1]: 32 * 8 + 12}

@@ -5,15 +5,16 @@
 1. **Candidates**: the model is quantized once per choice of bits with
    one-shot GPTQ (:func:`tfcompress.oneshot.quantize`, weight-only), giving
    every layer's weights at every width.
-2. **Costs, from the file**: a layer's cost is the bytes its weight tensor
-   takes in the int8 TFLite file: 8 bits per weight in an INT8 tensor; 3-4
-   bits in an INT4 tensor (half a byte); 2 bits in an INT2 tensor (a quarter)
-   for Dense and EinsumDense layers (``FULLY_CONNECTED``;
-   :mod:`tfcompress.export.low_bit`) and INT4 for convolutions, which LiteRT
-   cannot run with INT2 filters. Everything else (biases, activation parameters, graph) is measured: the
-   file of the model quantized at the widest choice, minus its weight
-   tensors. The plan's predicted total is the file size of the applied plan
-   (up to flatbuffer padding; the tests check it).
+2. **Costs, from the files**: the model is exported once per width with
+   every allocated layer at that width (round-to-nearest: bytes do not
+   depend on the rounding), and each layer's weight tensor is found by name
+   and weighed (:mod:`tfcompress.allocation.file_costs`): INT8, INT4 or INT2
+   data (:mod:`tfcompress.export.low_bit`) plus its scales and zero points.
+   This catches what a rule would miss (2-bit convolutions take INT4, an
+   attention query with a folded factor leaves the grid and stays INT8).
+   Everything else (biases, activation parameters, graph) is the widest
+   file minus its weight tensors. The plan's predicted total is the file size
+   of the applied plan up to flatbuffer padding (the tests check it).
 3. **Errors**: per layer and width, the loss increase, output change, or
    HAWQ-V2 Hessian-trace sensitivity when that layer alone takes that width
    (:mod:`tfcompress.allocation.sensitivity`).
@@ -24,7 +25,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tempfile
 import warnings
@@ -34,6 +34,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.allocation.file_costs import formula_bytes, layer_tensor_bytes
 from tfcompress.allocation.plan import LayerChoice, Plan
 from tfcompress.allocation.sensitivity import (
     ERROR_MEASURES,
@@ -183,12 +184,13 @@ def _check_args(target_bytes, target_ratio, target_bits, choices, error, targets
     return tuple(sorted(int(b) for b in choices))
 
 
-def _file_bytes(model: keras.Model, quantization: str | None, data: Any) -> int:
+def _file(model: keras.Model, quantization: str | None, data: Any) -> bytes:
+    """The bytes ``tfc.tflite_export.export`` writes for ``model`` (not verified)."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.tflite")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            report = export(
+            export(
                 model,
                 path,
                 quantization=quantization,
@@ -196,7 +198,8 @@ def _file_bytes(model: keras.Model, quantization: str | None, data: Any) -> int:
                 verify=False,
                 verbose=0,
             )
-    return int(report.bytes)
+        with open(path, "rb") as handle:
+            return handle.read()
 
 
 def _layers_by_path(model: keras.Model) -> dict[str, keras.layers.Layer]:
@@ -314,38 +317,49 @@ def bits(
             )
     data = calib.inputs()
     widest = max(choices)
-    # Costs first (cheap), so an unreachable budget fails before the candidates are made.
-    # The rest of the file as the applied plan will have it (activation ranges included);
-    # bytes do not depend on how the weights were rounded, so round-to-nearest suffices.
-    cost_model, report = oneshot_quantize(
-        model,
-        data,
-        bits=widest,
-        method="rtn",
-        per_channel=per_channel,
-        layers=layers,
-        activations=activations,
-        batch_size=batch_size,
-        verbose=0,
-        return_report=True,
-    )
+    # Costs first, so an unreachable budget fails before the candidates are made: one file
+    # per width with every allocated layer at that width and the activation ranges the
+    # applied plan will have. Bytes do not depend on how weights were rounded: RTN suffices.
+    files: dict[int, bytes] = {}
+    report = None
+    for b in sorted(choices, reverse=True):
+        cost_model, rep = oneshot_quantize(
+            model,
+            data,
+            bits=b,
+            method="rtn",
+            per_channel=per_channel,
+            layers=layers,
+            activations=activations,
+            batch_size=batch_size,
+            verbose=0,
+            return_report=True,
+        )
+        report = report or rep
+        files[b] = _file(cost_model, "int8", data)
     names = [r.name for r in report.layers]
     kinds = {r.name: r.kind for r in report.layers}
     sizes = {r.name: r.rows * r.columns * r.problems for r in report.layers}
+    measured = {b: layer_tensor_bytes(files[b], names) for b in choices}
+    estimated = sorted({n for n in names for b in choices if n not in measured[b]})
     costs = [
-        [math.ceil(sizes[n] * container_bits(kinds[n], b) / 8) for b in choices] for n in names
+        [measured[b].get(n, formula_bytes(sizes[n], container_bits(kinds[n], b))) for b in choices]
+        for n in names
     ]
-    dense_bytes = _file_bytes(model, None, None)
-    widest_file = _file_bytes(cost_model, "int8", data)
+    dense_bytes = len(_file(model, None, None))
+    widest_file = len(files[widest])
     fixed = widest_file - sum(c[-1] for c in costs)
     if target_bytes is not None:
         budget = int(target_bytes)
     elif target_ratio is not None:
         budget = int(target_ratio * dense_bytes)
     else:
-        budget = fixed + sum(
-            math.ceil(sizes[n] * container_bits(kinds[n], target_bits) / 8) for n in names
-        )
+        if target_bits in files:
+            budget = len(files[target_bits])
+        else:
+            budget = fixed + sum(
+                formula_bytes(sizes[n], container_bits(kinds[n], target_bits)) for n in names
+            )
     smallest = fixed + sum(min(c) for c in costs)
     if budget < smallest:
         raise ValueError(
@@ -396,11 +410,16 @@ def bits(
     ]
     uniform = [b for b in choices if fixed + sum(c[choices.index(b)] for c in costs) <= budget]
     notes = [
-        f"costs: weight bytes in the int8 TFLite file (INT8/INT4/INT2 tensors); rest of the file "
-        f"measured from the {widest}-bit file ({widest_file:,} B)",
+        f"costs: each layer's weight tensor in the int8 TFLite file at each width (data, scales, "
+        f"zero points), read from {len(choices)} files; rest of the file from the {widest}-bit "
+        f"file ({widest_file:,} B)",
         f"errors: {error} when one layer alone takes the width ({method}, "
         f"{calib.num_samples} calibration examples)",
     ]
+    if estimated:
+        notes.append(
+            f"not found by name in the files, costs estimated from the width: {', '.join(estimated)}"
+        )
     if uniform:
         notes.append(f"the widest uniform width within the budget is {max(uniform)} bits")
     plan = BitsPlan(
