@@ -386,14 +386,9 @@ def bits(
     if error == "hessian":
         errors = _hessian_errors(model, base, candidates, names, choices, calib, targets, loss)
     else:
-        scorer = ModelScorer(model, calib, targets, loss, batch_size)
+        scorer = ModelScorer(model, calib, targets if error == "loss" else None, loss, batch_size)
         errors = swap_errors(
-            base,
-            names,
-            choices,
-            _kernel_installer(base, candidates),
-            lambda m: scorer.score(m, error),
-            progress,
+            base, names, choices, _kernel_installer(base, candidates), scorer.score, progress
         )
     solution = solve_budget(costs, errors.tolist(), budget - fixed)
     plan_layers = [

@@ -17,9 +17,9 @@ op, ``overhead_model()``, measures what is left of the call itself).
 instruction-set flags (from ``/proc/cpuinfo``), the interpreter's thread count
 and the LiteRT and TensorFlow versions (:func:`machine_key`). Entries are keyed
 by what was timed (layer classes and configurations without names, shapes).
-The folder is ``cache_dir=``, else ``$TFCOMPRESS_CACHE``, else ``latency``
-inside ``$TFCOMPRESS_CACHE_DIR``, ``$XDG_CACHE_HOME/tfcompress`` or
-``~/.cache/tfcompress``. Files are written with the one atomic writer
+The folder is ``cache_dir=``, else ``latency`` inside the project's cache
+root: ``$TFCOMPRESS_CACHE_DIR`` (where compiled kernels go too),
+``$XDG_CACHE_HOME/tfcompress`` or ``~/.cache/tfcompress``. Files are written with the one atomic writer
 (:func:`tfcompress.core.io.write_text`); a file that cannot be read or parsed
 is ignored with a warning and measured again, never an error.
 
@@ -47,7 +47,6 @@ import numpy as np
 from tfcompress.core.io import write_text
 
 __all__ = [
-    "CACHE_ENV",
     "LatencyCache",
     "LiteRTTimer",
     "Timer",
@@ -59,7 +58,6 @@ __all__ = [
 ]
 
 #: Environment variable naming the latency cache folder.
-CACHE_ENV = "TFCOMPRESS_CACHE"
 _BASE_ENV = "TFCOMPRESS_CACHE_DIR"  # the project's cache root (kernels use it too)
 _FORMAT = 1
 # Flags whose presence changes which float kernels XNNPACK picks.
@@ -117,11 +115,9 @@ def canonical_key(description: Any) -> str:
 
 
 def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The latency cache folder: ``cache_dir``, ``$TFCOMPRESS_CACHE`` or the default."""
+    """The latency cache folder: ``cache_dir``, or ``latency`` in the project's cache root."""
     if cache_dir is not None:
         return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
     base = os.environ.get(_BASE_ENV)
     if base:
         return Path(base) / "latency"

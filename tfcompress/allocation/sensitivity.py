@@ -31,6 +31,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.core.batchnorm import recalibrated_batchnorm
 from tfcompress.core.calibration import CalibrationData
 from tfcompress.core.gradients import loss_gradients
 
@@ -40,14 +41,22 @@ ERROR_MEASURES = ("output", "loss", "hessian")
 
 
 class ModelScorer:
-    """Scores a model on fixed calibration data against a reference model's outputs or the targets.
+    """Scores models on fixed calibration data: output change against a reference, or the loss.
+
+    Forward passes use the model's compiled ``predict_on_batch`` (several times
+    faster than eager calls), which reads the variables as they are, so a
+    candidate installed in place is scored as it is.
 
     Args:
-        reference: The uncompressed model (its outputs are the ``"output"`` reference).
+        reference: The uncompressed model (its outputs are the ``"output"``
+            reference; its score is :attr:`base`).
         calibration: Checked calibration inputs.
-        targets: Targets for the inputs (``"loss"``), or None.
+        targets: Targets for the inputs (``"loss"``), or None (``"output"``).
         loss: ``loss(y_true, y_pred)``; required with ``targets``.
         batch_size: Examples per forward pass.
+        recalibrate: Re-estimate BatchNorm statistics on the calibration
+            inputs before scoring a candidate
+            (:func:`tfcompress.core.batchnorm.recalibrated_batchnorm`).
     """
 
     def __init__(
@@ -57,49 +66,53 @@ class ModelScorer:
         targets: np.ndarray | None,
         loss: Callable[[Any, Any], Any] | None,
         batch_size: int,
+        recalibrate: bool = False,
     ):
         self.calibration = calibration
-        self.targets = targets
+        self.targets = None if targets is None else np.asarray(targets)
         self.loss = loss
         self.batch_size = batch_size
+        self.recalibrate = recalibrate
+        self.measure = "output" if targets is None else "loss"
         self.reference_outputs = self.outputs(reference)
-        self.reference_power = float(
-            np.mean([np.mean(np.square(o.astype(np.float64))) for o in self.reference_outputs])
+        self.reference_power = max(
+            float(np.mean([np.mean(np.square(o)) for o in self.reference_outputs])), 1e-30
         )
+        self.base = self._score(self.reference_outputs)
+
+    @property
+    def samples(self) -> int:
+        """How many calibration examples a score reads."""
+        return self.calibration.num_samples
 
     def outputs(self, model: keras.Model) -> list[np.ndarray]:
-        """The model's outputs on the calibration inputs, one array per output."""
-        parts: list[list[np.ndarray]] = []
-        for batch in self.calibration.input_batches(self.batch_size):
-            out = keras.tree.flatten(model(batch, training=False))
-            parts.append([np.asarray(keras.ops.convert_to_numpy(o)) for o in out])
+        """The model's outputs on the calibration inputs (float64), one array per output."""
+        parts = [
+            [np.asarray(o, np.float64) for o in keras.tree.flatten(model.predict_on_batch(batch))]
+            for batch in self.calibration.input_batches(self.batch_size)
+        ]
         return [np.concatenate(column) for column in zip(*parts)]
 
-    def output_error(self, model: keras.Model) -> float:
-        """``||f(x) - f_ref(x)||^2 / ||f_ref(x)||^2`` averaged over the outputs."""
-        got = self.outputs(model)
-        errors = [
-            np.mean(np.square(g.astype(np.float64) - r.astype(np.float64)))
-            for g, r in zip(got, self.reference_outputs)
-        ]
-        return float(np.mean(errors) / max(self.reference_power, 1e-30))
+    def _score(self, outputs: list[np.ndarray]) -> float:
+        if self.targets is None:
+            change = [np.mean((o - r) ** 2) for o, r in zip(outputs, self.reference_outputs)]
+            return float(np.mean(change)) / self.reference_power
+        prediction = outputs[0] if len(outputs) == 1 else outputs
+        value = self.loss(self.targets, prediction)
+        return float(np.mean(keras.ops.convert_to_numpy(value)))
 
-    def loss_value(self, model: keras.Model) -> float:
-        """The mean task loss on the calibration inputs and targets."""
-        total, count = 0.0, 0
-        n = self.calibration.num_samples
-        for start, batch in zip(
-            range(0, n, self.batch_size), self.calibration.input_batches(self.batch_size)
-        ):
-            y = self.targets[start : start + self.batch_size]
-            value = self.loss(y, model(batch, training=False))
-            total += float(keras.ops.convert_to_numpy(value)) * len(y)
-            count += len(y)
-        return total / count
+    def score(self, model: keras.Model) -> float:
+        """The output error (relative squared change) or the mean loss of ``model``."""
+        if not self.recalibrate:
+            return self._score(self.outputs(model))
+        # Score the change, not the stale BatchNorm statistics after it (a fine-tune
+        # re-estimates them within its first steps).
+        with recalibrated_batchnorm(model, self.calibration.input_batches(self.batch_size)):
+            return self._score(self.outputs(model))
 
-    def score(self, model: keras.Model, measure: str) -> float:
-        """``"output"`` error or ``"loss"`` value of ``model``."""
-        return self.output_error(model) if measure == "output" else self.loss_value(model)
+    def increase(self, model: keras.Model) -> float:
+        """``score(model)`` minus the reference model's score."""
+        return self.score(model) - self.base
 
 
 def hutchinson_trace(
