@@ -56,3 +56,41 @@ def test_allocation_methods_are_registered_with_their_levels():
     assert get_method("mixed_bits").levels == (1.5, 1.25, 1.0, 0.9)
     assert get_method("spdy_channel").levels == get_method("uniform_channel_latency").levels
     assert not get_method("mixed_bits").finetunes and get_method("spdy_channel").finetunes
+
+
+def test_readme_allocation_numbers_come_from_the_committed_run():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    document = json.loads((root / "docs/bench/allocation/results.json").read_text())
+    assert document["configuration"] == "quick" and document["seeds"] == [0, 1, 2]
+    arms = {
+        (w["name"], a["method"], a["level"]): a for w in document["workloads"] for a in w["arms"]
+    }
+    assert all(a["errors"] == [] for a in arms.values())
+    readme = " ".join((root / "README.md").read_text().split())
+
+    def quoted(workload, method, level, scale, digits):
+        arm = arms[(workload, method, level)]
+        mean, std = arm["quality_mean"] * scale, arm["quality_std"] * scale
+        return f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+    claims = [
+        quoted("byte_lm", "mixed_bits", 1.0, 1, 3),
+        quoted("byte_lm", "gptq", 4, 1, 3),
+        quoted("digits_cnn", "mixed_bits", 1.0, 100, 1),
+        quoted("mobilenet_digits", "spdy_channel", 0.6, 100, 1),
+        quoted("mobilenet_digits", "uniform_channel_latency", 0.6, 100, 1),
+        quoted("digits_cnn", "spdy_channel", 0.6, 100, 1),
+    ]
+    for claim in claims:
+        assert claim in readme, claim
+    # the budgeted methods beat their baselines in this run (means), at the same bytes
+    lm_mixed, lm_gptq = arms[("byte_lm", "mixed_bits", 1.0)], arms[("byte_lm", "gptq", 4)]
+    assert lm_mixed["quality_mean"] < lm_gptq["quality_mean"]
+    assert lm_mixed["tflite_bytes"] <= lm_gptq["tflite_bytes"]
+    for workload in ("digits_cnn", "mobilenet_digits"):
+        spdy = arms[(workload, "spdy_channel", 0.6)]
+        uniform = arms[(workload, "uniform_channel_latency", 0.6)]
+        assert spdy["quality_mean"] > uniform["quality_mean"]
