@@ -291,6 +291,7 @@ def test_hutchinson_trace_matches_the_exact_trace_of_a_quadratic():
         ({"target_ratio": 0.2, "error": "loss"}, "needs targets"),
         ({"target_ratio": 0.2, "error": "nope"}, "is not one of"),
         ({"target_bytes": -5}, "positive integer"),
+        ({"target_bytes": 10**9}, "above the float32 file"),
     ],
 )
 def test_bad_budgets_and_choices_are_named(setup, kwargs, message):

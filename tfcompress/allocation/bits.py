@@ -351,6 +351,11 @@ def bits(
     fixed = widest_file - sum(c[-1] for c in costs)
     if target_bytes is not None:
         budget = int(target_bytes)
+        if budget > dense_bytes:
+            raise ValueError(
+                f"target_bytes={budget:,} is above the float32 file ({dense_bytes:,} B): a budget "
+                "above the dense model compresses nothing"
+            )
     elif target_ratio is not None:
         budget = int(target_ratio * dense_bytes)
     else:
