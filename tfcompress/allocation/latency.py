@@ -44,6 +44,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.core.cpu import cpu_isa
 from tfcompress.core.io import write_text
 
 __all__ = [
@@ -60,8 +61,6 @@ __all__ = [
 #: Environment variable naming the latency cache folder.
 _BASE_ENV = "TFCOMPRESS_CACHE_DIR"  # the project's cache root (kernels use it too)
 _FORMAT = 1
-# Flags whose presence changes which float kernels XNNPACK picks.
-_ISA_PREFIXES = ("sse", "ssse", "avx", "fma", "f16c", "amx", "asimd", "sve", "neon", "fp16")
 
 #: ``timer(models) -> seconds``: one latency per model, in order.
 Timer = Callable[[Sequence[keras.Model]], Sequence[float]]
@@ -78,21 +77,10 @@ def machine_key(num_threads: int = 1, cpuinfo: str | os.PathLike = "/proc/cpuinf
         ``{"cpu": model name, "isa": [SIMD flags], "threads": n, "litert": version,
         "tensorflow": version}`` (``None`` for what cannot be read).
     """
-    model, flags = None, None
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if model is None and key in ("model name", "cpu model", "hardware"):
-            model = value.strip()
-        elif flags is None and key in ("flags", "features"):
-            flags = sorted(f for f in value.split() if f.startswith(_ISA_PREFIXES))
+    found = cpu_isa(cpuinfo)
     return {
-        "cpu": model,
-        "isa": flags,
+        "cpu": found["model"],
+        "isa": found["flags"],
         "threads": int(num_threads),
         "litert": _version("ai_edge_litert"),
         "tensorflow": _version("tensorflow"),

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import numbers
 import os
@@ -39,25 +40,28 @@ __all__ = ["ArmTiming", "Timing", "cpu_isa", "machine_conditions", "time_arms"]
 
 REDUCTIONS = ("each", "median", "mean")
 
-# The flags that decide which kernels run (XNNPACK, TF's oneDNN, our packed binary ops).
-ISA_FLAGS = (
-    "sse4_2",
-    "popcnt",
-    "fma",
-    "avx",
-    "avx2",
-    "avx_vnni",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_vpopcntdq",
-    "amx_int8",
-    "asimd",
-    "asimddp",
-    "sve",
-)
+
+def _load_cpu_module():
+    """``tfcompress/core/cpu.py``, loaded by its path (standard library only, like this file).
+
+    A tf_keras subprocess loads this file by path without importing tfcompress, so the
+    one CPU reader is reached the same way.
+    """
+    name = "tfcompress.core.cpu"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core", "cpu.py"
+    )
+    spec = importlib.util.spec_from_file_location("_tfcompress_cpu_by_path", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_cpu = _load_cpu_module()
+ISA_FLAGS = _cpu.ISA_FLAGS
+cpu_isa = _cpu.cpu_isa
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,33 +154,6 @@ class Timing:
         if name not in self.arms:
             raise KeyError(f"no arm named {name!r}; timed arms: {list(self.arms)}")
         return self.arms[name]
-
-
-def cpu_isa(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict:
-    """The CPU's model name and which of the kernel-relevant instruction sets it has.
-
-    Args:
-        cpuinfo: A file in ``/proc/cpuinfo`` format.
-
-    Returns:
-        ``{"model": str | None, "flags": [...]}``: the flags of ``ISA_FLAGS`` the first
-        processor lists (x86 ``flags`` or Arm ``Features``), sorted; ``flags`` is None
-        where the file cannot be read (not Linux).
-    """
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
-            text = handle.read()
-    except OSError:
-        return {"model": platform.processor() or None, "flags": None}
-    model, flags = None, None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if model is None and key in ("model name", "cpu model", "hardware"):
-            model = value.strip()
-        elif flags is None and key in ("flags", "features"):
-            flags = set(value.split())
-    return {"model": model, "flags": sorted(set(ISA_FLAGS) & (flags or set()))}
 
 
 def machine_conditions(**extra) -> dict:

@@ -13,30 +13,13 @@ from collections import defaultdict
 
 import keras
 
+from tfcompress.pruning.shrink import PER_CHANNEL_LAYERS
+
 __all__ = ["channel_prunable_layers"]
 
-# Layers a removed channel passes through unchanged in number (what shrink_model follows).
-_PASS_THROUGH = (
-    keras.layers.BatchNormalization,
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Flatten,
-)
+# Layers a removed channel passes through unchanged in number: exactly what shrink_model
+# follows (its per-channel layers, and Flatten).
+_PASS_THROUGH = (*PER_CHANNEL_LAYERS, keras.layers.Flatten)
 _CHANNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
 
 

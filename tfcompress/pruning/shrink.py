@@ -34,7 +34,8 @@ from tfcompress.pruning.constraint import attach_mask, constraint_attribute, str
 __all__ = ["shrink_model"]
 
 _PRODUCERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_PER_CHANNEL = (
+#: Layers that keep channels apart (a removed channel passes through them).
+PER_CHANNEL_LAYERS = (
     keras.layers.BatchNormalization,
     keras.layers.Activation,
     keras.layers.ReLU,
@@ -280,7 +281,7 @@ def shrink_model(model: keras.Model) -> keras.Model:
             info[out] = _Tensor(source.channels, positions, source.const.copy())
             for c in range(source.channels):
                 groups.union((node.inputs[0], c), (out, c))
-        elif (isinstance(layer, _PER_CHANNEL + _MERGES) or _depthwise(layer)) and all(
+        elif (isinstance(layer, PER_CHANNEL_LAYERS + _MERGES) or _depthwise(layer)) and all(
             t.channels == channels and t.positions == 1 for t in ins
         ):
             in_shapes = [tuple(keras_tensors[k].shape) for k in node.inputs]
