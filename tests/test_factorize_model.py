@@ -183,7 +183,7 @@ def test_digits_cnn_at_half_parameters_recovers_after_fine_tuning(trained_digits
         ({"target_ratio": 0.0}, r"target_ratio must be in \(0, 1\).*got 0.0"),
         ({"target_ratio": 1.0}, r"target_ratio must be in \(0, 1\).*got 1.0"),
         ({"target_ratio": 1e-4}, "target_ratio=0.0001 is unreachable"),
-        ({"rank": 2, "conv_decomposition": "cp"}, "conv_decomposition must be one of"),
+        ({"rank": 2, "conv_decomposition": "bogus"}, "conv_decomposition must be one of"),
         ({"target_ratio": 0.5, "conv_decomposition": "tucker2"}, "got 'tucker2'"),
         ({"rank": 2, "layers": "nope"}, "layers='nope' matches no layer"),
         ({"rank": {"nope": 2}}, r"rank names layers that model 'small' does not have: \['nope'\]"),

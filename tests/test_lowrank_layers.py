@@ -201,7 +201,7 @@ def test_rank_at_least_min_in_out_is_refused_at_build():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="decomposition must be one of"):
-        LowRankConv2D(8, 3, 2, decomposition="cp")
+        LowRankConv2D(8, 3, 2, decomposition="bogus")
     with pytest.raises(ValueError, match="groups=1 only, got groups=2"):
         LowRankConv2D(8, 3, 2, groups=2)
     with pytest.raises(ValueError, match="does not support lora_rank"):

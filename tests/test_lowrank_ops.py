@@ -179,7 +179,7 @@ def test_tucker2_object_composes_its_factors_and_counts_them():
     assert scheme.params(kernel.shape, (2, 3)) == 2 * 5 + 9 * 2 * 3 + 3 * 7
     assert scheme.choose_rank(kernel, 9, None) == (5, 7)  # clipped to each mode
     with pytest.raises(ValueError, match="decomposition must be one of"):
-        conv_decomposition("cp")
+        conv_decomposition("bogus")
 
 
 def test_tucker2_at_full_rank_is_exact_and_hooi_does_not_hurt():

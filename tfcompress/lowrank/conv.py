@@ -34,7 +34,7 @@ def _pair(value: Any, argument: str) -> tuple[int, int]:
 class LowRankConv2D(keras.layers.Layer):
     """A Conv2D whose kernel is stored and applied as a chain of smaller convolutions.
 
-    Three decompositions of the ``(kh, kw, cin, filters)`` kernel:
+    Four decompositions of the ``(kh, kw, cin, filters)`` kernel:
 
     * ``"channel"``: a ``kh x kw`` convolution to ``rank`` channels, then a
       ``1 x 1`` convolution to ``filters`` (SVD of the kernel viewed as a
@@ -46,6 +46,10 @@ class LowRankConv2D(keras.layers.Layer):
     * ``"tucker2"``: ``1 x 1`` to ``rank_in``, a ``kh x kw`` core to ``rank_out``,
       ``1 x 1`` to ``filters`` (Tucker-2 over the channel modes).
       ``rank`` is an int (both) or a pair ``(rank_in, rank_out)``.
+    * ``"cp"``: ``1 x 1`` to ``rank`` channels, a depthwise ``kh x 1``, a
+      depthwise ``1 x kw``, ``1 x 1`` to ``filters`` (Lebedev et al.'s CP
+      decomposition ``K[h, w, s, t] ~= sum_r Kx[h, r] Ky[w, r] Ks[s, r] Kt[t, r]``
+      by CP-ALS). ``rank * (cin + kh + kw + filters)`` weights.
 
     Strides, padding and dilation apply to the spatial factors, so a
     factorization at full rank gives exactly the outputs of the Conv2D it came
@@ -55,7 +59,7 @@ class LowRankConv2D(keras.layers.Layer):
         filters: Output channels.
         kernel_size: As in ``keras.layers.Conv2D``.
         rank: Inner rank (``"tucker2"``: int or ``(rank_in, rank_out)``).
-        decomposition: ``"channel"``, ``"spatial"`` or ``"tucker2"`` (or a
+        decomposition: ``"channel"``, ``"spatial"``, ``"tucker2"`` or ``"cp"`` (or a
             :class:`~tfcompress.lowrank.conv_decompositions.ConvDecomposition`).
         strides, padding, data_format, dilation_rate: As in Conv2D.
         groups: Must be 1 (grouped convolutions are not factorized).
@@ -70,7 +74,8 @@ class LowRankConv2D(keras.layers.Layer):
 
     Raises:
         ValueError: ``rank < 1``, an unknown ``decomposition``, ``groups != 1``,
-            or a rank at or above the factorized matrix's smaller side (at build).
+            or a rank at or above the factorized matrix's smaller side (at build;
+            ``"cp"``: above ``kh*kw*cin*filters / max(kh, kw, cin, filters)``).
 
     Example:
         >>> layer = LowRankConv2D(64, 3, rank=16, padding="same")
@@ -83,7 +88,9 @@ class LowRankConv2D(keras.layers.Layer):
         "Accelerating Very Deep Convolutional Networks for Classification and
         Detection", TPAMI 2016 (channel); Kim et al., "Compression of Deep
         Convolutional Neural Networks for Fast and Low Power Mobile
-        Applications", ICLR 2016 (Tucker-2).
+        Applications", ICLR 2016 (Tucker-2); Lebedev, Ganin, Rakhuba,
+        Oseledets and Lempitsky, "Speeding-up Convolutional Neural Networks
+        Using Fine-tuned CP-Decomposition", ICLR 2015 (CP).
     """
 
     def __init__(
@@ -153,7 +160,8 @@ class LowRankConv2D(keras.layers.Layer):
         return (*self.kernel_size, cin, self.filters)
 
     def stages(self, cin: int | None = None) -> list[Stage]:
-        """(weight name, kernel shape, strides, dilation) of each convolution, in order.
+        """The :class:`Stage` (weight name, kernel shape, strides, dilation, depthwise) of each
+        convolution, in order.
 
         Args:
             cin: Input channels (default: those the layer was built with).
@@ -170,11 +178,11 @@ class LowRankConv2D(keras.layers.Layer):
             raise ValueError(f"{self.name}: the input channel dimension must be known")
         self._decomposition.check_rank(self.rank, self._kernel_shape(cin))
         self._kernels = []
-        for name, shape, _, _ in self.stages(cin):
+        for stage in self.stages(cin):
             self._kernels.append(
                 self.add_weight(
-                    name=name,
-                    shape=shape,
+                    name=stage.name,
+                    shape=stage.shape,
                     initializer=self.kernel_initializer,
                     regularizer=self.kernel_regularizer,
                     constraint=self.kernel_constraint,
@@ -196,14 +204,15 @@ class LowRankConv2D(keras.layers.Layer):
 
     def call(self, inputs: Any) -> Any:
         x = inputs
-        for kernel, (_, _, strides, dilation) in zip(self._kernels, self.stages()):
-            x = ops.conv(
+        for kernel, stage in zip(self._kernels, self.stages()):
+            conv = ops.depthwise_conv if stage.depthwise else ops.conv
+            x = conv(
                 x,
                 kernel,
-                strides=strides,
+                strides=stage.strides,
                 padding=self.padding,
                 data_format=self.data_format,
-                dilation_rate=dilation,
+                dilation_rate=stage.dilation,
             )
         if self.bias is not None:
             bias = self.bias
@@ -233,7 +242,8 @@ class LowRankConv2D(keras.layers.Layer):
 
         ``"channel"`` and ``"spatial"`` use the truncated SVD of the matching
         matrix view (the best factors in the Frobenius norm); ``"tucker2"``
-        uses the truncated HOSVD refined by a few HOOI sweeps.
+        uses the truncated HOSVD refined by a few HOOI sweeps; ``"cp"`` runs
+        CP-ALS from the HOSVD (deterministic).
 
         Args:
             kernel: The Conv2D kernel.
@@ -270,11 +280,17 @@ class LowRankConv2D(keras.layers.Layer):
         stats: dict[str, Any] = {"params": sum(sizes) + (self.filters if self.use_bias else 0)}
         shape = self._built_input_shape
         if all(d is not None for d in shape[1:]):
-            # Each stage's MACs: its kernel size times its output positions.
+            # Each stage's MACs: its kernel size times its output positions (depthwise too).
             macs = 0
-            for size, (_, kshape, strides, dilation) in zip(sizes, self.stages()):
+            for size, stage in zip(sizes, self.stages()):
                 shape = _conv_output_shape(
-                    shape, kshape[3], kshape[:2], strides, dilation, self.padding, self.data_format
+                    shape,
+                    stage.filters,
+                    stage.shape[:2],
+                    stage.strides,
+                    stage.dilation,
+                    self.padding,
+                    self.data_format,
                 )
                 spatial = shape[1:3] if self.data_format == "channels_last" else shape[2:4]
                 macs += size * math.prod(spatial)

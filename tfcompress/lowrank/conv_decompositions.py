@@ -1,10 +1,10 @@
-"""Conv2D kernel decompositions as objects: channel SVD, spatial SVD and Tucker-2.
+"""Conv2D kernel decompositions as objects: channel SVD, spatial SVD, Tucker-2 and CP.
 
 A :class:`ConvDecomposition` knows the shape of its chain of convolutions,
 how to compute the factors from a trained kernel and how to compose them
 back. :class:`~tfcompress.lowrank.conv.LowRankConv2D` and
 :func:`~tfcompress.lowrank.factorize.factorize_model` resolve the name they
-are given (``"channel"``, ``"spatial"``, ``"tucker2"``) once, with
+are given (``"channel"``, ``"spatial"``, ``"tucker2"``, ``"cp"``) once, with
 :func:`conv_decomposition`, and then only call methods: a new decomposition
 is one new class here.
 """
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from tfcompress.lowrank.cp import cp_als, cp_max_useful_rank, cp_rank_bound
 from tfcompress.lowrank.decompositions import (
+    check_energy,
     check_rank,
     check_rank_arg,
     energy_rank,
@@ -27,6 +29,7 @@ from tfcompress.lowrank.decompositions import (
 
 __all__ = [
     "CONV_DECOMPOSITIONS",
+    "CP",
     "ChannelSVD",
     "ConvDecomposition",
     "SpatialSVD",
@@ -35,8 +38,31 @@ __all__ = [
     "conv_decomposition",
 ]
 
-Stage = tuple[str, tuple[int, int, int, int], tuple[int, int], tuple[int, int]]
-"""One convolution of a chain: (weight name, kernel shape, strides, dilation)."""
+
+class Stage(NamedTuple):
+    """One convolution of a chain.
+
+    Attributes:
+        name: The weight's name (``"kernel_a"``, ...).
+        shape: The kernel's shape: ``(kh, kw, in, out)`` for a full convolution,
+            ``(kh, kw, in, multiplier)`` (Keras' layout) for a depthwise one.
+        strides: Its strides.
+        dilation: Its dilation rate.
+        depthwise: ``True`` for a depthwise convolution (each input channel
+            filtered on its own: ``kh * kw * in * multiplier`` weights and as
+            many MACs per output position).
+    """
+
+    name: str
+    shape: tuple[int, int, int, int]
+    strides: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    depthwise: bool = False
+
+    @property
+    def filters(self) -> int:
+        """Output channels."""
+        return self.shape[2] * self.shape[3] if self.depthwise else self.shape[3]
 
 
 class ConvDecomposition:
@@ -96,7 +122,7 @@ class ConvDecomposition:
 
     def params(self, kernel_shape: Sequence[int], rank: Any) -> int:
         """Weights of the chain (bias excluded)."""
-        return sum(math.prod(shape) for _, shape, _, _ in self.stages(kernel_shape, rank))
+        return sum(math.prod(stage.shape) for stage in self.stages(kernel_shape, rank))
 
     def choose_rank(self, kernel: np.ndarray, rank: int | None, energy: float | None) -> Any:
         """The rank for a fixed ``rank``, or the smallest keeping ``energy`` of the spectrum."""
@@ -121,8 +147,8 @@ class ChannelSVD(ConvDecomposition):
     def stages(self, kernel_shape, rank, strides=(1, 1), dilation=(1, 1)) -> list[Stage]:
         kh, kw, cin, f = kernel_shape
         return [
-            ("kernel_a", (kh, kw, cin, rank), tuple(strides), tuple(dilation)),
-            ("kernel_b", (1, 1, rank, f), (1, 1), (1, 1)),
+            Stage("kernel_a", (kh, kw, cin, rank), tuple(strides), tuple(dilation)),
+            Stage("kernel_b", (1, 1, rank, f)),
         ]
 
     def factors(self, kernel: np.ndarray, rank: Any) -> list[np.ndarray]:
@@ -154,8 +180,8 @@ class SpatialSVD(ConvDecomposition):
         kh, kw, cin, f = kernel_shape
         (sh, sw), (dh, dw) = strides, dilation
         return [
-            ("kernel_a", (kh, 1, cin, rank), (sh, 1), (dh, 1)),
-            ("kernel_b", (1, kw, rank, f), (1, sw), (1, dw)),
+            Stage("kernel_a", (kh, 1, cin, rank), (sh, 1), (dh, 1)),
+            Stage("kernel_b", (1, kw, rank, f), (1, sw), (1, dw)),
         ]
 
     def factors(self, kernel: np.ndarray, rank: Any) -> list[np.ndarray]:
@@ -209,9 +235,9 @@ class Tucker2(ConvDecomposition):
         kh, kw, cin, f = kernel_shape
         r_in, r_out = self._pair(rank)
         return [
-            ("kernel_a", (1, 1, cin, r_in), (1, 1), (1, 1)),
-            ("kernel_core", (kh, kw, r_in, r_out), tuple(strides), tuple(dilation)),
-            ("kernel_b", (1, 1, r_out, f), (1, 1), (1, 1)),
+            Stage("kernel_a", (1, 1, cin, r_in)),
+            Stage("kernel_core", (kh, kw, r_in, r_out), tuple(strides), tuple(dilation)),
+            Stage("kernel_b", (1, 1, r_out, f)),
         ]
 
     def factors(self, kernel: np.ndarray, rank: Any) -> list[np.ndarray]:
@@ -236,7 +262,129 @@ class Tucker2(ConvDecomposition):
         return modes[0], modes[1]
 
 
-_CONV_DECOMPOSITIONS = {cls.name: cls() for cls in (ChannelSVD, SpatialSVD, Tucker2)}
+class CP(ConvDecomposition):
+    """``1 x 1`` to ``rank``, depthwise ``kh x 1``, depthwise ``1 x kw``, ``1 x 1`` to ``filters``.
+
+    Lebedev et al. (ICLR 2015): the rank-``R`` CP decomposition of the 4-way
+    kernel, computed by CP-ALS (:func:`tfcompress.lowrank.cp.cp_als`)::
+
+        K[h, w, s, t] ~= sum_r Kx[h, r] Ky[w, r] Ks[s, r] Kt[t, r]
+
+    is a chain of four convolutions of the input ``X`` (``*`` is a 1-D
+    convolution along the named axis)::
+
+        U[r] = sum_s Ks[s, r] X[s]            1 x 1, cin -> R
+        V[r] = Kx[:, r] *_height U[r]         depthwise kh x 1 (height strides, dilation)
+        W[r] = Ky[:, r] *_width V[r]          depthwise 1 x kw (width strides, dilation)
+        Y[t] = sum_r Kt[t, r] W[r] + b[t]     1 x 1, R -> filters
+
+    ``R * (cin + kh + kw + filters)`` weights. The CP weights ``lambda_r`` are
+    split evenly, ``lambda_r^(1/4)`` into each factor.
+
+    ``rank`` is an int, at most :func:`~tfcompress.lowrank.cp.cp_rank_bound`
+    ``= kh*kw*cin*filters / max(kh, kw, cin, filters)``, the largest rank a
+    kernel of that shape can have. CP is not an SVD of one matrix, so the
+    global budget allocation does not apply; ``energy`` means the ALS fit
+    ``1 - ||K - K_R||_F^2 / ||K||_F^2`` (for an SVD, exactly the kept fraction
+    of ``sum s_k^2``), see :meth:`choose_rank`.
+
+    Args:
+        max_iter: Most ALS sweeps per decomposition.
+        tol: ALS stops when the relative error changes by less than this.
+
+    References:
+        Lebedev, Ganin, Rakhuba, Oseledets and Lempitsky, "Speeding-up
+        Convolutional Neural Networks Using Fine-tuned CP-Decomposition",
+        ICLR 2015.
+    """
+
+    name = "cp"
+    svd_based = False
+
+    def __init__(self, max_iter: int = 300, tol: float = 1e-8) -> None:
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+
+    def __repr__(self) -> str:
+        return f"CP(max_iter={self.max_iter}, tol={self.tol})"
+
+    def matrix(self, kernel: np.ndarray) -> np.ndarray:
+        return ChannelSVD().matrix(kernel)
+
+    def check_rank(self, rank: Any, kernel_shape: Sequence[int]) -> None:
+        limit = cp_rank_bound(kernel_shape)
+        if rank > limit:
+            kh, kw, cin, f = kernel_shape
+            raise ValueError(
+                f"CP rank={rank} must be <= kh*kw*cin*filters / max(kh, kw, cin, filters) = "
+                f"{limit} for a ({kh}, {kw}, {cin}, {f}) kernel (the largest CP rank it can have)"
+            )
+
+    def stages(self, kernel_shape, rank, strides=(1, 1), dilation=(1, 1)) -> list[Stage]:
+        kh, kw, cin, f = kernel_shape
+        (sh, sw), (dh, dw) = strides, dilation
+        return [
+            Stage("kernel_a", (1, 1, cin, rank)),
+            Stage("kernel_h", (kh, 1, rank, 1), (sh, 1), (dh, 1), depthwise=True),
+            Stage("kernel_w", (1, kw, rank, 1), (1, sw), (1, dw), depthwise=True),
+            Stage("kernel_b", (1, 1, rank, f)),
+        ]
+
+    def decompose(self, kernel: np.ndarray, rank: int):
+        """The :class:`~tfcompress.lowrank.cp.CPResult` of a kernel (CP-ALS)."""
+        return cp_als(kernel, rank, max_iter=self.max_iter, tol=self.tol)
+
+    def factors(self, kernel: np.ndarray, rank: Any) -> list[np.ndarray]:
+        result = self.decompose(kernel, rank)
+        kx, ky, ks, kt = (f * result.weights**0.25 for f in result.factors)
+        return [
+            ks[None, None],
+            kx[:, None, :, None],
+            ky[None, :, :, None],
+            kt.T[None, None],
+        ]
+
+    def compose(self, factors: Sequence[np.ndarray]) -> np.ndarray:
+        ks, kx, ky, kt = factors
+        return np.einsum("hr,wr,sr,rt->hwst", kx[:, 0, :, 0], ky[0, :, :, 0], ks[0, 0], kt[0, 0])
+
+    def choose_rank(self, kernel: np.ndarray, rank: int | None, energy: float | None) -> int:
+        """A fixed rank clipped to :func:`cp_rank_bound`, or the rank keeping ``energy``.
+
+        With ``energy``, the rank is found by bisection over ``1 ..
+        cp_max_useful_rank`` (the ranks with fewer weights than the kernel),
+        running CP-ALS at each probe: the smallest probed rank whose fit
+        ``1 - ||K - K_R||_F^2 / ||K||_F^2`` is at least ``energy`` (the ALS fit
+        is not guaranteed monotone in the rank, so this is the bisection's
+        answer, not an exhaustive search). If even the largest useful rank
+        misses it, that rank plus one is returned: it has no fewer weights than
+        the kernel, so :func:`~tfcompress.lowrank.factorize.factorize_model`
+        keeps the layer and reports why.
+        """
+        w = np.asarray(kernel, dtype=np.float64)
+        if energy is None:
+            return min(int(rank), cp_rank_bound(w.shape))
+        check_energy(energy)
+        top = cp_max_useful_rank(w.shape)
+        if top < 1:
+            return 1
+
+        def reaches(r: int) -> bool:  # the same slack as energy_rank's
+            return self.decompose(w, r).fit >= energy - 1e-12
+
+        if not reaches(top):
+            return top + 1
+        low, high = 1, top  # reaches(high) holds
+        while low < high:
+            middle = (low + high) // 2
+            if reaches(middle):
+                high = middle
+            else:
+                low = middle + 1
+        return high
+
+
+_CONV_DECOMPOSITIONS = {cls.name: cls() for cls in (ChannelSVD, SpatialSVD, Tucker2, CP)}
 CONV_DECOMPOSITIONS = tuple(_CONV_DECOMPOSITIONS)
 
 

@@ -1,4 +1,4 @@
-"""``factorize_model``: replace Dense/Conv2D layers of a trained model by truncated-SVD factors."""
+"""``factorize_model``: replace Dense/Conv2D layers of a trained model by low-rank factors."""
 
 from __future__ import annotations
 
@@ -201,9 +201,12 @@ def factorize_model(
         target_ratio: Parameter budget as a fraction of the model's, in ``(0, 1)``.
         layers: Which layers to consider (names, types, a predicate; default all
             Dense and Conv2D). A selected layer of another type is an error.
-        conv_decomposition: ``"channel"``, ``"spatial"`` or ``"tucker2"`` (see
-            :class:`~tfcompress.layers.LowRankConv2D`; ``"tucker2"`` with
-            ``rank`` or ``energy`` only).
+        conv_decomposition: ``"channel"``, ``"spatial"``, ``"tucker2"`` or ``"cp"``
+            (see :class:`~tfcompress.layers.LowRankConv2D`; ``"tucker2"`` and
+            ``"cp"`` with ``rank`` or ``energy`` only: for ``"cp"``, ``rank`` is
+            clipped to the largest CP rank the kernel can have and ``energy`` is
+            the ALS fit ``1 - ||K - K_R||^2 / ||K||^2``, see
+            :meth:`~tfcompress.lowrank.conv_decompositions.CP.choose_rank`).
         return_report: Also return a :class:`FactorizeReport`.
         verbose: 1 prints the report, 0 is silent.
 
@@ -291,7 +294,7 @@ def factorize_model(
             new: keras.layers.Layer = LowRankDense.from_config({**config, "rank": cand.rank})
         else:
             new = LowRankConv2D.from_config(
-                {**config, "rank": cand.rank, "decomposition": decomposition.name}
+                {**config, "rank": cand.rank, "decomposition": decomposition}
             )
 
         def initialize(new_layer, old_layer, name=cand.name):
@@ -414,17 +417,23 @@ def _stock_stages(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
         ]  # fmt: skip
     stages = layer.stages()
     out = []
-    for i, (suffix, shape, strides, dilation) in enumerate(stages):
+    for i, stage in enumerate(stages):
         last = i == len(stages) - 1
-        out.append(
-            keras.layers.Conv2D(
-                shape[3], shape[:2], strides=strides, padding=layer.padding,
-                data_format=layer.data_format, dilation_rate=dilation,
-                activation=layer.activation if last else None,
-                use_bias=layer.use_bias if last else False,
-                name=f"{layer.name}_{suffix.removeprefix('kernel_')}", **common,
+        shared = {
+            "strides": stage.strides, "padding": layer.padding,
+            "data_format": layer.data_format, "dilation_rate": stage.dilation,
+            "activation": layer.activation if last else None,
+            "use_bias": layer.use_bias if last else False,
+            "name": f"{layer.name}_{stage.name.removeprefix('kernel_')}", **common,
+        }  # fmt: skip
+        if stage.depthwise:
+            out.append(
+                keras.layers.DepthwiseConv2D(
+                    stage.shape[:2], depth_multiplier=stage.shape[3], **shared
+                )
             )
-        )  # fmt: skip
+        else:
+            out.append(keras.layers.Conv2D(stage.shape[3], stage.shape[:2], **shared))
     return out
 
 
@@ -433,7 +442,7 @@ def expand_lowrank(model: keras.Model) -> keras.Model:
 
     ``LowRankDense`` becomes ``Dense(rank, use_bias=False)`` then
     ``Dense(units, activation)``; ``LowRankConv2D`` its chain of ``Conv2D``
-    layers; the weights are the factors. The outputs are unchanged. This lets
+    (``"cp"``: and ``DepthwiseConv2D``) layers; the weights are the factors. The outputs are unchanged. This lets
     transforms that know only stock layers act on the factors, e.g.
     ``tfc.quantize_model(expand_lowrank(small))`` for low-rank + QAT int8.
 
