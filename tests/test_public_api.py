@@ -30,6 +30,9 @@ EXPECTED_TOP_LEVEL = {
     "UnreadableFileError",
     "oneshot",
     "allocate",
+    "compact_model",
+    "structure_model",
+    "to_transferred",
 }
 
 EXPECTED_ONESHOT = {
@@ -237,3 +240,19 @@ def test_mfac_criterion_names():
     assert {"MFACCriterion", "PruningMask", "remove_masks"} <= set(tfcompress.pruning.__all__)
     for name in tfcompress.pruning.__all__:
         assert hasattr(tfcompress.pruning, name), name
+
+
+def test_structured_and_compact_names():
+    assert {"CirculantDense", "ToeplitzDense", "TransferredConv2D"} <= set(tfc.layers.__all__)
+    assert {
+        "CompactReport",
+        "StructureReport",
+        "TransferReport",
+        "compact_model",
+        "densify",
+        "structure_model",
+        "to_transferred",
+    } <= set(tfc.transforms.__all__)
+    assert tfc.compact_model is tfc.transforms.compact_model
+    assert tfc.structure_model is tfc.transforms.structure_model
+    assert tfc.to_transferred is tfc.transforms.to_transferred

@@ -123,6 +123,12 @@ LAYER_EXAMPLES = {
         (2, 5),
     ),
     "PositionEmbedding": (lambda: _language_model().PositionEmbedding(6), (2, 6, 4)),
+    "CirculantDense": (lambda: tfc.layers.CirculantDense(8, block_size=4), (2, 8)),
+    "ToeplitzDense": (lambda: tfc.layers.ToeplitzDense(8, block_size=4), (2, 8)),
+    "TransferredConv2D": (
+        lambda: tfc.layers.TransferredConv2D(8, 3, group="rotations", padding="same"),
+        (2, 6, 6, 2),
+    ),
 }
 
 

@@ -43,6 +43,8 @@ if _TYPE_CHECKING or _load_everything or not _cli_startup():
     from tfcompress import transforms as transforms
     from tfcompress.binary.binarize import binarize_model as binarize_model
     from tfcompress.clustering.cluster_model import cluster_model as cluster_model
+    from tfcompress.compact.replace import compact_model as compact_model
+    from tfcompress.compact.transferred_convert import to_transferred as to_transferred
     from tfcompress.core.io import UnreadableFileError as UnreadableFileError
     from tfcompress.lowrank.factorize import factorize_model as factorize_model
     from tfcompress.packing import pack as pack
@@ -52,6 +54,7 @@ if _TYPE_CHECKING or _load_everything or not _cli_startup():
     from tfcompress.pruning.snip import prune_at_init as prune_at_init
     from tfcompress.quantization.quantize_model import quantize_model as quantize_model
     from tfcompress.reporting import summary as summary
+    from tfcompress.structured.convert import structure_model as structure_model
 
 
 def load_all() -> None:
@@ -84,6 +87,7 @@ __all__ = [
     "binarize_model",
     "callbacks",
     "cluster_model",
+    "compact_model",
     "datasets",
     "factorize_model",
     "layers",
@@ -100,8 +104,10 @@ __all__ = [
     "reporting",
     "schedules",
     "shrink_model",
+    "structure_model",
     "summary",
     "tflite_export",
+    "to_transferred",
     "transforms",
     "unpack",
 ]

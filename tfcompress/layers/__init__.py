@@ -1,4 +1,5 @@
-"""Keras layers you swap in: quantized, binary/ternary, low-rank and clustered."""
+"""Keras layers you swap in: quantized, binary/ternary, low-rank, clustered, structured
+(circulant, Toeplitz) and transferred filters."""
 
 from tfcompress.binary.layers import BinaryConv2D as BinaryConv2D
 from tfcompress.binary.layers import BinaryDense as BinaryDense
@@ -10,6 +11,7 @@ from tfcompress.binary.packed import unfreeze_binary as unfreeze_binary
 from tfcompress.clustering.layers import ClusteredConv1D as ClusteredConv1D
 from tfcompress.clustering.layers import ClusteredConv2D as ClusteredConv2D
 from tfcompress.clustering.layers import ClusteredDense as ClusteredDense
+from tfcompress.compact.transferred import TransferredConv2D as TransferredConv2D
 from tfcompress.lowrank.conv import LowRankConv2D as LowRankConv2D
 from tfcompress.lowrank.dense import LowRankDense as LowRankDense
 from tfcompress.quantization.activation import QuantizeActivation as QuantizeActivation
@@ -20,11 +22,14 @@ from tfcompress.quantization.conv import QuantDepthwiseConv2D as QuantDepthwiseC
 from tfcompress.quantization.conv_transpose import QuantConv2DTranspose as QuantConv2DTranspose
 from tfcompress.quantization.dense import QuantDense as QuantDense
 from tfcompress.quantization.separable_conv import QuantSeparableConv2D as QuantSeparableConv2D
+from tfcompress.structured.circulant import CirculantDense as CirculantDense
+from tfcompress.structured.toeplitz import ToeplitzDense as ToeplitzDense
 
 __all__ = [
     "BinaryConv2D",
     "BinaryDense",
     "BinaryDepthwiseConv2D",
+    "CirculantDense",
     "ClusteredConv1D",
     "ClusteredConv2D",
     "ClusteredDense",
@@ -38,6 +43,8 @@ __all__ = [
     "QuantSeparableConv2D",
     "QuantizeActivation",
     "QuantizeOutput",
+    "ToeplitzDense",
+    "TransferredConv2D",
     "WeightClip",
     "freeze_binary",
     "unfreeze_binary",

@@ -2,6 +2,10 @@
 
 from tfcompress.binary.binarize import binarize_model as binarize_model
 from tfcompress.clustering.cluster_model import cluster_model as cluster_model
+from tfcompress.compact.replace import compact_model as compact_model
+from tfcompress.compact.report import CompactReport as CompactReport
+from tfcompress.compact.transferred_convert import TransferReport as TransferReport
+from tfcompress.compact.transferred_convert import to_transferred as to_transferred
 from tfcompress.core.rewrite import Replacement as Replacement
 from tfcompress.lowrank.factorize import FactorizeReport as FactorizeReport
 from tfcompress.lowrank.factorize import expand_lowrank as expand_lowrank
@@ -21,10 +25,14 @@ from tfcompress.quantization.scheme import PassThroughRule as PassThroughRule
 from tfcompress.quantization.scheme import QuantizeRule as QuantizeRule
 from tfcompress.quantization.scheme import QuantizeScheme as QuantizeScheme
 from tfcompress.quantization.scheme import WeightRule as WeightRule
+from tfcompress.structured.convert import StructureReport as StructureReport
+from tfcompress.structured.convert import densify as densify
+from tfcompress.structured.convert import structure_model as structure_model
 
 __all__ = [
     "CONFIG_NAMES",
     "ActivationRule",
+    "CompactReport",
     "FactorizeReport",
     "LayerPlan",
     "OutputRangeRule",
@@ -35,13 +43,19 @@ __all__ = [
     "Replacement",
     "SkipReason",
     "SkippedLayer",
+    "StructureReport",
+    "TransferReport",
     "WeightRule",
     "binarize_model",
     "cluster_model",
+    "compact_model",
+    "densify",
     "expand_lowrank",
     "factorize_model",
     "prune_at_init",
     "quantize_model",
     "remove_masks",
     "shrink_model",
+    "structure_model",
+    "to_transferred",
 ]

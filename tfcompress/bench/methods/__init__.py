@@ -10,10 +10,12 @@ from tfcompress.bench.methods import (
     baselines,  # noqa: F401
     binary,  # noqa: F401
     clustering,  # noqa: F401
+    compact,  # noqa: F401
     distillation,  # noqa: F401
     lowrank,  # noqa: F401
     oneshot,  # noqa: F401
     pruning,  # noqa: F401
     quantization,  # noqa: F401
+    structured,  # noqa: F401
     tfmot,  # noqa: F401
 )

@@ -1,0 +1,1 @@
+"""Structured matrices: weight matrices described by far fewer than m*n parameters."""
