@@ -85,3 +85,39 @@ def test_level_axes_match_lowrank_svd():
         assert method.levels == reference.levels and method.level_name == reference.level_name
     assert get_method("circulant_dense").applies(get_workload("mobilenet_digits", tiny=True))
     assert not get_method("compact_fire").applies(get_workload("mobilenet_digits", tiny=True))
+
+
+def test_readme_family_numbers_come_from_the_committed_run():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    document = json.loads((root / "docs/bench/families/results.json").read_text())
+    assert document["configuration"] == "full" and document["seeds"] == [0, 1, 2]
+    arms = {
+        (w["name"], a["method"], a["level"]): a for w in document["workloads"] for a in w["arms"]
+    }
+    assert all(a["errors"] == [] for a in arms.values())
+    readme = " ".join((root / "README.md").read_text().split())
+    quoted = [
+        ("digits_cnn", "lowrank_svd", 0.5),
+        ("digits_cnn", "compact_fire", 0.5),
+        ("digits_cnn", "lowrank_cp", 0.5),
+        ("digits_cnn", "compact_flattened", 0.5),
+        ("digits_cnn", "compact_separable", 0.5),
+        ("digits_cnn", "transferred_conv", 0.5),
+        ("mobilenet_digits", "circulant_dense", 0.1),
+        ("mobilenet_digits", "lowrank_svd", 0.1),
+    ]
+    for key in quoted:
+        arm = arms[key]
+        claim = f"{arm['quality_mean'] * 100:.1f} +- {arm['quality_std'] * 100:.1f}%"
+        assert claim in readme, (key, claim)
+    for key in (quoted[0], quoted[1], quoted[-2], quoted[-1]):
+        assert f"{arms[key]['params']:,}" in readme, key
+    # the claims the text makes in words
+    fire, svd = arms[quoted[1]], arms[quoted[0]]
+    assert fire["latency"]["ratio_median"] < 0.5 * svd["latency"]["ratio_median"]
+    slow = [arms[("mobilenet_digits", "circulant_dense", lv)]["latency"]["ratio_median"]
+            for lv in (0.5, 0.3, 0.2, 0.1)]  # fmt: skip
+    assert min(slow) > 1.0
