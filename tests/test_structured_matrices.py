@@ -303,3 +303,29 @@ def test_export_uses_builtin_ops_and_agrees_with_keras(tmp_path, product):
     if product == "auto":  # the kernel is not expanded: fewer weights in the file
         dense = export(densify(model), tmp_path / "dense.tflite", verify=False, verbose=0)
         assert report.bytes < 0.6 * dense.bytes
+
+
+@pytest.mark.parametrize(
+    ("layer", "per_row"),
+    [
+        (lambda: CirculantDense(32, block_size=8, product="dense"), 32 * 16),
+        (lambda: CirculantDense(32, block_size=8, product="conv"), 32 * 16),
+        (lambda: ToeplitzDense(32, block_size=8, product="dense"), 32 * 16),
+    ],
+)
+def test_summary_counts_structured_macs_at_every_position(layer, per_row):
+    import tfcompress as tfc
+
+    inputs = keras.Input((5, 7, 16))
+    model = keras.Model(inputs, layer()(inputs))
+    row = tfc.summary(model).layers[-1]
+    assert model.layers[-1].macs_per_row() == per_row
+    assert row.macs == per_row * 5 * 7
+
+
+def test_toeplitz_conv_macs_count_both_directions():
+    layer = ToeplitzDense(32, block_size=8, product="conv")
+    layer.build((None, 16))
+    q = layer.conv_phases
+    assert layer.macs_per_row() == (2 * 8 // q - 1) * q * 32 * 16 // 8
+    assert 32 * 16 < layer.macs_per_row() < 2 * 32 * 16

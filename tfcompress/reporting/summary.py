@@ -174,6 +174,11 @@ def layer_macs(layer: keras.layers.Layer) -> int | None:
         if kernel is None:
             kernel = layer.depthwise_kernel
         return None if spatial is None else spatial * int(np.prod(kernel.shape))
+    per_row = getattr(layer, "macs_per_row", None)  # layers acting on the last axis only
+    if callable(per_row):
+        if output_shape is None or any(d is None for d in output_shape[1:-1]):
+            return None
+        return int(per_row()) * math.prod(output_shape[1:-1])
     if isinstance(layer, (layers.Dense, layers.EinsumDense)):
         if output_shape is None or any(d is None for d in output_shape[1:]):
             return None

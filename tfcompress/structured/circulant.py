@@ -398,6 +398,27 @@ class BlockStructuredDense(keras.layers.Layer):
             dense.bias.assign(self.bias)
         return dense
 
+    def macs_per_row(self) -> int:
+        """Multiply-accumulates of the product for one input row (one position of a feature map).
+
+        ``"dense"`` and circulant ``"conv"``: ``m n``; Toeplitz ``"conv"``:
+        ``(2b - q) m n / b`` (its taps reach both ways); ``"fft"``: the complex
+        products (``4 F (n/b)(m/b)``, ``F = L/2 + 1`` frequencies of length
+        ``L``) plus ``L log2 L`` per transform (an estimate: one forward
+        transform per input block, two per output block for the inverse).
+        ``tfc.summary`` multiplies it by the number of positions.
+        """
+        m, n, b = self.units, self.input_dim, self.block_size
+        product = self.resolved_product
+        if product == "dense":
+            return m * n
+        if product == "conv":
+            q = self.conv_phases
+            return self.conv_taps(b // q) * q * m * n // b
+        length = self.fft_length()
+        transforms = (n // b + 2 * (m // b)) * round(length * math.log2(length))
+        return 4 * (length // 2 + 1) * (n // b) * (m // b) + transforms
+
     def compression_stats(self) -> dict[str, Any]:
         """Parameters of the layer, for ``tfc.summary`` (the bias included)."""
         if not self.built:
