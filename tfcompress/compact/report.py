@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tfcompress.core.table import format_table
+from tfcompress.core.table import format_skipped, format_table
 
 __all__ = ["CompactLayer", "CompactReport"]
 
@@ -67,10 +67,7 @@ class CompactReport:
                 f"{self.params_after:,} parameters ({self.param_ratio:.3f}x)"
             ),
         )  # fmt: skip
-        if self.skipped:
-            text += "\nleft as they were:\n" + "\n".join(
-                f"  {name} ({kind}): {why}" for name, kind, why in self.skipped
-            )
+        text += format_skipped(self.skipped)
         if self.fine_tune_loss is not None:
             losses = ", ".join(f"{v:.4g}" for v in self.fine_tune_loss)
             text += f"\nfine-tune loss per epoch: {losses}"

@@ -21,7 +21,7 @@ from tfcompress.compact.transferred import (
     filter_group,
 )
 from tfcompress.core.rewrite import Replacement, rewrite_model
-from tfcompress.core.table import format_table
+from tfcompress.core.table import format_skipped, format_table
 from tfcompress.core.walk import LayerSelection, layer_selector, walk_layers
 
 __all__ = ["TransferReport", "TransferredLayer", "to_transferred"]
@@ -69,11 +69,7 @@ class TransferReport:
                 f"{self.params_after:,} parameters ({self.param_ratio:.3f}x)"
             ),
         )
-        if self.skipped:
-            text += "\nleft as they were:\n" + "\n".join(
-                f"  {name} ({kind}): {why}" for name, kind, why in self.skipped
-            )
-        return text
+        return text + format_skipped(self.skipped)
 
     __str__ = to_string
 

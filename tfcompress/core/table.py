@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["format_table", "format_value"]
+__all__ = ["format_skipped", "format_table", "format_value"]
 
 
 def format_value(value: Any) -> str:
@@ -49,3 +49,11 @@ def format_table(
     out += [line(list(headers)), rule]
     out += [line(r) for r in cells]
     return "\n".join(out)
+
+
+def format_skipped(skipped: Sequence[tuple[str, str, str]]) -> str:
+    """The lines a transform's report adds for layers it left alone: ``(name, type, reason)``."""
+    if not skipped:
+        return ""
+    lines = "\n".join(f"  {name} ({kind}): {why}" for name, kind, why in skipped)
+    return "\nleft as they were:\n" + lines

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from tfcompress.core.rewrite import Replacement, rewrite_model
-from tfcompress.core.table import format_table
+from tfcompress.core.table import format_skipped, format_table
 from tfcompress.core.walk import LayerSelection, layer_selector, walk_layers
 from tfcompress.lowrank import conv_decompositions
 from tfcompress.lowrank import decompositions as lr
@@ -77,11 +77,7 @@ class FactorizeReport:
                 f"{self.params_after:,} parameters ({self.param_ratio:.3f}x)"
             ),
         )
-        if self.skipped:
-            text += "\nleft as they were:\n" + "\n".join(
-                f"  {name} ({kind}): {why}" for name, kind, why in self.skipped
-            )
-        return text
+        return text + format_skipped(self.skipped)
 
     def __str__(self) -> str:
         return self.to_string()

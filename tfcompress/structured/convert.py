@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from tfcompress.core.rewrite import Replacement, rewrite_model
-from tfcompress.core.table import format_table
+from tfcompress.core.table import format_skipped, format_table
 from tfcompress.core.walk import LayerSelection, layer_selector, walk_layers
 from tfcompress.structured.circulant import (
     PRODUCTS,
@@ -89,11 +89,7 @@ class StructureReport:
                 f"({self.param_ratio:.3f}x)"
             ),
         )
-        if self.skipped:
-            text += "\nleft as they were:\n" + "\n".join(
-                f"  {name} ({kind}): {why}" for name, kind, why in self.skipped
-            )
-        return text
+        return text + format_skipped(self.skipped)
 
     def __str__(self) -> str:
         return self.to_string()
