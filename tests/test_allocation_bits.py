@@ -222,13 +222,26 @@ def test_target_bits_is_the_uniform_files_size(setup, tmp_path):
 
 def test_more_budget_never_costs_quality(setup):
     model, x, y = setup
-    totals = []
+    totals, plans = [], []
     for ratio in (0.2, 0.26, 0.4):
         p = tfc.allocate.bits(
             model, x, target_ratio=ratio, error="loss", targets=y, loss=LOSS, verbose=0
         )
         totals.append(p.total_error)
+        plans.append(p)
     assert totals[0] >= totals[1] >= totals[2]
+    # Re-solving the widest plan's measurements for the other budgets gives what bits() gives.
+    for direct in plans[:2]:
+        again = plans[2].with_budget(int(direct.budget))
+        assert again.choices == direct.choices
+        assert again.total_cost == pytest.approx(direct.total_cost)
+        assert again.total_error == pytest.approx(direct.total_error, rel=1e-6)
+        assert again.total_cost <= direct.budget and again is not plans[2]
+    assert plans[2].budget > plans[0].budget  # unchanged by the re-solves
+    smallest = plans[2].fixed_cost + sum(min(c.option_costs) for c in plans[2].layers)
+    for bad in (int(smallest) - 1, int(plans[2].dense_cost) + 1):
+        with pytest.raises(ValueError, match="target_bytes must lie between"):
+            plans[2].with_budget(bad)
 
 
 def test_plan_converts_to_quantize_config_and_json(setup, plan):

@@ -21,7 +21,12 @@ from tfcompress.bench.tfmot_subprocess import (
     tfmot_available,
     tfmot_prune,
 )
-from tfcompress.bench.workloads import get_workload, list_workloads, mobilenet_style
+from tfcompress.bench.workloads import (
+    get_workload,
+    list_workloads,
+    mobilenet_style,
+    whole_batches,
+)
 from tfcompress.datasets import Split
 from tfcompress.language_model import byte_lm
 from tfcompress.models import digits_cnn, digits_mlp
@@ -164,8 +169,16 @@ def test_channel_prunable_layers_follow_what_shrink_can_remove():
 
 def test_budget_steps_and_schedule():
     workload = get_workload("digits_cnn", tiny=True)  # 1 epoch of 1,438 images, batch 32
-    assert budget_steps(workload) == math.ceil(1438 / 32) == 45
-    assert schedule_steps(workload) == (30, 3)
+    assert budget_steps(workload) == 1438 // 32 == 44  # whole batches only
+    assert schedule_steps(workload) == (29, 3)
+    # The fine-tune takes exactly that many optimizer steps, all on whole batches.
+    model = workload.build()
+    workload.compile_for_finetune(model)
+    workload.finetune(model)
+    assert int(model.optimizer.iterations) == 44
+    (x, _), *_ = whole_batches(np.zeros((70, 2)), np.zeros(70), 32, seed=0).as_numpy_iterator()
+    assert x.shape == (32, 2)
+    assert sum(1 for _ in whole_batches(np.zeros((70, 2)), np.zeros(70), 32, seed=0)) == 2
     assert get_workload("digits_cnn").finetune_epochs == 3
     assert budget_steps(get_workload("byte_lm", tiny=True)) == 5
     with pytest.raises(TypeError, match="fine-tune budget"):

@@ -119,6 +119,58 @@ class BitsPlan(Plan):
             verbose=verbose,
         )
 
+    def with_budget(self, target_bytes: int) -> BitsPlan:
+        """The same layers, costs and errors re-solved for another file-size budget.
+
+        The measurements (each option's bytes in the file and its error) do
+        not depend on the budget, so a sweep over budgets measures once and
+        re-solves the knapsack per budget, exactly as :func:`bits` would.
+
+        Args:
+            target_bytes: The new budget in bytes, between the smallest
+                reachable file and the float32 file.
+
+        Returns:
+            A new :class:`BitsPlan` (this one is not changed).
+
+        Raises:
+            ValueError: A budget outside that range (the message names both ends),
+                or a plan without per-option costs and errors.
+
+        Example:
+            >>> plans = [plan.with_budget(int(r * plan.dense_cost)) for r in (0.2, 0.15, 0.1)]
+        """
+        if any(not (layer.option_costs and layer.option_errors) for layer in self.layers):
+            raise ValueError("this plan holds no per-option costs and errors to re-solve")
+        budget = int(target_bytes)
+        smallest = self.fixed_cost + sum(min(layer.option_costs) for layer in self.layers)
+        if not smallest <= budget <= self.dense_cost:
+            raise ValueError(
+                f"target_bytes must lie between the smallest file this plan reaches "
+                f"({smallest:,.0f} B) and the float32 file ({self.dense_cost:,.0f} B); "
+                f"received {target_bytes!r}"
+            )
+        costs = [[int(c) for c in layer.option_costs] for layer in self.layers]
+        errors = [list(layer.option_errors) for layer in self.layers]
+        solution = solve_budget(costs, errors, budget - int(self.fixed_cost))
+        layers = [
+            dataclasses.replace(
+                layer,
+                choice=layer.options[k],
+                cost=float(layer.option_costs[k]),
+                error=float(layer.option_errors[k]),
+            )
+            for layer, k in zip(self.layers, solution.choices)
+        ]
+        plan = dataclasses.replace(
+            self,
+            layers=layers,
+            budget=float(budget),
+            notes=[*self.notes, f"re-solved for {budget:,} B from the measured costs and errors"],
+        )
+        plan._calibration = self._calibration
+        return plan
+
     def to_quantize_config(self, **kwargs: Any) -> QuantizeConfig:
         """A :class:`~tfcompress.QuantizeConfig` giving each planned layer its bits (for QAT).
 

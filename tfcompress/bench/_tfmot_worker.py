@@ -70,14 +70,26 @@ def main(argv: list[str]) -> None:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     pruned.compile(keras.optimizers.Adam(config["learning_rate"]), loss)
     timer = _EpochTimes(keras)
-    pruned.fit(
-        x,
-        y,
-        epochs=config["epochs"],
-        batch_size=config["batch_size"],
-        verbose=0,
-        callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), timer.callback],
-    )
+
+    def fit(model, callbacks):
+        if config.get("whole_batches"):  # as the suite's fine-tune: no partial last batch
+            data = (
+                tf.data.Dataset.from_tensor_slices((x, y))
+                .shuffle(len(x), seed=config["seed"], reshuffle_each_iteration=True)
+                .batch(config["batch_size"], drop_remainder=True)
+            )
+            model.fit(data, epochs=config["epochs"], shuffle=False, verbose=0, callbacks=callbacks)
+        else:
+            model.fit(
+                x,
+                y,
+                epochs=config["epochs"],
+                batch_size=config["batch_size"],
+                verbose=0,
+                callbacks=callbacks,
+            )
+
+    fit(pruned, [tfmot.sparsity.keras.UpdatePruningStep(), timer.callback])
     seconds = time.perf_counter() - started
     ratio = None
     if config["time_epochs"]:  # the same fit without pruning, as the baseline of the step time
@@ -85,14 +97,7 @@ def main(argv: list[str]) -> None:
         plain.set_weights(weights)
         plain.compile(keras.optimizers.Adam(config["learning_rate"]), loss)
         plain_timer = _EpochTimes(keras)
-        plain.fit(
-            x,
-            y,
-            epochs=config["epochs"],
-            batch_size=config["batch_size"],
-            verbose=0,
-            callbacks=[plain_timer.callback],
-        )
+        fit(plain, [plain_timer.callback])
         later = slice(1, None) if config["epochs"] > 1 else slice(None)
         ratio = min(timer.times[later]) / min(plain_timer.times[later])
 

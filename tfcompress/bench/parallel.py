@@ -73,13 +73,15 @@ def run_parallel(
         if status != 0:
             return workload.name, None, f"worker exited with status {status}"
         part = json.loads(Path(spec["output"]).read_text(encoding="utf-8"))
-        log(f"[bench] worker done: {workload.name} ({time.perf_counter() - began:.0f} s)")
-        return workload.name, part["workloads"][0], None
+        seconds = time.perf_counter() - began
+        log(f"[bench] worker done: {workload.name} ({seconds:.0f} s)")
+        return workload.name, {**part["workloads"][0], "seconds": seconds}, None
 
     slowest_first = sorted(chosen, key=lambda w: -w.relative_cost)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = {name: (entry, error) for name, entry, error in pool.map(work, slowest_first)}
     failed = []
+    timing_started = time.perf_counter()
     for workload in chosen:  # the document keeps the order asked for
         entry, error = results[workload.name]
         if entry is None:
@@ -91,6 +93,7 @@ def run_parallel(
         document["workloads"].append(entry)
     if failed:
         document["failed_workloads"] = failed
+    document["timing_seconds"] = time.perf_counter() - timing_started
     document["seconds"] = time.perf_counter() - started
     document["sanity"] = sanity_checks(document)
     if setup.temporary is not None:

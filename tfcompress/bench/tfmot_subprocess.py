@@ -171,6 +171,7 @@ def tfmot_prune(
     exports: Sequence[str] = ("float",),
     representative_data: np.ndarray | None = None,
     time_epochs: bool = False,
+    whole_batches: bool = False,
     python: str | None = None,
     timeout: float = 1200,
 ) -> TFMOTResult:
@@ -195,6 +196,9 @@ def tfmot_prune(
         representative_data: Inputs calibrating the int8 file (needed for ``"int8"``).
         time_epochs: Also fit the plain model the same way and report the epoch
             time ratio.
+        whole_batches: Reshuffle every epoch with ``seed`` and drop the last
+            partial batch, as the suite's fine-tune does (False: Keras' array
+            batching, partial batch included).
         python: The interpreter to run (default ``TFCOMPRESS_TFMOT_PYTHON`` or
             this one).
         timeout: Seconds before the child is stopped.
@@ -238,6 +242,7 @@ def tfmot_prune(
         "seed": int(seed),
         "exports": list(exports),
         "time_epochs": bool(time_epochs),
+        "whole_batches": bool(whole_batches),
     }
     with tempfile.TemporaryDirectory(prefix="tfcompress-tfmot-") as folder:
         folder = Path(folder)

@@ -20,7 +20,7 @@ from tfcompress.allocation.channel_plan import prune_channels
 from tfcompress.allocation.sparsity import latency_ratio, sparsity
 from tfcompress.bench.api import Compressed, MethodRun, register_method
 from tfcompress.bench.methods.budget import schedule_steps
-from tfcompress.bench.methods.common import copy_model
+from tfcompress.bench.methods.common import copy_model, measured_once
 from tfcompress.pruning.callbacks import GradualPruning
 from tfcompress.pruning.channels import channel_prunable_layers
 from tfcompress.pruning.shrink import shrink_model
@@ -142,12 +142,19 @@ def uniform_channel_latency(model: keras.Model, run: MethodRun) -> Compressed:
     pruned = copy_model(model)
     layers = channel_prunable_layers(pruned)
     channels = {name: int(pruned.get_layer(name).kernel.shape[-1]) for name in layers}
-    fraction, measured = uniform_fraction(pruned, layers, run.level)
+    # The latency of a width does not depend on the weights: one bisection per level serves
+    # every seed's model (the same architecture).
+    (fraction, measured), reused = measured_once(
+        f"uniform_fraction/{run.level}",
+        pruned,
+        lambda: uniform_fraction(pruned, layers, run.level),
+        weights=False,
+    )
     run.finetune(pruned, callbacks=_gradual(channels, _counts(channels, fraction), run))
     small = shrink_model(pruned)
     notes = (
         f"latency target {run.level:g}: fraction {fraction:.3f} on {', '.join(layers)}; "
         f"measured {measured:.3f} x dense (float LiteRT, 1 thread, bisection, "
-        f"{BISECTION_STEPS} steps)"
+        f"{BISECTION_STEPS} steps{', in an earlier seed' if reused else ''})"
     )
     return Compressed(small, export=None, notes=notes)

@@ -3,8 +3,6 @@ place its schedule (pruning updates, drop/regrow steps) inside it."""
 
 from __future__ import annotations
 
-import math
-
 from tfcompress.bench.api import Workload
 
 __all__ = ["budget_steps", "schedule_steps"]
@@ -15,7 +13,7 @@ def budget_steps(workload: Workload) -> int:
 
     The language model fine-tunes for ``finetune_steps`` batches (one pass
     over sampled windows); a classifier for ``finetune_epochs`` passes over
-    its training split in batches of ``batch_size``.
+    its training split in whole batches of ``batch_size`` (the partial one is dropped).
 
     Raises:
         TypeError: For a workload that declares neither (its budget is unknown).
@@ -25,7 +23,7 @@ def budget_steps(workload: Workload) -> int:
         return int(steps)
     epochs = getattr(workload, "finetune_epochs", None)
     if epochs is not None:
-        per_epoch = math.ceil(len(workload.data().x_train) / int(workload.batch_size))
+        per_epoch = len(workload.data().x_train) // int(workload.batch_size)  # whole batches
         return int(epochs) * per_epoch
     raise TypeError(
         f"workload {workload.name!r} ({type(workload).__name__}) declares neither "

@@ -3,6 +3,8 @@ workload prunes."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -12,7 +14,9 @@ from tfcompress.bench.api import Workload
 from tfcompress.pruning.masks import PruningCriterion, compute_masks
 from tfcompress.pruning.prunable import find_prunable
 
-__all__ = ["RandomCriterion", "copy_model", "prune_once", "pruned_layers"]
+__all__ = ["RandomCriterion", "copy_model", "measured_once", "prune_once", "pruned_layers"]
+
+_MEASURED: dict[tuple, Any] = {}
 
 
 def copy_model(model: keras.Model) -> keras.Model:
@@ -20,6 +24,29 @@ def copy_model(model: keras.Model) -> keras.Model:
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def measured_once(
+    what: str, model: keras.Model, compute: Callable[[], Any], *, weights: bool = True
+) -> tuple[Any, bool]:
+    """``compute()``, once per ``what`` and starting model in this process: ``(value, reused)``.
+
+    The budgeted methods measure things that do not depend on the level (a
+    plan's per-layer costs and errors) or not even on the weights (a shrunk
+    model's latency); a sweep over levels and seeds measures them once. The
+    key holds the architecture and, with ``weights``, a digest of every
+    weight, so a different starting model (another seed or configuration)
+    never sees another's measurement.
+    """
+    digest = hashlib.sha1(model.to_json().encode())
+    if weights:
+        for value in model.get_weights():
+            digest.update(np.ascontiguousarray(value).tobytes())
+    key = (what, digest.hexdigest())
+    if key in _MEASURED:
+        return _MEASURED[key], True
+    value = _MEASURED[key] = compute()
+    return value, False
 
 
 def pruned_layers(workload: Workload) -> Any:

@@ -44,6 +44,7 @@ def tfmot_magnitude(model: keras.Model, run: MethodRun) -> Compressed:
         learning_rate=workload.finetune_learning_rate,
         seed=1000 + run.seed,
         exports=("float",),
+        whole_batches=True,
     )
     pruned = copy_model(model)
     pruned.set_weights(result.weights)
