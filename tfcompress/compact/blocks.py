@@ -19,25 +19,13 @@ import keras
 import numpy as np
 
 from tfcompress.compact import decompose
+from tfcompress.core import axis_conv
 
 __all__ = ["BLOCK_KINDS", "BlockKind", "BlockPlan", "ConvSpec", "Fire", "Flattened", "Separable"]
 
 
 def _pair(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _same_pads(size: int | None, k: int, s: int, d: int) -> tuple[int, int] | None:
-    """TensorFlow's 'same' padding (before, after) on one axis; None if it needs an unknown size."""
-    extent = (k - 1) * d + 1
-    if s == 1 or extent == 1:  # a 1-wide kernel never pads: (ceil(n/s) - 1) * s + 1 <= n
-        total = extent - 1
-    elif size is None:
-        return None
-    else:
-        out = -(-size // s)
-        total = max((out - 1) * s + extent - size, 0)
-    return total // 2, total - total // 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +68,7 @@ class ConvSpec:
         if self.padding == "valid":
             return (0, 0), (0, 0)
         axes = [
-            _same_pads(n, k, s, d)
+            axis_conv.same_pads(n, k, s, d)
             for n, k, s, d in zip(self.input_hw, self.kernel_size, self.strides, self.dilation)
         ]
         return None if None in axes else (axes[0], axes[1])  # type: ignore[return-value]
@@ -167,10 +155,22 @@ class BlockKind:
 
 
 class Separable(BlockKind):
-    """DepthwiseConv2D(KxK, depth_multiplier=rank) then a 1x1 Conv2D (MobileNet, Xception)."""
+    """DepthwiseConv2D(KxK, depth_multiplier=rank) then a 1x1 Conv2D (MobileNet, Xception).
+
+    Unequal strides are left as they were: TensorFlow's CPU depthwise kernel
+    rejects them when oneDNN is off (AVX2-only CPUs).
+    """
 
     name = "separable"
     knobs = ("rank",)
+
+    def unsupported(self, spec):
+        if spec.strides[0] != spec.strides[1]:
+            return (
+                f"its strides {spec.strides} differ: TensorFlow's CPU depthwise kernel needs "
+                "equal strides unless oneDNN is on"
+            )
+        return None
 
     def plan(self, kernel, bias, spec, knobs):
         kh, kw = spec.kernel_size
@@ -207,10 +207,31 @@ class Flattened(BlockKind):
     output equals the convolution with the composed kernel exactly. A stage
     whose kernel size is 1 is left out (its scale folded into the lateral
     conv) and the other one takes both strides.
+
+    Strided convolutions keep every depthwise stage at equal strides, which
+    TensorFlow's CPU kernel needs when oneDNN is off (AVX2-only CPUs): the
+    padding is explicit (``ZeroPadding2D``), the vertical stage runs at stride
+    1 and the horizontal one takes ``(s, s)``
+    (:func:`~tfcompress.core.axis_conv.equal_stride_split`). Unequal strides,
+    or 'same' padding with strides > 1 on an input of unknown size, are left
+    as they were.
     """
 
     name = "flattened"
     knobs = ("rank",)
+
+    def unsupported(self, spec):
+        split = self._split(spec)
+        return split if isinstance(split, str) else None
+
+    @staticmethod
+    def _split(spec: ConvSpec) -> axis_conv.EqualStrideSplit | str | None:
+        """None when unstrided (the plain chain), else the equal-stride form or why not."""
+        if spec.strides == (1, 1):
+            return None
+        return axis_conv.equal_stride_split(
+            spec.strides, spec.kernel_size, spec.dilation, spec.padding, spec.input_hw
+        )
 
     def plan(self, kernel, bias, spec, knobs):
         rank = knobs["rank"]
@@ -237,7 +258,14 @@ class Flattened(BlockKind):
 
     def build(self, spec, plan, activation, common):
         rank = plan.config["rank"]
-        (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.strides, spec.dilation
+        (kh, kw), (dh, dw) = spec.kernel_size, spec.dilation
+        split = self._split(spec)
+        padding, (sh, sw) = spec.padding, spec.strides
+        vertical_strides, horizontal_strides = (sh, 1 if kw > 1 else sw), (1 if kh > 1 else sh, sw)
+        if isinstance(split, axis_conv.EqualStrideSplit):
+            padding = split.padding
+            vertical_strides = split.vertical_strides if kw > 1 else split.horizontal_strides
+            horizontal_strides = split.horizontal_strides
         x = self._input(spec)
         paths = []
         for k in range(rank):
@@ -246,17 +274,22 @@ class Flattened(BlockKind):
                 spec.cout, 1, use_bias=False, name=names["lateral"], **common
             )
             y = lateral(x)
+            if isinstance(split, axis_conv.EqualStrideSplit) and split.pads != ((0, 0), (0, 0)):
+                # After the 1x1 lateral (no bias: zeros stay zeros), so it runs unpadded.
+                y = keras.layers.ZeroPadding2D(
+                    split.pads, name=f"{names['lateral']}_pad", **common
+                )(y)
             last_activation = activation if rank == 1 else None
             if kh > 1:
                 y = keras.layers.DepthwiseConv2D(
-                    (kh, 1), strides=(sh, 1 if kw > 1 else sw), padding=spec.padding,
+                    (kh, 1), strides=vertical_strides, padding=padding,
                     dilation_rate=(dh, 1), use_bias=spec.use_bias and k == 0 and kw == 1,
                     activation=last_activation if kw == 1 else None,
                     name=names["vertical"], **common,
                 )(y)  # fmt: skip
             if kw > 1:
                 y = keras.layers.DepthwiseConv2D(
-                    (1, kw), strides=(1 if kh > 1 else sh, sw), padding=spec.padding,
+                    (1, kw), strides=horizontal_strides, padding=padding,
                     dilation_rate=(1, dw), use_bias=spec.use_bias and k == 0,
                     activation=last_activation, name=names["horizontal"], **common,
                 )(y)  # fmt: skip

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfcompress.core import axis_conv
 from tfcompress.lowrank.conv_decompositions import CONV_DECOMPOSITIONS, Stage, conv_decomposition
 
 __all__ = ["CONV_DECOMPOSITIONS", "LowRankConv2D"]
@@ -205,7 +206,9 @@ class LowRankConv2D(keras.layers.Layer):
     def call(self, inputs: Any) -> Any:
         x = inputs
         for kernel, stage in zip(self._kernels, self.stages()):
-            conv = ops.depthwise_conv if stage.depthwise else ops.conv
+            # Unequal strides (CP's kh x 1 and 1 x kw stages) go through axis_conv: TensorFlow's
+            # CPU depthwise kernel rejects them unless oneDNN is on.
+            conv = axis_conv.depthwise_conv if stage.depthwise else ops.conv
             x = conv(
                 x,
                 kernel,

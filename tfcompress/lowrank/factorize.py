@@ -9,6 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.core import axis_conv
 from tfcompress.core.rewrite import Replacement, rewrite_model
 from tfcompress.core.table import format_skipped, format_table
 from tfcompress.core.walk import LayerSelection, layer_selector, walk_layers
@@ -412,11 +413,35 @@ def _stock_stages(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
             ),
         ]  # fmt: skip
     stages = layer.stages()
+    padding, split = layer.padding, None
+    if any(s.depthwise and s.strides[0] != s.strides[1] for s in stages):
+        # CP's kh x 1 / 1 x kw stages at equal strides, which TensorFlow's CPU depthwise kernel
+        # needs without oneDNN; left as they are (fine in TFLite, JAX, oneDNN) if impossible.
+        shape = layer._built_input_shape
+        hw = tuple(shape[1:3]) if layer.data_format == "channels_last" else tuple(shape[2:4])
+        split = axis_conv.equal_stride_split(
+            layer.strides, layer.kernel_size, layer.dilation_rate, layer.padding, hw
+        )
+        if isinstance(split, str):
+            split = None
+        else:
+            stages = [
+                s._replace(strides=split.vertical_strides if s.name == "kernel_h" else
+                           split.horizontal_strides) if s.depthwise else s
+                for s in stages
+            ]  # fmt: skip
+            padding = split.padding
     out = []
     for i, stage in enumerate(stages):
         last = i == len(stages) - 1
+        if split is not None and stage.name == "kernel_h" and split.pads != ((0, 0), (0, 0)):
+            out.append(
+                keras.layers.ZeroPadding2D(
+                    split.pads, data_format=layer.data_format, name=f"{layer.name}_pad", **common
+                )
+            )
         shared = {
-            "strides": stage.strides, "padding": layer.padding,
+            "strides": stage.strides, "padding": padding,
             "data_format": layer.data_format, "dilation_rate": stage.dilation,
             "activation": layer.activation if last else None,
             "use_bias": layer.use_bias if last else False,
@@ -465,7 +490,7 @@ def expand_lowrank(model: keras.Model) -> keras.Model:
         chain = keras.Sequential(_stock_stages(layer), name=layer.name)
 
         def initialize(new, old):
-            stages = new.layers
+            stages = [x for x in new.layers if hasattr(x, "kernel")]  # not the ZeroPadding2D
             for stage, kernel in zip(stages, [v for v in old.weights if v is not old.bias]):
                 stage.kernel.assign(kernel)
             if old.bias is not None:
