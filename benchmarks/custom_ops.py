@@ -4,7 +4,12 @@ Part 1: ``binary_matmul`` on packed operands vs float32 ``tf.linalg.matmul`` of 
 from (256, 1024) x (1024, 1024) up to (1024, 4096) x (4096, 4096). The packed arm is timed on
 pre-packed operands (the weight is packed once offline; packing the activations is timed as its
 own arm too). Arms are interleaved in one process (``tfcompress.bench.timing``); each figure is
-the minimum over repeats, the median is kept beside it.
+the minimum over repeats, the median is kept beside it, and both ratios are reported. Besides the
+automatically selected code path, the packed matmul is timed with every other path this CPU can
+run forced (``isa="avx2"`` etc.; ``--isas`` picks them), in the same rounds, so one run gives the
+ratio of each path to float32 under the same load. The selected path (``kernel_isa()``, which
+follows ``TFCOMPRESS_BINARY_ISA``), the paths available and the CPU model are printed and
+recorded.
 
 Part 2: the binary digits CNN (``tfcompress.models.digits_binary_cnn``: conv1 and logits float,
 conv2/conv3/dense1 BinaryConv2D/BinaryDense with binary weights and inputs), trained 2 epochs,
@@ -12,7 +17,8 @@ run on its normal Keras path and frozen (``tfc.layers.freeze_binary``) on the co
 on the pure-TF fallback, next to its float twin; every arm is checked to give the same
 predictions as the Keras path.
 
-Run: ``PYTHONPATH=. python benchmarks/custom_ops.py [--quick]``; writes
+Run: ``PYTHONPATH=. python benchmarks/custom_ops.py [--quick] [--largest] [--isas avx2,popcnt]``;
+writes
 ``benchmarks/results/custom_ops.json``.
 """
 
@@ -30,9 +36,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress.bench.timing import time_arms
+from tfcompress.bench.timing import cpu_isa, time_arms
 from tfcompress.core.io import write_text
 from tfcompress.datasets import load_digits
+from tfcompress.kernels.tf import binary_ops
 from tfcompress.layers import freeze_binary
 from tfcompress.models import digits_binary_cnn, digits_float_twin, train_classifier
 from tfcompress.ops import tf as tops
@@ -40,13 +47,15 @@ from tfcompress.reporting import format_table
 
 SHAPES = [(256, 1024, 1024), (512, 2048, 2048), (1024, 4096, 4096)]
 RESULTS = Path(__file__).parent / "results" / "custom_ops.json"
+# kernel_isa() names -> the isa= values that force them.
+_ISA_ARG = {"avx512_vpopcntdq": "avx512", "avx2": "avx2", "popcnt": "popcnt", "generic": "generic"}
 
 
 def signs(rng, *shape):
     return tf.constant(np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32))
 
 
-def bench_matmul(repeats: int, timings: list) -> list[dict]:
+def bench_matmul(repeats: int, timings: list, forced: list[str]) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for m, k, n in SHAPES:
@@ -57,6 +66,9 @@ def bench_matmul(repeats: int, timings: list) -> list[dict]:
         ref = tf.linalg.matmul(x, w).numpy()
         assert np.array_equal(tops.binary_matmul(x_packed64, w_packed64, k).numpy(), ref)
         assert np.array_equal(tops.binary_matmul(x_packed32, w_packed32, k).numpy(), ref)
+        for isa in forced:
+            out = tops.binary_matmul(x_packed64, w_packed64, k, isa=isa).numpy()
+            assert np.array_equal(out, ref), isa
         # .numpy() forces completion; each arm returns a float32 [m, n] result.
         arms = {
             "float32 matmul": lambda x=x, w=w: tf.linalg.matmul(x, w).numpy(),
@@ -70,6 +82,10 @@ def bench_matmul(repeats: int, timings: list) -> list[dict]:
                 tops.pack_bits(x, 64), b, k
             ).numpy(),
         }
+        for isa in forced:  # the other code paths, interleaved in the same rounds
+            arms[f"binary 64-bit, isa={isa}"] = lambda a=x_packed64, b=w_packed64, k=k, isa=isa: (
+                tops.binary_matmul(a, b, k, isa=isa).numpy()
+            )
         t = time_arms(arms, baseline="float32 matmul", rounds=repeats)
         timings.append({"shape": f"({m},{k})x({k},{n})", **t.to_dict()})
         for name, arm in t.arms.items():
@@ -80,6 +96,7 @@ def bench_matmul(repeats: int, timings: list) -> list[dict]:
                     "ms": 1e3 * arm.min,
                     "median_ms": 1e3 * arm.median,
                     "speedup_vs_float32": 1 / arm.ratio_min,
+                    "speedup_median": 1 / arm.ratio_median,
                 }
             )
     return rows
@@ -143,7 +160,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small shapes only, 3 repeats")
     parser.add_argument("--cnn-only", action="store_true", help="only the binary CNN part")
+    parser.add_argument("--matmul-only", action="store_true", help="only the matmul part")
     parser.add_argument("--largest", action="store_true", help="only the largest matmul shape")
+    parser.add_argument(
+        "--isas",
+        default="others",
+        help="code paths to time forced besides the selected one: 'others' (every other path "
+        "this CPU has but the slow generic one), 'none', 'all', or a list like avx2,popcnt",
+    )
     args = parser.parse_args()
     if args.largest:
         SHAPES[:] = SHAPES[-1:]
@@ -152,41 +176,62 @@ def main() -> None:
         args.repeats = 3
     if not tops.has_compiled_kernels():
         raise SystemExit("compiled kernels unavailable; nothing to compare against")
+    selected = tops.kernel_isa()
+    available = binary_ops.supported_isas()
+    if args.isas in ("others", "all", "none"):
+        forced = [] if args.isas == "none" else list(available)
+        if args.isas == "others":
+            forced = [i for i in forced if i != "generic"]
+    else:
+        forced = [i.strip() for i in args.isas.split(",") if i.strip()]
+        unknown = sorted(set(forced) - set(available))
+        if unknown:
+            raise SystemExit(f"--isas: {unknown} not available on this CPU ({available})")
+    forced = [i for i in forced if i != _ISA_ARG[selected]]
+    print(
+        f"kernel ISA selected: {selected} (TFCOMPRESS_BINARY_ISA="
+        f"{os.environ.get(binary_ops.ENV_ISA, '') or 'unset'}); available: {list(available)}; "
+        f"also timed forced: {forced or 'none'}; CPU: {cpu_isa()['model']}"
+    )
     conditions = {
         "tensorflow": tf.__version__,
-        "kernel_isa": tops.kernel_isa(),
+        "kernel_isa": selected,
+        "supported_isas": list(available),
+        "binary_isa_env": os.environ.get(binary_ops.ENV_ISA),
+        "forced_isas": forced,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
     }
     # Each timing records the machine's conditions (load average before/after, CPU flags).
     timings: list[dict] = []
-    mm = [] if args.cnn_only else bench_matmul(args.repeats, timings)
-    cnn = bench_cnn(args.repeats, timings)
+    mm = [] if args.cnn_only else bench_matmul(args.repeats, timings, forced)
+    cnn = [] if args.matmul_only else bench_cnn(args.repeats, timings)
     for timing in timings:
         timing["conditions"].update(conditions)
-    headers = ["shape", "arm", "ms", "median_ms", "speedup_vs_float32"]
+    headers = ["shape", "arm", "ms", "median_ms", "speedup_vs_float32", "speedup_median"]
     if mm:
         print(
             format_table(
                 [[r[h] for h in headers] for r in mm],
                 headers,
-                "Packed binary matmul vs float32 tf.linalg.matmul",
+                f"Packed binary matmul vs float32 tf.linalg.matmul (selected path: {selected})",
             )
         )
-    headers_cnn = [
-        "shape",
-        "arm",
-        "ms",
-        "median_ms",
-        "speedup_vs_keras_binary",
-        "speedup_vs_fallback",
-    ]
-    print(
-        format_table(
-            [[r[h] for h in headers_cnn] for r in cnn],
-            headers_cnn,
-            "Binary digits CNN inference: packed ops (freeze_binary) vs the Keras path",
+    if cnn:
+        headers_cnn = [
+            "shape",
+            "arm",
+            "ms",
+            "median_ms",
+            "speedup_vs_keras_binary",
+            "speedup_vs_fallback",
+        ]
+        print(
+            format_table(
+                [[r[h] for h in headers_cnn] for r in cnn],
+                headers_cnn,
+                "Binary digits CNN inference: packed ops (freeze_binary) vs the Keras path",
+            )
         )
-    )
     print(
         "conditions:",
         {

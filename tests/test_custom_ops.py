@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfcompress.kernels.tf import binary_ops as bo
 from tfcompress.ops import tf as tops
 
 RNG = np.random.default_rng(1234)
@@ -126,22 +127,69 @@ def test_binary_conv2d_matches_numpy(
     np.testing.assert_array_equal(out.numpy(), ref)
 
 
-def test_compiled_isa_paths_agree(compiled_available):
+# Odd sizes around every path's tile (1x4, 2x4, 4x4 outputs), vector (4 or 8 words) and byte-counter
+# chunk (31 x 256 bits) edges, and a reduction longer than one cache block (> 32768 bits).
+ISA_SHAPES = [(13, 1000, 9), (1, 31, 1), (5, 255, 3), (2, 257, 7), (6, 7937, 5), (3, 40001, 6)]
+
+
+@pytest.mark.parametrize("m,k,n", ISA_SHAPES)
+def test_compiled_isa_paths_agree(compiled_available, m, k, n):
     if not compiled_available:
         pytest.skip("compiled kernels unavailable")
-    a, b = pm1(13, 1000), pm1(9, 1000)
+    isas = bo.supported_isas()
+    assert isas[-1] == "generic" and tops.kernel_isa() in (*isas, "avx512_vpopcntdq")
+    a, b = pm1(m, k), pm1(n, k)
     ref = a.astype(np.int64) @ b.T.astype(np.int64)
-    x, f = pm1(2, 6, 5, 70), pm1(5, 3, 3, 70)
-    ref_conv = np_conv(x, f, (1, 1), "same", (1, 1))
-    isas = ["popcnt", "generic"] + (["avx512"] if tops.kernel_isa() == "avx512_vpopcntdq" else [])
     for bits in (32, 64):
-        pa, pb = tops.pack_bits(a, bits), tops.pack_bits(b, bits)
-        px, pf = tops.pack_bits(x, bits), tops.pack_bits(f, bits)
+        ref_a, ref_b = np_pack(a, bits), np_pack(b, bits)
         for isa in isas:
-            np.testing.assert_array_equal(tops.binary_matmul(pa, pb, 1000, isa=isa).numpy(), ref)
-            np.testing.assert_array_equal(
-                tops.binary_conv2d(px, pf, 70, padding="same", isa=isa).numpy(), ref_conv
-            )
+            pa, pb = tops.pack_bits(a, bits, isa=isa), tops.pack_bits(b, bits, isa=isa)
+            np.testing.assert_array_equal(pa.numpy(), ref_a)
+            np.testing.assert_array_equal(pb.numpy(), ref_b)
+            np.testing.assert_array_equal(tops.binary_matmul(pa, pb, k, isa=isa).numpy(), ref)
+            out = tops.binary_matmul(pa, pb, k, out_type=tf.int32, isa=isa)
+            np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_compiled_isa_paths_agree_on_conv(compiled_available):
+    if not compiled_available:
+        pytest.skip("compiled kernels unavailable")
+    x, f = pm1(2, 6, 5, 70), pm1(5, 3, 3, 70)
+    ref = np_conv(x, f, (1, 1), "same", (1, 1))
+    for bits in (32, 64):
+        px, pf = tops.pack_bits(x, bits), tops.pack_bits(f, bits)
+        for isa in bo.supported_isas():
+            out = tops.binary_conv2d(px, pf, 70, padding="same", isa=isa)
+            np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_isa_env_override(compiled_available, monkeypatch):
+    if not compiled_available:
+        pytest.skip("compiled kernels unavailable")
+    a, b = pm1(5, 300), pm1(6, 300)
+    ref = a.astype(np.int64) @ b.T.astype(np.int64)
+    pa, pb = tops.pack_bits(a), tops.pack_bits(b)
+    names = {"avx512": "avx512_vpopcntdq"}
+    for isa in bo.supported_isas():
+        monkeypatch.setenv(bo.ENV_ISA, isa.upper())
+        assert tops.kernel_isa() == names.get(isa, isa)
+        np.testing.assert_array_equal(tops.binary_matmul(pa, pb, 300).numpy(), ref)
+        np.testing.assert_array_equal(tops.pack_bits(a).numpy(), pa.numpy())
+    # An explicit isa wins over the variable.
+    monkeypatch.setenv(bo.ENV_ISA, "generic")
+    np.testing.assert_array_equal(tops.binary_matmul(pa, pb, 300, isa="auto").numpy(), ref)
+    monkeypatch.setenv(bo.ENV_ISA, "sse9")
+    with pytest.raises(ValueError, match="TFCOMPRESS_BINARY_ISA must be one of"):
+        tops.binary_matmul(pa, pb, 300)
+    missing = [isa for isa in ("avx512", "avx2", "popcnt") if isa not in bo.supported_isas()]
+    if missing:
+        monkeypatch.setenv(bo.ENV_ISA, missing[0])
+        with pytest.raises(ValueError, match=f"TFCOMPRESS_BINARY_ISA='{missing[0]}' but this CPU"):
+            tops.kernel_isa()
+        with pytest.raises(tf.errors.InvalidArgumentError, match="this CPU lacks"):
+            tops.binary_matmul(pa, pb, 300, isa=missing[0])
+    monkeypatch.setenv(bo.ENV_ISA, "auto")
+    assert tops.kernel_isa() == names.get(bo.supported_isas()[0], bo.supported_isas()[0])
 
 
 def test_paths_agree_inside_tf_function_with_unknown_batch(kernel_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfcompress.kernels.tf import binary_ops as bo
 from tfcompress.kernels.tf import build as _build
 from tfcompress.ops import tf as tops
 
@@ -91,6 +92,7 @@ def test_env_var_forces_fallback(compiled_available, monkeypatch):
     monkeypatch.setenv(_build.ENV_DISABLE, "1")
     assert not tops.has_compiled_kernels()
     assert tops.kernel_isa() is None
+    assert bo.supported_isas() == ()
     with pytest.raises(RuntimeError, match="TFCOMPRESS_DISABLE_KERNELS"):
         tops.pack_bits(np.ones((1, 3), np.float32), use_kernels=True)
     monkeypatch.setenv(_build.ENV_DISABLE, "0")

@@ -6,15 +6,17 @@
 // ignored by every consumer: the kernels mask them, so any packed tensor with the right width is
 // valid input. For +-1 vectors a, b of length k: dot(a, b) = k - 2 * popcount(bits(a) ^ bits(b)).
 //
-// Internally every operand is normalised into 64-bit rows padded with zeros to a multiple of 8
-// words (one 512-bit vector); padded bits are zero in both operands, so they add nothing to the
-// popcount. The popcount GEMM has an AVX-512 VPOPCNTDQ path (selected at run time from CPUID)
-// and portable scalar paths (hardware POPCNT, or plain C++).
+// Internally every operand is normalised into 64-bit rows padded with zeros to a multiple of the
+// chosen path's vector width (kernels::RowWords); padded bits are zero in both operands, so they
+// add nothing to the popcount. The popcount GEMM and the float packing have AVX-512, AVX2 and
+// scalar paths (binary_kernels.cc), selected at run time from CPUID or forced by the "isa"
+// attribute (the Python wrappers pass TFCOMPRESS_BINARY_ISA there).
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -25,10 +27,6 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define TFC_X86 1
-#endif
 
 namespace tfcompress {
 
@@ -48,239 +46,68 @@ namespace errors = ::tensorflow::errors;
 typedef uint64_t u64;
 
 // ---------------------------------------------------------------------------------------------
-// ISA selection.
+// Inner loops per instruction set, defined in binary_kernels.cc (no TensorFlow dependency there).
 
-enum class Isa { kGeneric = 0, kPopcnt = 1, kAvx512 = 2 };
+namespace kernels {
+enum class Isa { kGeneric = 0, kPopcnt = 1, kAvx2 = 2, kAvx512 = 3 };
+typedef std::function<void(int64_t, int64_t, const std::function<void(int64_t, int64_t)>&)>
+    ParallelFor;
+bool CpuSupports(Isa isa);
+Isa BestIsa();
+const char* IsaName(Isa isa);
+int64_t RowWords(Isa isa, int64_t k);
+void PopcountGemm(Isa isa, const u64* a, int64_t m, const u64* b, int64_t n, int64_t lp,
+                  const int64_t* base_rows, int64_t base_const, float* out,
+                  const ParallelFor& parallel_for);
+void PopcountGemm(Isa isa, const u64* a, int64_t m, const u64* b, int64_t n, int64_t lp,
+                  const int64_t* base_rows, int64_t base_const, int32_t* out,
+                  const ParallelFor& parallel_for);
+int64_t PackRowF32(Isa isa, const float* row, int64_t k, bool strict, uint32_t* dst32,
+                   int64_t words32);
+}  // namespace kernels
 
-static bool CpuHasAvx512Popcnt() {
-#if defined(TFC_X86) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vpopcntdq");
-#else
-  return false;
-#endif
-}
+using kernels::Isa;
 
-static bool CpuHasPopcnt() {
-#if defined(TFC_X86) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("popcnt");
-#else
-  return false;
-#endif
-}
-
-static Isa BestIsa() {
-  if (CpuHasAvx512Popcnt()) return Isa::kAvx512;
-  if (CpuHasPopcnt()) return Isa::kPopcnt;
-  return Isa::kGeneric;
-}
-
-static const char* IsaName(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512:
-      return "avx512_vpopcntdq";
-    case Isa::kPopcnt:
-      return "popcnt";
-    default:
-      return "generic";
-  }
-}
+// The "isa" attribute's names (the reported names are kernels::IsaName's).
+static const struct {
+  const char* name;
+  Isa isa;
+  const char* needs;
+} kIsaNames[] = {{"avx512", Isa::kAvx512, "AVX-512 F/BW/VPOPCNTDQ"},
+                 {"avx2", Isa::kAvx2, "AVX2"},
+                 {"popcnt", Isa::kPopcnt, "POPCNT"},
+                 {"generic", Isa::kGeneric, ""}};
 
 // Parses the "isa" attribute; refuses an ISA the CPU lacks instead of crashing on SIGILL.
 static Status ParseIsa(const std::string& name, Isa* isa) {
   if (name == "auto") {
-    *isa = BestIsa();
-  } else if (name == "avx512") {
-    if (!CpuHasAvx512Popcnt())
-      return InvalidArgument("isa='avx512' requested but this CPU lacks AVX-512 VPOPCNTDQ");
-    *isa = Isa::kAvx512;
-  } else if (name == "popcnt") {
-    if (!CpuHasPopcnt()) return InvalidArgument("isa='popcnt' requested but this CPU lacks POPCNT");
-    *isa = Isa::kPopcnt;
-  } else if (name == "generic") {
-    *isa = Isa::kGeneric;
-  } else {
-    return InvalidArgument("isa must be one of 'auto', 'avx512', 'popcnt', 'generic'; got '",
-                           name, "'");
+    *isa = kernels::BestIsa();
+    return Status();
   }
-  return Status();
+  for (const auto& entry : kIsaNames) {
+    if (name != entry.name) continue;
+    if (!kernels::CpuSupports(entry.isa))
+      return InvalidArgument("isa='", name, "' requested but this CPU lacks ", entry.needs);
+    *isa = entry.isa;
+    return Status();
+  }
+  return InvalidArgument(
+      "isa must be one of 'auto', 'avx512', 'avx2', 'popcnt', 'generic'; got '", name, "'");
 }
 
-// ---------------------------------------------------------------------------------------------
-// Popcount GEMM: out[i, j] = base_i - 2 * popcount(A_i ^ B_j), A [M, L], B [N, L], L % 8 == 0.
-
-constexpr int kTile = 4;
-
-#define TFC_SCALAR_TILES(NAME, ATTR)                                                         \
-  ATTR static void NAME##Tile(const u64* a, const u64* b, int64_t lp, int64_t pc[4][4]) {     \
-    for (int r = 0; r < 4; ++r)                                                             \
-      for (int c = 0; c < 4; ++c) pc[r][c] = 0;                                             \
-    for (int64_t w = 0; w < lp; ++w) {                                                      \
-      const u64 a0 = a[w], a1 = a[lp + w], a2 = a[2 * lp + w], a3 = a[3 * lp + w];          \
-      for (int c = 0; c < 4; ++c) {                                                         \
-        const u64 bc = b[c * lp + w];                                                       \
-        pc[0][c] += __builtin_popcountll(a0 ^ bc);                                          \
-        pc[1][c] += __builtin_popcountll(a1 ^ bc);                                          \
-        pc[2][c] += __builtin_popcountll(a2 ^ bc);                                          \
-        pc[3][c] += __builtin_popcountll(a3 ^ bc);                                          \
-      }                                                                                     \
-    }                                                                                       \
-  }                                                                                         \
-  ATTR static int64_t NAME##One(const u64* a, const u64* b, int64_t lp) {                   \
-    int64_t pc = 0;                                                                         \
-    for (int64_t w = 0; w < lp; ++w) pc += __builtin_popcountll(a[w] ^ b[w]);               \
-    return pc;                                                                              \
-  }
-
-TFC_SCALAR_TILES(Generic, )
-#if defined(TFC_X86) && defined(__GNUC__)
-TFC_SCALAR_TILES(Popcnt, __attribute__((target("popcnt"))))
-#endif
-
-#if defined(TFC_X86) && defined(__GNUC__)
-#define TFC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq")))
-
-TFC_AVX512 static void Avx512Tile(const u64* a, const u64* b, int64_t lp, int64_t pc[4][4]) {
-  __m512i acc[4][4];
-  for (int r = 0; r < 4; ++r)
-    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_si512();
-  for (int64_t w = 0; w < lp; w += 8) {
-    __m512i va[4], vb[4];
-    for (int r = 0; r < 4; ++r) va[r] = _mm512_loadu_si512(a + r * lp + w);
-    for (int c = 0; c < 4; ++c) vb[c] = _mm512_loadu_si512(b + c * lp + w);
-    for (int r = 0; r < 4; ++r)
-      for (int c = 0; c < 4; ++c)
-        acc[r][c] =
-            _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_xor_si512(va[r], vb[c])));
-  }
-  // Horizontal sums, four accumulators at a time: two unpack/add levels inside 128-bit lanes,
-  // then 128-bit lane shuffles; about a third of the instructions of four full reductions.
-  for (int r = 0; r < 4; ++r) {
-    const __m512i t0 = _mm512_add_epi64(_mm512_unpacklo_epi64(acc[r][0], acc[r][1]),
-                                        _mm512_unpackhi_epi64(acc[r][0], acc[r][1]));
-    const __m512i t1 = _mm512_add_epi64(_mm512_unpacklo_epi64(acc[r][2], acc[r][3]),
-                                        _mm512_unpackhi_epi64(acc[r][2], acc[r][3]));
-    // u = [c0 c1 | c0' c1' | c2 c3 | c2' c3'] with each pair summed over half of the lanes.
-    const __m512i u = _mm512_add_epi64(_mm512_shuffle_i64x2(t0, t1, 0x88),
-                                       _mm512_shuffle_i64x2(t0, t1, 0xDD));
-    const __m512i v = _mm512_add_epi64(u, _mm512_shuffle_i64x2(u, u, 0xB1));
-    alignas(64) int64_t lanes[8];
-    _mm512_store_si512(lanes, v);
-    pc[r][0] = lanes[0];
-    pc[r][1] = lanes[1];
-    pc[r][2] = lanes[4];
-    pc[r][3] = lanes[5];
-  }
-}
-
-// Packs one float32 row: bit j = (row[j] < 0). Returns the first index that is not +-1 when
-// strict (else -1). Masked loads zero-fill the tail, and 0 < 0 is false, so padding bits are 0.
-TFC_AVX512 static int64_t Avx512PackRowF32(const float* row, int64_t k, bool strict,
-                                           uint32_t* dst32, int64_t words32) {
-  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f),
-               minus_one = _mm512_set1_ps(-1.0f);
-  int64_t bad = -1;
-  for (int64_t w = 0; w < words32; ++w) {
-    uint32_t word = 0;
-    for (int half = 0; half < 2; ++half) {
-      const int64_t j0 = w * 32 + half * 16;
-      if (j0 >= k) break;
-      const int64_t left = k - j0;
-      const __mmask16 valid = left >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                         : static_cast<__mmask16>((1u << left) - 1);
-      const __m512 v = _mm512_maskz_loadu_ps(valid, row + j0);
-      word |= static_cast<uint32_t>(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ)) << (16 * half);
-      if (strict && bad < 0) {
-        const __mmask16 ok =
-            _mm512_cmp_ps_mask(v, one, _CMP_EQ_OQ) | _mm512_cmp_ps_mask(v, minus_one, _CMP_EQ_OQ);
-        const __mmask16 wrong = valid & static_cast<__mmask16>(~ok);
-        if (wrong) bad = j0 + __builtin_ctz(wrong);
-      }
-    }
-    dst32[w] = word;
-  }
-  return bad;
-}
-
-TFC_AVX512 static int64_t Avx512One(const u64* a, const u64* b, int64_t lp) {
-  __m512i acc = _mm512_setzero_si512();
-  for (int64_t w = 0; w < lp; w += 8) {
-    acc = _mm512_add_epi64(
-        acc, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(a + w),
-                                                  _mm512_loadu_si512(b + w))));
-  }
-  return _mm512_reduce_add_epi64(acc);
-}
-#endif
-
-typedef void (*TileFn)(const u64*, const u64*, int64_t, int64_t[4][4]);
-typedef int64_t (*OneFn)(const u64*, const u64*, int64_t);
-
-static void PickKernels(Isa isa, TileFn* tile, OneFn* one) {
-  *tile = GenericTile;
-  *one = GenericOne;
-#if defined(TFC_X86) && defined(__GNUC__)
-  if (isa == Isa::kAvx512) {
-    *tile = Avx512Tile;
-    *one = Avx512One;
-  } else if (isa == Isa::kPopcnt) {
-    *tile = PopcntTile;
-    *one = PopcntOne;
-  }
-#endif
-}
-
-// base: per-row constant (base_rows == nullptr -> base_const for every row).
-template <typename OutT>
-static void PopcountGemm(OpKernelContext* ctx, Isa isa, const u64* a, int64_t m, const u64* b,
-                         int64_t n, int64_t lp, const int64_t* base_rows, int64_t base_const,
-                         OutT* out) {
-  if (m == 0 || n == 0) return;
-  TileFn tile;
-  OneFn one;
-  PickKernels(isa, &tile, &one);
-  const int64_t row_bytes = std::max<int64_t>(lp, 1) * 8;
-  // Block sizes: a block of B rows fits in L1 and is reused across the A rows of the unit.
-  const int64_t nb = std::max<int64_t>(kTile, (32 * 1024 / row_bytes) / kTile * kTile);
-  const int64_t mb = std::max<int64_t>(kTile, (64 * 1024 / row_bytes) / kTile * kTile);
-  const int64_t n_mblocks = (m + mb - 1) / mb;
-  const int64_t n_nblocks = (n + nb - 1) / nb;
-  auto work = [&](int64_t begin, int64_t end) {
-    int64_t pc[4][4];
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t i0 = (u / n_nblocks) * mb, i1 = std::min(m, i0 + mb);
-      const int64_t j0 = (u % n_nblocks) * nb, j1 = std::min(n, j0 + nb);
-      for (int64_t j = j0; j < j1; j += kTile) {
-        const int64_t jn = std::min<int64_t>(kTile, j1 - j);
-        for (int64_t i = i0; i < i1; i += kTile) {
-          const int64_t in = std::min<int64_t>(kTile, i1 - i);
-          if (in == kTile && jn == kTile) {
-            tile(a + i * lp, b + j * lp, lp, pc);
-          } else {
-            for (int64_t r = 0; r < in; ++r)
-              for (int64_t c = 0; c < jn; ++c) pc[r][c] = one(a + (i + r) * lp, b + (j + c) * lp, lp);
-          }
-          for (int64_t r = 0; r < in; ++r) {
-            const int64_t base = base_rows ? base_rows[i + r] : base_const;
-            OutT* orow = out + (i + r) * n + j;
-            for (int64_t c = 0; c < jn; ++c) orow[c] = static_cast<OutT>(base - 2 * pc[r][c]);
-          }
-        }
-      }
-    }
-  };
+// Runs the GEMM's work units on TensorFlow's intra-op thread pool.
+static kernels::ParallelFor ThreadPoolFor(OpKernelContext* ctx) {
   const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-  const int64_t cost = std::max<int64_t>(1, mb * nb * std::max<int64_t>(lp, 1));
-  tensorflow::Shard(threads->num_threads, threads->workers, n_mblocks * n_nblocks, cost, work);
+  return [threads](int64_t units, int64_t cost,
+                   const std::function<void(int64_t, int64_t)>& work) {
+    tensorflow::Shard(threads->num_threads, threads->workers, units, cost, work);
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Normalisation of packed rows (32- or 64-bit words) into masked, zero-padded 64-bit rows.
 
 static inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-static inline int64_t PaddedWords(int64_t k) { return CeilDiv(CeilDiv(k, 64), 8) * 8; }
 
 // Reads the k valid bits of one packed source row as 64-bit words into dst[0, ceil(k / 64)).
 template <typename T>
@@ -353,6 +180,7 @@ REGISTER_OP("TfcPackBits")
     .Attr("T: {float, double, half, bfloat16}")
     .Attr("out_type: {int32, int64} = DT_INT32")
     .Attr("strict: bool = false")
+    .Attr("isa: string = 'auto'")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle x;
       TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
@@ -374,6 +202,9 @@ class PackBitsOp : public OpKernel {
  public:
   explicit PackBitsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("strict", &strict_));
+    std::string isa;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
+    OP_REQUIRES_OK(ctx, ParseIsa(isa, &isa_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -393,19 +224,22 @@ class PackBitsOp : public OpKernel {
     W* dst = out->flat<W>().data();
     std::atomic<int64_t> bad{-1};
     const bool strict = strict_;
-    const bool fast = std::is_same<T, float>::value && CpuHasAvx512Popcnt();
+    // float32 rows go through the vectorised packers, which write 32-bit words: a 64-bit word
+    // is two little-endian 32-bit words.
+    constexpr bool fast = std::is_same<T, float>::value &&
+                          __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+    const Isa isa = isa_;
     auto work = [&](int64_t begin, int64_t end) {
       typedef typename std::make_unsigned<W>::type UW;
       for (int64_t r = begin; r < end; ++r) {
         const T* row = src + r * k;
-#if defined(TFC_X86) && defined(__GNUC__)
         if (fast) {
-          // 64-bit words are two little-endian 32-bit words; the row's word count is even
-          // except for a final half word, which the 32-bit view handles by its length.
+          // The row's 64-bit word count is even in 32-bit words except for a final half word,
+          // which is zeroed after the 32-bit view.
           const int64_t words32 = CeilDiv(k, 32);
           uint32_t* out32 = reinterpret_cast<uint32_t*>(dst + r * words);
-          const int64_t at = Avx512PackRowF32(reinterpret_cast<const float*>(row), k, strict,
-                                              out32, words32);
+          const int64_t at = kernels::PackRowF32(isa, reinterpret_cast<const float*>(row), k,
+                                                 strict, out32, words32);
           if (kBits == 64 && (words32 & 1)) out32[words32] = 0;
           if (at >= 0) {
             int64_t expected = -1;
@@ -413,7 +247,6 @@ class PackBitsOp : public OpKernel {
           }
           continue;
         }
-#endif
         for (int64_t w = 0; w < words; ++w) {
           const int64_t j0 = w * kBits, j1 = std::min(k, j0 + kBits);
           UW word = 0;
@@ -441,6 +274,7 @@ class PackBitsOp : public OpKernel {
 
  private:
   bool strict_;
+  Isa isa_;
 };
 
 #define TFC_REGISTER_PACK(T)                                                                  \
@@ -592,14 +426,14 @@ class BinaryMatmulOp : public OpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, n}), &out));
     if (m == 0 || n == 0) return;
-    const int64_t lp = PaddedWords(k_);
+    const int64_t lp = kernels::RowWords(isa_, k_);
     Tensor na, nb;
     OP_REQUIRES_OK(ctx, AllocateWords(ctx, m * lp, &na));
     OP_REQUIRES_OK(ctx, AllocateWords(ctx, n * lp, &nb));
     NormalizeRows(ctx, a.flat<W>().data(), m, wa, k_, WordsOf(&na), lp);
     NormalizeRows(ctx, b.flat<W>().data(), n, wb, k_, WordsOf(&nb), lp);
-    PopcountGemm<OutT>(ctx, isa_, WordsOf(&na), m, WordsOf(&nb), n, lp, nullptr, k_,
-                       out->flat<OutT>().data());
+    kernels::PopcountGemm(isa_, WordsOf(&na), m, WordsOf(&nb), n, lp, nullptr, k_,
+                          out->flat<OutT>().data(), ThreadPoolFor(ctx));
   }
 
  private:
@@ -732,7 +566,7 @@ class BinaryConv2DOp : public OpKernel {
     if (pixels == 0 || o == 0) return;
     float* dst = out->flat<float>().data();
     const int64_t c = channels_, positions = kh * kw, ktot = positions * c;
-    const int64_t lp = PaddedWords(ktot), cwords = CeilDiv(c, 64);
+    const int64_t lp = kernels::RowWords(isa_, ktot), cwords = CeilDiv(c, 64);
 
     // Filters: bit-dense rows [O, positions * C], plus each position's popcount for the border
     // correction (a zero patch word xor a filter word counts the filter's bits).
@@ -791,7 +625,7 @@ class BinaryConv2DOp : public OpKernel {
     const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
     tensorflow::Shard(threads->num_threads, threads->workers, pixels,
                       std::max<int64_t>(lp, 1) * 4 + positions * 8, im2col);
-    PopcountGemm<float>(ctx, isa_, patch, pixels, filt, o, lp, base, 0, dst);
+    kernels::PopcountGemm(isa_, patch, pixels, filt, o, lp, base, 0, dst, ThreadPoolFor(ctx));
     // Border pixels: add back the filter bits that met zero padding.
     auto correct = [&](int64_t begin, int64_t end) {
       for (int64_t pix = begin; pix < end; ++pix) {
@@ -828,23 +662,56 @@ REGISTER_KERNEL_BUILDER(
     BinaryConv2DOp<int64_t>);
 
 // ---------------------------------------------------------------------------------------------
-// TfcKernelIsa: which popcount path "auto" selects on this CPU (for reports and tests).
+// TfcKernelIsa: the path an "isa" value selects on this CPU ("auto": the best one), for reports
+// and tests; an error if the CPU lacks it. TfcSupportedIsas: the "isa" values this CPU can run.
 
 REGISTER_OP("TfcKernelIsa")
-    .Output("isa: string")
+    .Output("selected: string")
+    .Attr("isa: string = 'auto'")
     .SetIsStateful()
     .SetShapeFn(::tensorflow::shape_inference::ScalarShape);
 
 class KernelIsaOp : public OpKernel {
  public:
-  explicit KernelIsaOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit KernelIsaOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string isa;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
+    OP_REQUIRES_OK(ctx, ParseIsa(isa, &isa_));
+  }
   void Compute(OpKernelContext* ctx) override {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<tensorflow::tstring>()() = IsaName(BestIsa());
+    out->scalar<tensorflow::tstring>()() = kernels::IsaName(isa_);
   }
+
+ private:
+  Isa isa_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("TfcKernelIsa").Device(DEVICE_CPU), KernelIsaOp);
+
+REGISTER_OP("TfcSupportedIsas")
+    .Output("isas: string")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->Vector(c->UnknownDim()));
+      return Status();
+    });
+
+class SupportedIsasOp : public OpKernel {
+ public:
+  explicit SupportedIsasOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    std::vector<std::string> names;
+    for (const auto& entry : kIsaNames)
+      if (kernels::CpuSupports(entry.isa)) names.push_back(entry.name);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({static_cast<int64_t>(names.size())}), &out));
+    for (size_t i = 0; i < names.size(); ++i) out->vec<tensorflow::tstring>()(i) = names[i];
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("TfcSupportedIsas").Device(DEVICE_CPU), SupportedIsasOp);
 
 }  // namespace tfcompress

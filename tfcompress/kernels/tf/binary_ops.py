@@ -8,10 +8,18 @@ Bit layout: a value ``v`` becomes bit ``1`` when ``v < 0`` (i.e. -1) and ``0`` o
 (+1; ``sign(0) = +1``). Value ``j`` of a row goes to bit ``j % B`` of word ``j // B`` with
 ``B`` the word width, 32 (``int32`` words) or 64 (``int64`` words). For +-1 vectors of length
 ``k``: ``dot(a, b) = k - 2 * popcount(bits(a) ^ bits(b))``; padding bits past ``k`` are ignored.
+
+Code paths of the compiled kernels (``isa``): ``"avx512"`` (VPOPCNTDQ), ``"avx2"`` (nibble-lookup
+popcount with VPSHUFB), ``"popcnt"`` (scalar), ``"generic"`` (plain C++). ``"auto"`` picks the
+best one the CPU has, unless the environment variable ``TFCOMPRESS_BINARY_ISA`` names one (read
+on every call; for example ``avx2`` on an AVX-512 machine, to check or time that path). All paths
+give bit-identical results.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,11 +34,13 @@ __all__ = [
     "has_compiled_kernels",
     "kernel_isa",
     "pack_bits",
+    "supported_isas",
     "unpack_bits",
 ]
 
 _WORD_DTYPES = {32: tf.int32, 64: tf.int64}
-_ISAS = ("auto", "avx512", "popcnt", "generic")
+_ISAS = ("auto", "avx512", "avx2", "popcnt", "generic")
+ENV_ISA = "TFCOMPRESS_BINARY_ISA"
 
 
 def has_compiled_kernels() -> bool:
@@ -52,13 +62,54 @@ def has_compiled_kernels() -> bool:
 
 
 def kernel_isa() -> str | None:
-    """The popcount code path the compiled kernels pick on this CPU, or None without them.
+    """The code path the compiled kernels run with ``isa="auto"``, or None without them.
+
+    That is the best path this CPU has, or the one ``TFCOMPRESS_BINARY_ISA`` forces.
 
     Returns:
-        ``"avx512_vpopcntdq"``, ``"popcnt"`` or ``"generic"``; ``None`` on the fallback path.
+        ``"avx512_vpopcntdq"``, ``"avx2"``, ``"popcnt"`` or ``"generic"``; ``None`` on the
+        fallback path.
+
+    Raises:
+        ValueError: ``TFCOMPRESS_BINARY_ISA`` names an unknown path or one this CPU lacks.
     """
     lib = _build.load()
-    return None if lib is None else lib.tfc_kernel_isa().numpy().decode()
+    if lib is None:
+        return None
+    return lib.tfc_kernel_isa(isa=_resolve_isa("auto", lib)).numpy().decode()
+
+
+def supported_isas() -> tuple[str, ...]:
+    """The ``isa`` values the compiled kernels can run on this CPU (empty without them).
+
+    Returns:
+        A subset of ``("avx512", "avx2", "popcnt", "generic")``, fastest first.
+    """
+    lib = _build.load()
+    return () if lib is None else _supported(lib)
+
+
+@functools.cache
+def _supported(lib) -> tuple[str, ...]:
+    return tuple(name.decode() for name in lib.tfc_supported_isas().numpy())
+
+
+def _resolve_isa(isa: str, lib) -> str:
+    """``isa`` for the op: "auto" becomes ``TFCOMPRESS_BINARY_ISA`` when that is set."""
+    _check_isa(isa)
+    if isa != "auto":
+        return isa
+    forced = os.environ.get(ENV_ISA, "").strip().lower()
+    if forced in ("", "auto"):
+        return "auto"
+    if forced not in _ISAS:
+        raise ValueError(f"{ENV_ISA} must be one of {_ISAS}, got {forced!r}")
+    if lib is not None and forced not in _supported(lib):
+        raise ValueError(
+            f"{ENV_ISA}={forced!r} but this CPU can run only {_supported(lib)}; unset it or "
+            "pick one of those"
+        )
+    return forced
 
 
 def _lib(use_kernels: bool | None):
@@ -116,6 +167,7 @@ def pack_bits(
     axis: int = -1,
     strict: bool = False,
     *,
+    isa: str = "auto",
     use_kernels: bool | None = None,
 ) -> tf.Tensor:
     """Packs the signs of ``x`` along ``axis`` into 32- or 64-bit words.
@@ -128,6 +180,8 @@ def pack_bits(
         axis: The axis to pack (the reduction axis of the later matmul/conv).
         strict: If True, every value must be exactly -1 or +1 (else InvalidArgumentError);
             if False, values are binarised by sign with ``sign(0) = +1``.
+        isa: Compiled path only: ``"auto"`` or force ``"avx512"``, ``"avx2"``, ``"popcnt"``,
+            ``"generic"`` (float32 input is packed with that instruction set's compares).
         use_kernels: None picks the compiled kernel when available; False forces the pure-TF
             fallback; True requires the compiled kernel.
 
@@ -136,7 +190,7 @@ def pack_bits(
         ``ceil(x.shape[axis] / bitwidth)``; padding bits are 0.
 
     Raises:
-        ValueError: bad ``bitwidth``, ``axis`` or dtype.
+        ValueError: bad ``bitwidth``, ``axis``, dtype or ``isa``.
         tf.errors.InvalidArgumentError: ``strict=True`` and a value is not +-1.
 
     Example:
@@ -145,6 +199,7 @@ def pack_bits(
     """
     require_tensorflow_backend("pack_bits (a custom TensorFlow op)")
     _check_bitwidth(bitwidth)
+    _check_isa(isa)
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise ValueError(f"x must be a float tensor of +-1 (or signed) values, got {x.dtype.name}")
@@ -156,12 +211,16 @@ def pack_bits(
     axis %= rank
     if axis != rank - 1:
         perm = [*[i for i in range(rank) if i != axis], axis]
-        packed = pack_bits(tf.transpose(x, perm), bitwidth, -1, strict, use_kernels=use_kernels)
+        packed = pack_bits(
+            tf.transpose(x, perm), bitwidth, -1, strict, isa=isa, use_kernels=use_kernels
+        )
         inverse = [perm.index(i) for i in range(rank)]
         return tf.transpose(packed, inverse)
     lib = _lib(use_kernels)
     if lib is not None:
-        return lib.tfc_pack_bits(x, out_type=_WORD_DTYPES[bitwidth], strict=strict)
+        return lib.tfc_pack_bits(
+            x, out_type=_WORD_DTYPES[bitwidth], strict=strict, isa=_resolve_isa(isa, lib)
+        )
     return _pack_fallback(x, bitwidth, strict)
 
 
@@ -285,9 +344,9 @@ def binary_matmul(
     """+-1 matrix product of packed operands by XNOR + popcount: ``a @ b.T``.
 
     ``out[..., j] = k - 2 * popcount(a[..., :] ^ b[j, :])`` — exactly the dot product of the
-    unpacked +-1 rows. The compiled kernel is vectorised (AVX-512 VPOPCNTDQ when the CPU has it,
-    chosen at run time, else scalar POPCNT or plain C++) and runs on TensorFlow's intra-op
-    thread pool. Inference only: the op has no gradient.
+    unpacked +-1 rows. The compiled kernel is vectorised (AVX-512 VPOPCNTDQ or AVX2 when the CPU
+    has them, chosen at run time, else scalar POPCNT or plain C++), register- and cache-blocked,
+    and runs on TensorFlow's intra-op thread pool. Inference only: the op has no gradient.
 
     Args:
         a_packed: ``[..., W]`` packed rows (int32 or int64 words), packed along the reduction.
@@ -295,15 +354,18 @@ def binary_matmul(
             one row per output unit; see :func:`tfcompress.ops.tf.pack_dense_kernel`).
         k: The reduction length before packing; ``W == ceil(k / word_bits)``.
         out_type: ``tf.float32`` (default) or ``tf.int32``.
-        isa: Compiled path only: ``"auto"`` or force ``"avx512"``, ``"popcnt"``, ``"generic"``.
+        isa: Compiled path only: ``"auto"`` (the best path, or ``TFCOMPRESS_BINARY_ISA``) or
+            force ``"avx512"``, ``"avx2"``, ``"popcnt"``, ``"generic"``.
         use_kernels: As in :func:`pack_bits`.
 
     Returns:
         ``[..., N]`` tensor of ``out_type``.
 
     Raises:
-        ValueError: word types or packed widths of the operands differ, or do not fit ``k``.
-        tf.errors.InvalidArgumentError: the same, for shapes only known at run time.
+        ValueError: word types or packed widths of the operands differ, or do not fit ``k``;
+            or an unknown ``isa``.
+        tf.errors.InvalidArgumentError: the same, for shapes only known at run time; or a
+            forced ``isa`` this CPU lacks.
 
     Example:
         >>> a = pack_bits(tf.constant([[1.0, -1.0, 1.0]]))
@@ -331,7 +393,9 @@ def binary_matmul(
     a2 = tf.reshape(a_packed, [-1, _words(k, bits)]) if a_packed.shape.rank != 2 else a_packed
     lib = _lib(use_kernels)
     if lib is not None:
-        out = lib.tfc_binary_matmul(a2, b_packed, k=k, out_type=out_type, isa=isa)
+        out = lib.tfc_binary_matmul(
+            a2, b_packed, k=k, out_type=out_type, isa=_resolve_isa(isa, lib)
+        )
     else:
         tf.debugging.assert_equal(
             tf.shape(b_packed)[-1],
@@ -430,7 +494,7 @@ def binary_conv2d(
             strides=strides,
             dilations=dilation_rate,
             padding=pad,
-            isa=isa,
+            isa=_resolve_isa(isa, lib),
         )
     tf.debugging.assert_equal(
         tf.shape(filters_packed)[-1],

@@ -12,6 +12,8 @@ Environment variables:
     TFCOMPRESS_CACHE_DIR: where compiled kernels are cached (default
         ``$XDG_CACHE_HOME/tfcompress`` or ``~/.cache/tfcompress``; a ``kernels`` folder inside).
     CXX: the C++ compiler to use (default: the first of ``c++``, ``g++``, ``clang++`` on PATH).
+    TFCOMPRESS_BINARY_ISA: the code path of the compiled ops (read per call by
+        :mod:`tfcompress.kernels.tf.binary_ops`, not here).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ __all__ = [
 
 ENV_DISABLE = "TFCOMPRESS_DISABLE_KERNELS"
 ENV_CACHE_DIR = "TFCOMPRESS_CACHE_DIR"
-_SOURCES = ("binary_ops.cc",)
+# binary_kernels.cc: the per-ISA inner loops, free of TensorFlow headers (compiles fast).
+_SOURCES = ("binary_ops.cc", "binary_kernels.cc")
 # -w: TensorFlow's headers emit hundreds of deprecation warnings that say nothing about our code.
 _CXX_FLAGS = ("-O3", "-shared", "-fPIC", "-w")
 _BUILD_TIMEOUT_S = 600
@@ -187,7 +190,14 @@ def load() -> ModuleType | None:
     return _state["module"]  # type: ignore[return-value]
 
 
-_OPS = ("TfcPackBits", "TfcUnpackBits", "TfcBinaryMatmul", "TfcBinaryConv2D", "TfcKernelIsa")
+_OPS = (
+    "TfcPackBits",
+    "TfcUnpackBits",
+    "TfcBinaryMatmul",
+    "TfcBinaryConv2D",
+    "TfcKernelIsa",
+    "TfcSupportedIsas",
+)
 
 
 def _mark_not_differentiable() -> None:
