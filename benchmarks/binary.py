@@ -5,7 +5,10 @@ Run: python3 run.py bench binary [--epochs 15]
 Both models have the same layers (conv 32/64/128, dense 128, logits, with
 BatchNormalization); in the binary one conv2, conv3 and dense1 have binary
 weights (XNOR-Net per-channel scales) and binary inputs. Every figure of
-both arms is measured in this run. If TFCOMPRESS_LARQ_PYTHON names a Python with
+both arms is measured in this run. The binary arm is also exported with
+quantization="binary" (1-bit packed kernels in a stock-LiteRT file, see
+tfcompress/export/binary_packed.py); its size is compared with its own float32 file and its
+one-thread latency with that file's, the two measured interleaved in this run. If TFCOMPRESS_LARQ_PYTHON names a Python with
 larq and tf_keras installed (larq needs legacy Keras, so keep it in its own venv), the
 same binary model is trained there in a subprocess.
 """
@@ -27,6 +30,7 @@ import keras
 
 from tfcompress.core.io import write_text
 from tfcompress.datasets import load_digits
+from tfcompress.export.interpreter import TFLiteModel
 from tfcompress.export.tflite import export
 from tfcompress.models import accuracy, digits_binary_cnn, digits_float_twin, train_classifier
 from tfcompress.packing import save_packed
@@ -80,6 +84,22 @@ def _larq(data, epochs: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _interleaved_latency_ms(paths: dict[str, Path], x, rounds: int = 30, invokes: int = 20):
+    """Per file, the minimum over rounds of the mean one-thread invoke time (arms interleaved)."""
+    calls = {key: TFLiteModel(path, num_threads=1).invoker(x[:1]) for key, path in paths.items()}
+    best = {key: float("inf") for key in paths}
+    for call in calls.values():  # warm-up
+        for _ in range(invokes):
+            call()
+    for _ in range(rounds):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(invokes):
+                call()
+            best[key] = min(best[key], (time.perf_counter() - start) / invokes * 1e3)
+    return best
+
+
 def _arm(name, model, data, epochs, lr, tmp):
     keras.utils.set_random_seed(0)
     start = time.perf_counter()
@@ -90,7 +110,8 @@ def _arm(name, model, data, epochs, lr, tmp):
     packed = save_packed(model, Path(tmp) / f"{name}.npz")
     row["stored_bytes"] = packed.file_bytes
     row["bits_per_binarized_weight"] = packed.bits_per_binarized_weight or None
-    for mode in (None, "dynamic"):
+    binary = name == "binary CNN"
+    for mode in (None, "dynamic", "binary") if binary else (None, "dynamic"):
         report = export(
             model,
             Path(tmp) / f"{name}_{mode}.tflite",
@@ -103,6 +124,17 @@ def _arm(name, model, data, epochs, lr, tmp):
         row[f"tflite_{key}_bytes"] = report.bytes
         row[f"tflite_{key}_accuracy"] = report.tflite_accuracy
         row[f"tflite_{key}_agreement"] = report.top1_agreement
+        if mode == "binary":
+            row["tflite_binary_quantization"] = report.quantization  # "dynamic" if it fell back
+            row["tflite_binary_max_abs_diff"] = report.max_abs_diff
+            row["tflite_binary_bits_per_binarized_weight"] = report.bits_per_binary_weight
+            row["tflite_binary_ratio_to_own_float"] = report.bytes / row["tflite_float_bytes"]
+    if binary:
+        paths = {k: Path(tmp) / f"{name}_{k}.tflite" for k in ("None", "binary")}
+        latency = _interleaved_latency_ms(paths, data.x_test)
+        row["latency_float_ms"] = latency["None"]
+        row["latency_binary_ms"] = latency["binary"]
+        row["latency_binary_ratio_to_float"] = latency["binary"] / latency["None"]
     return row
 
 
@@ -156,6 +188,19 @@ def main() -> None:
         )
     )
     print("larq (tf_keras, same model):", larq)
+    row = rows[1]
+    if "tflite_binary_bytes" in row:
+        print(
+            f"stock-LiteRT binary file (quantization='binary', written as "
+            f"{row['tflite_binary_quantization']!r}): {row['tflite_binary_bytes']:,} B = "
+            f"1/{1 / row['tflite_binary_ratio_to_own_float']:.1f} of its float32 file "
+            f"({row['tflite_float_bytes']:,} B), "
+            f"{row['tflite_binary_bits_per_binarized_weight'] or float('nan'):.3f} bits per "
+            f"binarized weight, top-1 agreement {100 * row['tflite_binary_agreement']:.2f}%, "
+            f"max abs logit diff {row['tflite_binary_max_abs_diff']:.2g}; one-thread latency "
+            f"{row['latency_binary_ms']:.3f} ms vs float {row['latency_float_ms']:.3f} ms "
+            f"({row['latency_binary_ratio_to_float']:.1f}x, interleaved, min of 30 rounds)"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     write_text(RESULTS, json.dumps({"epochs": args.epochs, "rows": rows, "larq": larq}, indent=2))
     print(f"wrote {RESULTS}")

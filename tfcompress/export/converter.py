@@ -38,14 +38,19 @@ _CALIBRATION_BATCH = 32
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*(\.[A-Za-z0-9][A-Za-z0-9_\-]*)*")
 
 
-def validate_quantization(quantization: str | None) -> str | None:
-    """Returns the canonical mode or raises ValueError naming the allowed ones."""
+def validate_quantization(
+    quantization: str | None, modes: Sequence[str | None] = QUANTIZATION_MODES
+) -> str | None:
+    """Returns the canonical mode or raises ValueError naming the allowed ones (``modes``)."""
     if isinstance(quantization, str) and quantization.lower() in ("none", "float32"):
         return None
-    if quantization not in QUANTIZATION_MODES:
+    if quantization not in modes:
+        hint = ""
+        if quantization == "binary":
+            hint = " (quantization='binary' is written by tfc.tflite_export.export)"
         raise ValueError(
-            f"quantization={quantization!r} is not supported; expected one of "
-            f"{', '.join(repr(m) for m in QUANTIZATION_MODES)}"
+            f"quantization={quantization!r} is not supported{hint}; expected one of "
+            f"{', '.join(repr(m) for m in modes)}"
         )
     return quantization
 

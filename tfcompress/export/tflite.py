@@ -16,7 +16,9 @@ import numpy as np
 from tfcompress.core.backend import require_tensorflow_backend
 from tfcompress.core.calibration import CalibrationData, calibration_data
 from tfcompress.core.io import write_bytes
+from tfcompress.export.binary_packed import BINARY, convert_binary, plan_binary_export
 from tfcompress.export.converter import (
+    QUANTIZATION_MODES,
     as_model,
     convert,
     input_structure,
@@ -36,6 +38,7 @@ from tfcompress.reporting.table import format_value
 __all__ = ["ExportReport", "export"]
 
 _RANDOM_VERIFY_SAMPLES = 64
+EXPORT_MODES: tuple[str | None, ...] = (*QUANTIZATION_MODES, BINARY)
 
 
 @dataclasses.dataclass
@@ -67,6 +70,10 @@ class ExportReport:
             rewritten to INT4 (see :mod:`tfcompress.export.low_bit`).
         int2_weights: How many ``FULLY_CONNECTED`` weight tensors on a 2-bit
             grid were rewritten to INT2.
+        binary_layers: Binary layers stored bit-packed (``quantization="binary"``,
+            see :mod:`tfcompress.export.binary_packed`).
+        bits_per_binary_weight: Stored bits (words + scales) per weight of those layers.
+        fallback: Why ``quantization="binary"`` wrote another mode, else None.
     """
 
     path: str
@@ -88,6 +95,9 @@ class ExportReport:
     sparse_encoding: bool = False
     int4_weights: int = 0
     int2_weights: int = 0
+    binary_layers: int = 0
+    bits_per_binary_weight: float | None = None
+    fallback: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,6 +177,7 @@ def export(
     calibration_samples: int = 500,
     verbose: int = 1,
     sparsity: str | bool = "auto",
+    custom_ops: bool = False,
 ) -> ExportReport:
     """Converts a Keras 3 model to a .tflite file, runs it in LiteRT and reports.
 
@@ -176,9 +187,11 @@ def export(
             (``token_ids``, ...) and :class:`TFLiteModel` takes and returns
             the same structure.
         path: Where to write the .tflite file (its directory must exist).
-        quantization: ``None`` (float32), ``"dynamic"``, ``"float16"`` or
+        quantization: ``None`` (float32), ``"dynamic"``, ``"float16"``,
             ``"int8"`` (full integer; needs ``representative_data`` unless
-            the model is quantization-aware).
+            the model is quantization-aware) or ``"binary"`` (binary layers'
+            kernels bit-packed, builtin ops only; see
+            :mod:`tfcompress.export.binary_packed`).
         representative_data: Inputs that calibrate int8 (array, one array per
             input, a dict for dict inputs, ``tf.data.Dataset`` or iterable of
             batches), checked against the model's input shapes before converting.
@@ -199,13 +212,18 @@ def export(
             smaller file that still runs with the default XNNPACK delegate
             (float32/float16/dynamic; never for int8, whose sparse files fail
             to delegate); True forces it (error if the file does not run);
-            False never.
+            False never. Not used by ``"binary"``.
+        custom_ops: With ``quantization="binary"``, ask for custom XNOR-popcount
+            LiteRT ops; they are not available yet, so a warning says so and the
+            stock file is written.
 
     Returns:
         An :class:`ExportReport`.
 
     Raises:
         ValueError: Unknown ``quantization``; int8 without representative data;
+            ``"binary"`` for a model without binary kernels, with ``sparsity=True``,
+            or ``custom_ops`` without ``"binary"``;
             data that does not fit the model's inputs; a weight holding NaN or
             Inf; a model with no defined inputs; a negative count.
         TypeError: ``model`` is neither a Keras model nor a path.
@@ -226,7 +244,7 @@ def export(
     require_tensorflow_backend("TFLite export")
     # Validate everything before the (slow) conversion starts.
     model = as_model(model)
-    quantization = validate_quantization(quantization)
+    quantization = validate_quantization(quantization, EXPORT_MODES)
     target = _check_path(path)
     _check_count("latency_runs", latency_runs, 0)
     _check_count("max_verify_samples", max_verify_samples, 1)
@@ -236,6 +254,19 @@ def export(
     if verify_labels is not None and verify_data is None:
         raise ValueError("verify_labels were given without verify_data")
     sparsity = validate_sparsity_mode(sparsity)
+    binary_plan = None
+    if quantization == BINARY:
+        if sparsity is True:
+            raise ValueError(
+                "sparsity=True does not apply to quantization='binary' (packed signs have no "
+                "zeros); use sparsity='auto' or False"
+            )
+        binary_plan = plan_binary_export(model, custom_ops)
+    elif custom_ops is not False:
+        raise ValueError(
+            f"custom_ops={custom_ops!r} applies to quantization='binary' only, got "
+            f"quantization={quantization!r}"
+        )
     calibration = checked = None
     if verify_data is not None:
         checked = calibration_data(
@@ -264,14 +295,24 @@ def export(
             sparsity=sparse,
         )
 
-    flatbuffer = _convert(sparsity is True)
+    if binary_plan is not None:
+        binary = convert_binary(model, binary_plan, signature=input_signature, verbose=verbose)
+        flatbuffer = binary.flatbuffer
+        quantization = binary.quantization  # "dynamic" when it fell back
+    else:
+        flatbuffer = _convert(sparsity is True)
     if sparsity is True and not runs_with_default_delegate(flatbuffer, num_threads):
         raise RuntimeError(
             f"the sparse-encoded {quantization or 'float32'} file does not run with the default "
             "XNNPACK delegate (int8 sparse files fail to delegate on this LiteRT); export with "
             "sparsity='auto' or False"
         )
-    if sparsity == "auto" and quantization != "int8" and model_sparsity(model) >= AUTO_THRESHOLD:
+    if (
+        binary_plan is None
+        and sparsity == "auto"
+        and quantization != "int8"
+        and model_sparsity(model) >= AUTO_THRESHOLD
+    ):
         sparse = _convert(True)
         if len(sparse) < len(flatbuffer) and runs_with_default_delegate(sparse, num_threads):
             flatbuffer = sparse
@@ -288,6 +329,10 @@ def export(
         int4_weights=len(packing.int4) if packing else 0,
         int2_weights=len(packing.int2) if packing else 0,
     )
+    if binary_plan is not None:
+        report.binary_layers = len(binary.layers)
+        report.bits_per_binary_weight = binary.bits_per_weight
+        report.fallback = binary.fallback
     found = file_sparsity(flatbuffer)
     report.weight_sparsity = found.weight_sparsity
     report.sparse_encoding = found.sparse_tensors > 0
