@@ -33,6 +33,7 @@ EXPECTED_TOP_LEVEL = {
     "compact_model",
     "structure_model",
     "to_transferred",
+    "distribute",
 }
 
 EXPECTED_ONESHOT = {

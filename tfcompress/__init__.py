@@ -30,6 +30,7 @@ if _TYPE_CHECKING or _load_everything or not _cli_startup():
     from tfcompress import allocate as allocate
     from tfcompress import callbacks as callbacks
     from tfcompress import datasets as datasets
+    from tfcompress import distribute as distribute
     from tfcompress import layers as layers
     from tfcompress import models as models
     from tfcompress import oneshot as oneshot
@@ -89,6 +90,7 @@ __all__ = [
     "cluster_model",
     "compact_model",
     "datasets",
+    "distribute",
     "factorize_model",
     "layers",
     "models",

@@ -347,7 +347,9 @@ class MaskedTraining(keras.callbacks.Callback):
             result = inner() if inner is not None else type(model).get_metrics_result(model)
             if self._reporting and self._sparsity:
                 for key, variable in self._sparsity.items():
-                    value = keras.ops.convert_to_tensor(variable)
+                    # A read (copy), not the variable: with several workers Keras all-reduces
+                    # every log with tf.distribute, which takes tensors only.
+                    value = keras.ops.copy(variable)
                     with contextlib.suppress(Exception):  # traced: stays a tensor (as Keras does)
                         value = float(value)
                     result[key] = value
