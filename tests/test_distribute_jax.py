@@ -71,17 +71,7 @@ def test_two_jax_devices(results):
     assert results["data_layout"] == "('batch', None, None, None)"  # batches split
 
 
-# Measured: QuantizeActivation('int8_activation') after Flatten ends the upstream kernels 3.6e-3
-# from one device after 8 steps (1 step: 4e-8) while the loss and every quantizer variable
-# match; not explained yet. strict: when it passes, drop the mark.
-_UNEXPLAINED = pytest.mark.xfail(
-    strict=True, reason="JAX DataParallel: QuantizeActivation after Flatten diverges (issue 25)"
-)
-
-
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=_UNEXPLAINED) if c == "quant_layers" else c for c in CASES]
-)
+@pytest.mark.parametrize("case", CASES)
 def test_data_parallel_matches_one_device(results, case):
     result = results[case]
     assert "error" not in result, result.get("traceback", result.get("error"))
