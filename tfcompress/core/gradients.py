@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["loss_gradients", "require_loss"]
+__all__ = ["input_gradients", "loss_gradients", "require_loss"]
 
 
 def loss_gradients(
@@ -103,3 +103,47 @@ def _jax_loss_gradients(
         g = by_id.get(id(v))
         out.append(np.zeros(tuple(v.shape), np.float32) if g is None else np.asarray(g))
     return out
+
+
+def input_gradients(
+    model: keras.Model, x: np.ndarray, objective: Callable[[Any], Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``d objective(model(x)) / dx`` in inference mode, and the model's outputs.
+
+    ``objective(y_pred)`` returns one value per example (its sum is differentiated,
+    so each example's gradient is its own). Used by attacks that move the inputs
+    (:func:`tfcompress.reporting.robustness`).
+
+    Args:
+        model: A single-input model.
+        x: A batch of inputs (float).
+        objective: Maps the model's outputs to a per-example value.
+
+    Returns:
+        ``(gradient, outputs)`` as NumPy arrays; the gradient has ``x``'s shape.
+
+    Raises:
+        RuntimeError: On a backend other than TensorFlow or JAX.
+
+    Example:
+        >>> grad, logits = input_gradients(model, x, lambda z: keras.ops.max(z, axis=-1))
+    """
+    backend = keras.backend.backend()
+    x = np.asarray(x, np.float32)
+    if backend == "jax":
+        import jax
+
+        def value(inputs):
+            outputs = model(inputs, training=False)
+            return keras.ops.sum(objective(outputs)), outputs
+
+        grad, outputs = jax.grad(value, has_aux=True)(keras.ops.convert_to_tensor(x))
+        return np.asarray(grad), np.asarray(outputs)
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"input gradients need the TensorFlow or JAX backend, but Keras is running on "
+            f"{backend!r}"
+        )
+    from tfcompress.core.tf_gradients import input_gradients as tf_input_gradients
+
+    return tf_input_gradients(model, x, objective)

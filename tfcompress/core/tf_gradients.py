@@ -14,7 +14,7 @@ import numpy as np
 
 from tfcompress.core.backend import require_tensorflow_backend
 
-__all__ = ["loss_gradients"]
+__all__ = ["input_gradients", "loss_gradients"]
 
 
 def loss_gradients(
@@ -55,3 +55,20 @@ def loss_gradients(
         np.zeros(tuple(v.shape), np.float32) if g is None else np.asarray(g)
         for v, g in zip(variables, grads)
     ]
+
+
+def input_gradients(
+    model: keras.Model, x: np.ndarray, objective: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """TensorFlow half of :func:`tfcompress.core.gradients.input_gradients`."""
+    require_tensorflow_backend("input gradients")
+    import tensorflow as tf
+
+    inputs = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = model(inputs, training=False)
+        value = tf.reduce_sum(objective(outputs))
+    grad = tape.gradient(value, inputs)
+    grad = tf.zeros_like(inputs) if grad is None else grad
+    return np.asarray(grad), np.asarray(outputs)
