@@ -198,6 +198,8 @@ def test_binary_presets_are_all_there():
     assert BINARY_PRESETS == [
         "approx_sign",
         "dorefa",
+        "irnet",
+        "irnet_sign",
         "magnitude_aware_sign",
         "ste_sign",
         "ste_tern",

@@ -73,6 +73,8 @@ EXPECTED_QUANTIZERS = {
     "ApproxSign",
     "BinaryQuantizer",
     "DoReFa",
+    "IRNetSign",
+    "LibraPBSign",
     "MagnitudeAwareSign",
     "SteSign",
     "SteTern",

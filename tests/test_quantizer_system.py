@@ -35,7 +35,9 @@ def test_every_quantizer_class_derives_from_the_one_base():
     assert names == {
         "ApproxSign",
         "DoReFa",
+        "IRNetSign",
         "LSQQuantizer",
+        "LibraPBSign",
         "MagnitudeAwareSign",
         "MinMaxQuantizer",
         "MovingAverageQuantizer",

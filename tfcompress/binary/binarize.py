@@ -31,14 +31,19 @@ def _initialize(latent_clip: float | None):
         values = [np.asarray(keras.ops.convert_to_numpy(w)) for w in old.weights]
         if latent_clip is not None:
             values[0] = np.clip(values[0], -latent_clip, latent_clip)
-        extra = new.weights[len(values) :]
-        if extra:  # learned ternary scales (TTQ): start at the kept entries' mean magnitude
-            kernel = values[0]
-            channels = kernel.shape[-1] * (kernel.shape[-2] if new._depthwise else 1)
-            flat = np.abs(kernel).reshape(-1, channels)
-            kept = flat > new.kernel_quantizer.threshold * flat.max(axis=0)
-            scale = (flat * kept).sum(axis=0) / np.maximum(kept.sum(axis=0), 1)
-            values += [scale.astype(np.float32)] * len(extra)
+        # The quantizers' own state comes after the copied weights: learned ternary scales
+        # (TTQ) start at the kept entries' mean magnitude; other state (IR-Net's progress)
+        # keeps its initial value.
+        for variable in new.weights[len(values) :]:
+            if variable.name.endswith("_scale") and hasattr(new.kernel_quantizer, "threshold"):
+                kernel = values[0]
+                channels = kernel.shape[-1] * (kernel.shape[-2] if new._depthwise else 1)
+                flat = np.abs(kernel).reshape(-1, channels)
+                kept = flat > new.kernel_quantizer.threshold * flat.max(axis=0)
+                scale = (flat * kept).sum(axis=0) / np.maximum(kept.sum(axis=0), 1)
+                values.append(scale.astype(np.float32))
+            else:
+                values.append(np.asarray(keras.ops.convert_to_numpy(variable)))
         new.set_weights(values)
 
     return initialize

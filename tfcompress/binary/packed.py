@@ -32,6 +32,7 @@ from keras import ops
 
 from tfcompress.core.backend import require_tensorflow_backend
 from tfcompress.quantization import binary as binary_quantizers
+from tfcompress.quantization.irnet import IRNetSign
 
 __all__ = ["INFERENCE_MODES", "freeze_binary", "unfreeze_binary"]
 
@@ -41,6 +42,7 @@ _SIGN_QUANTIZERS = (
     binary_quantizers.SteSign,
     binary_quantizers.ApproxSign,
     binary_quantizers.SwishSign,
+    IRNetSign,
 )
 _BITWIDTH = 32
 

@@ -7,12 +7,14 @@ from tfcompress.learning_rate.rewinding import mask_update_steps as mask_update_
 from tfcompress.pruning.callbacks import GradualPruning as GradualPruning
 from tfcompress.pruning.callbacks import KeepSparsity as KeepSparsity
 from tfcompress.pruning.sparse_training import DynamicSparseTraining as DynamicSparseTraining
+from tfcompress.quantization.irnet import IRNetSchedule as IRNetSchedule
 
 __all__ = [
     "DistillationTeacher",
     "DynamicSparseTraining",
     "FlipRatio",
     "GradualPruning",
+    "IRNetSchedule",
     "KeepSparsity",
     "LearningRateRewinding",
     "mask_update_steps",

@@ -23,6 +23,7 @@ from tfcompress.quantization.binary import (
     SteTern,
     SwishSign,
 )
+from tfcompress.quantization.irnet import IRNetSign, LibraPBSign
 from tfcompress.quantization.learned import LSQQuantizer, PACTQuantizer
 from tfcompress.quantization.uniform import MinMaxQuantizer, MovingAverageQuantizer
 
@@ -59,6 +60,9 @@ PRESETS: dict[str, Callable[[], Quantizer]] = {
     "twn": SteTern,
     "ttq": TTQ,
     "dorefa": DoReFa,
+    # IR-Net (Libra-PB weights, EDE gradient; drive it with IRNetSchedule).
+    "irnet": LibraPBSign,
+    "irnet_sign": IRNetSign,
 }
 
 

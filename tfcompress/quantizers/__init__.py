@@ -9,6 +9,8 @@ from tfcompress.quantization.binary import MagnitudeAwareSign as MagnitudeAwareS
 from tfcompress.quantization.binary import SteSign as SteSign
 from tfcompress.quantization.binary import SteTern as SteTern
 from tfcompress.quantization.binary import SwishSign as SwishSign
+from tfcompress.quantization.irnet import IRNetSign as IRNetSign
+from tfcompress.quantization.irnet import LibraPBSign as LibraPBSign
 from tfcompress.quantization.learned import LSQQuantizer as LSQQuantizer
 from tfcompress.quantization.learned import PACTQuantizer as PACTQuantizer
 from tfcompress.quantization.registry import PRESETS as PRESETS
@@ -25,7 +27,9 @@ __all__ = [
     "ApproxSign",
     "BinaryQuantizer",
     "DoReFa",
+    "IRNetSign",
     "LSQQuantizer",
+    "LibraPBSign",
     "MagnitudeAwareSign",
     "MinMaxQuantizer",
     "MovingAverageQuantizer",
