@@ -61,7 +61,7 @@ def test_obs_step_is_the_closed_form():
 def test_obs_prune_picks_the_cheapest_weight_and_applies_the_closed_form():
     rng = np.random.default_rng(2)
     _, h = _correlated(300, 8)
-    factor = inverse_cholesky(h)
+    factor = inverse_cholesky(h, inverse=True)
     w = rng.normal(size=(1, 1, 8)).astype(np.float32)
     new_w, keep = obs_prune(w, factor.inverse, sparsity=1 / 8)
     hinv = factor.inverse[0]
@@ -77,7 +77,7 @@ def test_obs_matches_exhaustive_greedy_reference():
     rng = np.random.default_rng(3)
     _x, h = _correlated(400, 6)
     w = rng.normal(size=(1, 1, 6)).astype(np.float32)
-    factor = inverse_cholesky(h)
+    factor = inverse_cholesky(h, inverse=True)
     damped = np.linalg.inv(factor.inverse[0])
     new_w, keep = obs_prune(w, factor.inverse, sparsity=2 / 6)
     kept = keep[0, 0]
@@ -205,3 +205,105 @@ def test_damping_escalates_with_a_logged_message(caplog):
 def test_non_finite_hessian_is_refused():
     with pytest.raises(ValueError, match="NaN/Inf"):
         inverse_cholesky(np.full((1, 2, 2), np.nan))
+
+
+def _spd(columns, rng, condition=None, rank=None):
+    """A random symmetric PSD matrix: eigenvalues spread over ``condition``, or of rank ``rank``."""
+    if condition is not None:
+        q, _ = np.linalg.qr(rng.normal(size=(columns, columns)))
+        h = (q * np.logspace(0, -np.log10(condition), columns)) @ q.T
+    else:
+        x = rng.normal(size=(rank or 2 * columns, columns))
+        h = x.T @ x / len(x)
+    return (h + h.T) / 2
+
+
+def _reference_factor(h, damping):
+    """The formula the blocked factorisation replaces: chol((H + d I)^-1)^T."""
+    damped = h + damping * np.mean(np.diag(h)) * np.eye(len(h))
+    return np.linalg.cholesky(np.linalg.inv(damped)).T
+
+
+@pytest.mark.parametrize(
+    ("columns", "kind"),
+    [(6, {}), (128, {}), (129, {}), (300, {"rank": 40}), (517, {"condition": 1e10})],
+)
+@pytest.mark.parametrize("damping", [0.01, 1e-4])
+def test_factor_is_the_upper_cholesky_factor_of_the_inverse(columns, kind, damping):
+    """Factoring H = V V^T (V upper) and inverting V gives chol((H + d I)^-1)^T, unchanged."""
+    h = _spd(columns, np.random.default_rng(columns), **kind)
+    expected = _reference_factor(h, damping)
+    for overwrite in (False, True):
+        work = h[None].copy()
+        factor = inverse_cholesky(work, damping, inverse=True, overwrite=overwrite)
+        chol = factor.chol[0].astype(np.float64)
+        assert factor.chol.dtype == np.float32
+        assert np.all(np.tril(chol, -1) == 0) and np.all(np.diag(chol) > 0)
+        assert np.linalg.norm(chol - expected) <= 1e-6 * np.linalg.norm(expected)
+        inverse = np.linalg.inv(h + damping * np.mean(np.diag(h)) * np.eye(columns))
+        np.testing.assert_allclose(factor.inverse[0], inverse, rtol=1e-8, atol=1e-8 * inverse.max())
+        np.testing.assert_array_equal(work[0], h)  # restored exactly (symmetric input)
+
+
+def test_grouped_problems_share_the_escalated_damping(caplog):
+    rng = np.random.default_rng(5)
+    good = _spd(200, rng)
+    bad = np.diag(np.r_[np.ones(199), -0.2])  # needs dampening 1
+    stack = np.stack([good, bad, good])
+    with caplog.at_level(logging.WARNING, logger="tfcompress.oneshot"):
+        factor = inverse_cholesky(stack.copy(), 0.01, overwrite=True)
+    assert factor.damping == pytest.approx(1.0) and factor.tries == 3
+    for group in range(3):
+        expected = _reference_factor(stack[group], 1.0)
+        np.testing.assert_allclose(factor.chol[group], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_failed_factorisation_restores_an_overwritten_hessian():
+    h = np.diag([1.0, 1.0, -1e4])[None]
+    work = h.copy()
+    with pytest.raises(ValueError, match="not positive definite"):
+        inverse_cholesky(work, overwrite=True)
+    np.testing.assert_array_equal(work, h)
+
+
+def test_blocked_accumulation_is_symmetric_and_equals_xtx():
+    x = np.random.default_rng(6).normal(size=(300, 1100)).astype(np.float32)
+    acc = HessianSum(1, 1100)
+    acc.add_rows(x[:100])
+    acc.add_rows(x[100:])
+    total = acc.total[0]
+    np.testing.assert_array_equal(total, total.T)
+    expected = x.astype(np.float64).T @ x.astype(np.float64)
+    np.testing.assert_allclose(total, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    grouped = HessianSum(2, 1100)
+    grouped.add_grouped(np.stack([x, 2 * x]))
+    np.testing.assert_array_equal(grouped.total[1], 4 * grouped.total[0])  # x 2: exact
+    np.testing.assert_allclose(grouped.total[0], total, rtol=1e-5, atol=1e-5 * np.abs(total).max())
+
+
+def test_take_hessian_scales_in_place_and_hands_the_sum_over():
+    x = np.random.default_rng(7).normal(size=(40, 8)).astype(np.float32)
+    acc = HessianSum(1, 8)
+    acc.add_rows(x)
+    expected = acc.hessian()
+    total = acc.total
+    taken = acc.take_hessian()
+    assert taken is total and acc.total is None and acc.count == 40 and acc.nbytes == 8 * 8 * 8
+    np.testing.assert_array_equal(taken, expected)
+    with pytest.raises(ValueError, match="take_hessian"):
+        acc.add_rows(x)
+
+
+def test_solve_layer_overwriting_the_hessian_gives_the_same_solution():
+    rng = np.random.default_rng(12)
+    _, h = _correlated(2000, 300)
+    w = rng.normal(size=(1, 16, 300)).astype(np.float32)
+    settings = Settings("prune", "sparsegpt", sparsity=0.5)
+    plain = solve_layer(w, h, settings)
+    work = h.copy()
+    lean = solve_layer(w, work, settings, overwrite_hessian=True)
+    np.testing.assert_array_equal(work, h)
+    np.testing.assert_array_equal(lean.weights, plain.weights)
+    assert lean.error == plain.error and lean.baseline_error == plain.baseline_error
+    reference = relative_error(w, plain.weights, h)
+    assert plain.error == pytest.approx(reference, rel=1e-10)

@@ -30,7 +30,7 @@ from tfcompress.core.calibration import calibration_data
 from tfcompress.core.rewrite import rewrite_model
 from tfcompress.oneshot import carriers
 from tfcompress.oneshot.grid import GridSpec
-from tfcompress.oneshot.hessian import inverse_cholesky, single_threaded_blas
+from tfcompress.oneshot.hessian import ACCUMULATE_COLUMNS, inverse_cholesky, single_threaded_blas
 from tfcompress.oneshot.obs import OBS_CHUNK_BYTES, obs_prune
 from tfcompress.oneshot.report import LayerReport, OneShotReport
 from tfcompress.oneshot.rules import rule_for
@@ -39,7 +39,6 @@ from tfcompress.oneshot.solvers import (
     NMPattern,
     column_sweep,
     magnitude_mask,
-    relative_error,
     round_to_nearest,
 )
 from tfcompress.oneshot.targets import find_layer, plan_targets
@@ -116,7 +115,12 @@ class Solution:
 
 
 def solve_layer(
-    weights: np.ndarray, hessian: np.ndarray, settings: Settings, name: str = "layer"
+    weights: np.ndarray,
+    hessian: np.ndarray,
+    settings: Settings,
+    name: str = "layer",
+    *,
+    overwrite_hessian: bool = False,
 ) -> Solution:
     """Compresses one ``(G, R, C)`` weight stack given its Hessian (the numerical core).
 
@@ -125,34 +129,42 @@ def solve_layer(
         hessian: ``(G, C, C)`` undamped ``2 X X^T / n``.
         settings: What to do.
         name: Layer name for messages.
+        overwrite_hessian: Factor in ``hessian`` itself (a writable float64
+            array), which is rebuilt from its lower triangle afterwards: one
+            Hessian less memory (see :func:`~tfcompress.oneshot.hessian.inverse_cholesky`).
 
     Returns:
         A :class:`Solution`.
     """
     with single_threaded_blas():
-        return _solve(weights, hessian, settings, name)
+        return _solve(weights, hessian, settings, name, overwrite_hessian)
 
 
-def _solve(weights: np.ndarray, hessian: np.ndarray, settings: Settings, name: str) -> Solution:
+def _solve(
+    weights: np.ndarray, hessian: np.ndarray, settings: Settings, name: str, overwrite: bool
+) -> Solution:
     s = settings
-    keep = None
-    steps = None
-    damping = float("nan")
-    factor = None
-    if s.needs_hessian_factor:
-        factor = inverse_cholesky(hessian, s.damping, name=name)
-        damping = factor.damping
     # Baseline: magnitude and/or round-to-nearest at the same pattern and grid.
     base_keep = magnitude_mask(weights, s.sparsity, s.pattern) if s.prunes else None
+    base_steps = None
     if s.grid is not None:
-        baseline, _ = round_to_nearest(weights, s.grid, base_keep)
+        baseline, base_steps = round_to_nearest(weights, s.grid, base_keep)
     else:
         baseline = np.where(base_keep, weights, np.float32(0))
+    baseline_error = _relative_error(weights, baseline, hessian)
     if s.method in ("magnitude", "rtn"):
-        result, keep = baseline, base_keep
-        if s.grid is not None:
-            _, steps = round_to_nearest(weights, s.grid, base_keep)
-    elif s.method == "obs":
+        if not np.all(np.isfinite(baseline)):
+            raise ValueError(f"layer {name!r}: the {s.method} solution has NaN/Inf weights")
+        result = baseline.astype(np.float32)
+        return Solution(result, base_keep, base_steps, baseline_error, baseline_error, float("nan"))
+    del baseline, base_keep, base_steps  # not needed while the factor is held
+    # Only exact OBS reads the float64 inverse; the sweeps read its float32 factor.
+    factor = inverse_cholesky(
+        hessian, s.damping, name=name, inverse=s.method == "obs", overwrite=overwrite
+    )
+    damping = factor.damping
+    steps = None
+    if s.method == "obs":
         result, keep = obs_prune(weights, factor.inverse, sparsity=s.sparsity, pattern=s.pattern)
     else:  # sparsegpt, gptq, joint
         result, keep, steps = column_sweep(
@@ -165,16 +177,38 @@ def _solve(weights: np.ndarray, hessian: np.ndarray, settings: Settings, name: s
         )
         if not s.prunes:
             keep = None
+    del factor
     if not np.all(np.isfinite(result)):
         raise ValueError(f"layer {name!r}: the {s.method} solution has NaN/Inf weights")
+    result = result.astype(np.float32, copy=False)
     return Solution(
-        result.astype(np.float32),
-        keep,
-        steps,
-        relative_error(weights, baseline, hessian),
-        relative_error(weights, result, hessian),
-        damping,
+        result, keep, steps, baseline_error, _relative_error(weights, result, hessian), damping
     )
+
+
+#: Bytes of float64 weight rows (``rows x C``) per product when measuring errors.
+_ERROR_CHUNK_BYTES = 8 * 2**20
+
+
+def _relative_error(original: np.ndarray, compressed: np.ndarray, hessian: np.ndarray) -> float:
+    """:func:`~tfcompress.oneshot.solvers.relative_error`, computed a few rows at a time.
+
+    The same ``tr(dW H dW^T) / tr(W H W^T)``; summing it over blocks of rows
+    keeps its float64 temporaries to a few MiB instead of four weight stacks.
+    """
+    groups, rows, columns = original.shape
+    step = max(1, _ERROR_CHUNK_BYTES // (8 * columns))
+    num = den = 0.0
+    for group in range(groups):
+        h = np.asarray(hessian[group], np.float64)
+        for start in range(0, rows, step):
+            w = np.asarray(original[group, start : start + step], np.float64)
+            delta = w - np.asarray(compressed[group, start : start + step], np.float64)
+            num += float(np.sum((delta @ h) * delta))
+            den += float(np.sum((w @ h) * w))
+    if den <= 0.0:
+        return 0.0 if num <= 0.0 else float("inf")
+    return max(num, 0.0) / den
 
 
 def _peak_rss() -> int:
@@ -183,12 +217,24 @@ def _peak_rss() -> int:
 
 
 def _working_bytes(target: Target, weights: np.ndarray, settings: Settings) -> int:
-    """What one layer holds: Hessian, its inverse and factor, weight copies, a batch."""
+    """The most one layer holds at a time, by phase (the larger of the two).
+
+    Capture: the float64 Hessian sum, the largest input batch and a block of
+    ``X^T X`` (``C x ACCUMULATE_COLUMNS`` float32). Solve: the Hessian (also
+    the work array of the factorisation: ``overwrite_hessian``), its float32
+    inverse factor (half a Hessian; the float64 inverse too for ``"obs"``, with
+    its per-row chunk), and about four weight stacks (the copy, the sweep's
+    working copy, the result, masks and blocks of the update).
+    """
     groups, rows, columns = weights.shape
-    held = target.hessian.nbytes * 3 + weights.nbytes * 4 + target.largest_batch_bytes
+    hessian = target.hessian.nbytes
+    capture = hessian + target.largest_batch_bytes + columns * min(columns, ACCUMULATE_COLUMNS) * 4
+    solve = hessian + weights.nbytes * 4
+    if settings.needs_hessian_factor:
+        solve += hessian // 2
     if settings.method == "obs":  # one inverse Hessian (float64) per row, chunked
-        held += min(OBS_CHUNK_BYTES, groups * rows * columns * columns * 8)
-    return int(held)
+        solve += hessian + min(OBS_CHUNK_BYTES, groups * rows * columns * columns * 8)
+    return int(max(capture, solve))
 
 
 def _carrier_name(layer: keras.layers.Layer, settings: Settings, quant: bool) -> str:
@@ -246,7 +292,7 @@ def run(
     else:
         work, _ = rewrite_model(model, lambda layer: None)
     targets = [Target(name, rule_for(find_layer(work, name))[0]) for name in plan.names]
-    keeps: dict[str, np.ndarray] = {}
+    keeps: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {}
     progress = keras.utils.Progbar(
         len(targets),
         verbose=settings.verbose,
@@ -261,9 +307,12 @@ def run(
             began = time.perf_counter()
             rule = target.rule
             weights = rule.matrix()
-            hessian = target.hessian.hessian()
+            hessian = target.hessian.take_hessian()  # scaled in place: no second Hessian
             layer_settings = settings.for_layer(target.name)
-            solution = solve_layer(weights, hessian, layer_settings, target.name)
+            solution = solve_layer(
+                weights, hessian, layer_settings, target.name, overwrite_hessian=True
+            )
+            del hessian
             samples = target.hessian.count
             if samples < rule.columns and settings.needs_hessian_factor:
                 warnings.warn(
@@ -279,7 +328,10 @@ def run(
             if quant and solution.steps is not None:
                 carriers.set_grid_step(rule.layer, solution.steps)
             if solution.keep is not None:
-                keeps[target.name] = rule.kernel_from(solution.keep.astype(np.float32))
+                # One bit a weight until the end (a float32 mask per layer is the weights again).
+                mask = rule.kernel_from(solution.keep.astype(np.float32))
+                keeps[target.name] = (np.packbits(mask != 0), mask.shape)
+                del mask
             seconds = time.perf_counter() - began
             solve_seconds[0] += seconds
             kernel = rule.kernel()
@@ -306,6 +358,7 @@ def run(
             progress.update(
                 done[0], [("error", solution.error), ("baseline", solution.baseline_error)]
             )
+            del weights, solution, kernel
 
     # Quantizing: capture float activations (the Quant layers' ranges are not set yet, and
     # kernels not yet reached must stay float). Pruning runs the model as it computes.
@@ -327,7 +380,9 @@ def run(
         )
     for target in targets:
         if target.name in keeps:
-            carriers.apply_mask(work, target.layer, target.rule.variable, keeps[target.name])
+            bits, shape = keeps.pop(target.name)
+            keep = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape)
+            carriers.apply_mask(work, target.layer, target.rule.variable, keep.astype(np.float32))
     if settings.grid is not None:
         carriers.calibrate_ranges(work, calib, settings.batch_size)
         _grid_notes(report, settings, quant_names)

@@ -165,14 +165,19 @@ def discover_groups(
         model did not call.
     """
     sequence: list[int] = []
-    inputs: list[Any] = []
+    # Whether each call's input equals the previous call's: only the last input is held
+    # (a model that frees its activations keeps doing so during this pass).
+    same_as_previous: list[bool] = []
+    previous: list[Any] = []
 
     def on_call(index: int, x: Any) -> None:
         sequence.append(index)
-        inputs.append(x)
+        same_as_previous.append(bool(previous) and _same_input(previous[0], x))
+        previous[:] = [x]
 
     with _wrapped(targets, on_call):
         forward(model, batch)
+    previous.clear()
     counts = Counter(sequence)
     planned: set[int] = set()
     passes: list[tuple[list[int], int]] = []
@@ -187,7 +192,8 @@ def discover_groups(
                 and sequence[follow] not in planned
                 and sequence[follow] not in group
                 and counts[sequence[follow]] == 1
-                and _same_input(inputs[position], inputs[follow])
+                # Equal to the call before, which equals the group's first: equal to it.
+                and same_as_previous[follow]
             ):
                 group.append(sequence[follow])
                 follow += 1
@@ -201,6 +207,11 @@ def discover_groups(
 def _same_input(a: Any, b: Any) -> bool:
     if a is b:
         return True
+    try:
+        if tuple(a.shape) != tuple(b.shape):  # no copies of inputs that cannot be equal
+            return False
+    except Exception:  # no shape: compared below
+        pass
     try:
         x, y = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
     except Exception:  # a non-tensor input
