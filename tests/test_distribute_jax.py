@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from distribute_checks import EXPECTED_SPARSITY, check_masks, check_matches
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [
@@ -34,16 +35,6 @@ CASES = [
     "binary_layers",
     "lowrank_layers",
 ]
-EXPECTED_SPARSITY = {
-    "pruning_unstructured": 0.75,
-    "pruning_block": 0.75,
-    "pruning_channel": 0.5,
-    "pruning_2_4": 0.5,
-    "dynamic_sparse": 0.7,
-    "distillation_with_pruning": 0.5,
-}
-WEIGHT_ATOL = 1e-5
-RELATIVE_TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +65,10 @@ def test_two_jax_devices(results):
 @pytest.mark.parametrize("case", CASES)
 def test_data_parallel_matches_one_device(results, case):
     result = results[case]
-    assert "error" not in result, result.get("traceback", result.get("error"))
-    assert result["moved"] > 1e-3  # training happened
+    check_matches(result)
     assert result["n_replicated"] == result["n_variables"]  # on both devices
-    assert result["max_weight_diff"] <= WEIGHT_ATOL, result["worst_weight"]
-    loss_gap = abs(result["loss_single"] - result["loss_multi"])
-    assert loss_gap <= RELATIVE_TOL * abs(result["loss_single"])
-    assert result["max_output_diff"] <= RELATIVE_TOL * max(1.0, result["output_scale"])
 
 
 @pytest.mark.parametrize("case", sorted(c for c in CASES if c in EXPECTED_SPARSITY))
 def test_data_parallel_masks_identical(results, case):
-    result = results[case]
-    assert "error" not in result, result.get("traceback", result.get("error"))
-    assert result["masks_equal"]
-    assert result["sparsity_single"] == result["sparsity_multi"]
-    assert result["sparsity_multi"] == pytest.approx(EXPECTED_SPARSITY[case], abs=2e-3)
+    check_masks(results[case], case)
