@@ -291,3 +291,14 @@ def test_binarize_model_and_packed_inference_take_irnet():
     from tfcompress.binary.packed import _SIGN_QUANTIZERS
 
     assert any(isinstance(layer.input_quantizer, q) for q in _SIGN_QUANTIZERS)
+
+
+def test_summary_counts_the_per_channel_scales_and_the_progress_state():
+    layer = BinaryDense(16, kernel_quantizer="irnet", input_quantizer="irnet_sign")
+    layer.build((None, 40))
+    stats = layer.compression_stats()
+    progress = [v for v in layer.weights if v.name.endswith("_progress")]
+    assert len(progress) == 2
+    # 1 bit per kernel weight + a float32 scale per output channel + bias + the progress scalars
+    assert stats["bits_per_weight"] == 1.0
+    assert stats["bytes"] == 40 * 16 / 8 + 4 * 16 + 4 * 16 + 4 * len(progress)

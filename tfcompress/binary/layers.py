@@ -271,7 +271,10 @@ class _BinaryMixin(QuantizerStateMixin):
         q = self.kernel_quantizer
         bits = 32 if q is None else q.bits
         channels = int(kernel.shape[-1]) * (int(kernel.shape[-2]) if self._depthwise else 1)
-        scale_bytes = 4 * channels if q is not None and q.scaled and not q.stateful else 0
+        # A per-channel float32 scale, unless the quantizer keeps it as variables (TTQ), which
+        # `others` counts; other quantizer state (IR-Net's progress) is counted there too.
+        scale_variables = any(v.name.endswith("_scale") for v in self.weights)
+        scale_bytes = 4 * channels if q is not None and q.scaled and not scale_variables else 0
         others = sum(
             int(np.prod(v.shape)) * 4 for v in self.weights if v is not self._latent_kernel()
         )
