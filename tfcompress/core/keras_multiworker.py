@@ -39,15 +39,15 @@ def _trainer() -> Any:
 
 def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
     """Keras' method, building from the local replica's batch instead of a cross-worker reduce."""
+    import keras
     import tensorflow as tf
-    from keras.src import tree
 
     if self._distribute_strategy is None:
         return
     if iterator is not None:
         for _, _, it in iterator:
             batch = next(it)
-            data_batch = tree.map_structure(
+            data_batch = keras.tree.map_structure(
                 lambda v: (
                     self.distribute_strategy.experimental_local_results(v)[0]
                     if isinstance(v, tf.distribute.DistributedValues)
@@ -62,11 +62,11 @@ def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = Non
 
 def _reduce_per_replica(values: Any, strategy: Any, reduction: str = "auto") -> Any:
     """Keras' function, averaging the (scalar) logs over workers without an axis."""
-    from keras.src import tree
+    import keras
 
     trainer = _trainer()
     if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-        return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
     return _ORIGINAL["reduce_per_replica"](values, strategy, reduction)
 
 

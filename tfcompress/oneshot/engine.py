@@ -39,6 +39,7 @@ from tfcompress.oneshot.solvers import (
     NMPattern,
     column_sweep,
     magnitude_mask,
+    relative_error,
     round_to_nearest,
 )
 from tfcompress.oneshot.targets import find_layer, plan_targets
@@ -151,7 +152,7 @@ def _solve(
         baseline, base_steps = round_to_nearest(weights, s.grid, base_keep)
     else:
         baseline = np.where(base_keep, weights, np.float32(0))
-    baseline_error = _relative_error(weights, baseline, hessian)
+    baseline_error = relative_error(weights, baseline, hessian)
     if s.method in ("magnitude", "rtn"):
         if not np.all(np.isfinite(baseline)):
             raise ValueError(f"layer {name!r}: the {s.method} solution has NaN/Inf weights")
@@ -182,33 +183,8 @@ def _solve(
         raise ValueError(f"layer {name!r}: the {s.method} solution has NaN/Inf weights")
     result = result.astype(np.float32, copy=False)
     return Solution(
-        result, keep, steps, baseline_error, _relative_error(weights, result, hessian), damping
+        result, keep, steps, baseline_error, relative_error(weights, result, hessian), damping
     )
-
-
-#: Bytes of float64 weight rows (``rows x C``) per product when measuring errors.
-_ERROR_CHUNK_BYTES = 8 * 2**20
-
-
-def _relative_error(original: np.ndarray, compressed: np.ndarray, hessian: np.ndarray) -> float:
-    """:func:`~tfcompress.oneshot.solvers.relative_error`, computed a few rows at a time.
-
-    The same ``tr(dW H dW^T) / tr(W H W^T)``; summing it over blocks of rows
-    keeps its float64 temporaries to a few MiB instead of four weight stacks.
-    """
-    groups, rows, columns = original.shape
-    step = max(1, _ERROR_CHUNK_BYTES // (8 * columns))
-    num = den = 0.0
-    for group in range(groups):
-        h = np.asarray(hessian[group], np.float64)
-        for start in range(0, rows, step):
-            w = np.asarray(original[group, start : start + step], np.float64)
-            delta = w - np.asarray(compressed[group, start : start + step], np.float64)
-            num += float(np.sum((delta @ h) * delta))
-            den += float(np.sum((w @ h) * w))
-    if den <= 0.0:
-        return 0.0 if num <= 0.0 else float("inf")
-    return max(num, 0.0) / den
 
 
 def _peak_rss() -> int:

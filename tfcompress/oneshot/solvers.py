@@ -69,6 +69,10 @@ class NMPattern:
         return f"{self.n}:{self.m}"
 
 
+#: Bytes of float64 weight rows (``rows x C``) per product when measuring errors.
+_ERROR_CHUNK_BYTES = 8 * 2**20
+
+
 def relative_error(original: np.ndarray, compressed: np.ndarray, hessian: np.ndarray) -> float:
     """``||W X - W' X||^2 / ||W X||^2`` from the (undamped) Hessian ``H = 2 X X^T / n``.
 
@@ -79,12 +83,20 @@ def relative_error(original: np.ndarray, compressed: np.ndarray, hessian: np.nda
 
     Returns:
         The relative output error (0 when ``W X`` is 0 and nothing changed).
+
+    Summed over blocks of rows, so its float64 temporaries stay a few MiB instead of
+    several weight stacks (``tr(dW H dW^T)`` splits over rows).
     """
-    w = np.asarray(original, np.float64)
-    delta = w - np.asarray(compressed, np.float64)
-    h = np.asarray(hessian, np.float64)
-    num = float(np.sum((delta @ h) * delta))
-    den = float(np.sum((w @ h) * w))
+    groups, rows, columns = np.shape(original)
+    step = max(1, _ERROR_CHUNK_BYTES // (8 * max(columns, 1)))
+    num = den = 0.0
+    for group in range(groups):
+        h = np.asarray(hessian[group], np.float64)
+        for start in range(0, rows, step):
+            w = np.asarray(original[group, start : start + step], np.float64)
+            delta = w - np.asarray(compressed[group, start : start + step], np.float64)
+            num += float(np.sum((delta @ h) * delta))
+            den += float(np.sum((w @ h) * w))
     if den <= 0.0:
         return 0.0 if num <= 0.0 else float("inf")
     return max(num, 0.0) / den

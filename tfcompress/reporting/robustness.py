@@ -190,6 +190,7 @@ def _attacks(model, x, y, eps, steps, clip, temperature, from_logits, batch_size
         _accuracy(model, adv, y, batch_size),
         float(flat.sum(axis=1).mean()),
         vanished,
+        outputs,  # the clean outputs, from the gradient pass
     )
 
 
@@ -264,10 +265,10 @@ def robustness(
     if samples is not None:
         x, y = x[:samples], y[:samples]
     rng = np.random.default_rng(seed)
-    clean = _accuracy(model, x, y, batch_size)
-    fgsm, pgd, norm, vanished = _attacks(
+    fgsm, pgd, norm, vanished, outputs = _attacks(
         model, x, y, eps, steps, clip, 1.0, from_logits, batch_size, rng
     )
+    clean = float(np.mean(np.argmax(outputs, -1) == y))
     report = RobustnessReport(
         samples=len(x),
         eps=eps,
@@ -280,16 +281,9 @@ def robustness(
     )
     if report.vanishing and temperature is not None:
         if temperature == "auto":
-            logits = np.concatenate(
-                [
-                    np.asarray(model(x[i : i + batch_size], training=False))
-                    for i in range(0, len(x), batch_size)
-                ]
-            )
-            if not from_logits:
-                logits = np.log(np.clip(logits, 1e-30, 1.0))
+            logits = np.log(np.clip(outputs, 1e-30, 1.0)) if not from_logits else outputs
             temperature = max(1.0, float(np.std(logits)))
-        t_fgsm, t_pgd, _, t_vanished = _attacks(
+        t_fgsm, t_pgd, _, t_vanished, _ = _attacks(
             model, x, y, eps, steps, clip, float(temperature), from_logits, batch_size,
             np.random.default_rng(seed),
         )  # fmt: skip
