@@ -4,6 +4,7 @@ Latencies come from an injected timer that counts multiply-accumulates (determin
 no timing thresholds anywhere); one smoke test runs the real LiteRT timer.
 """
 
+import importlib
 import json
 
 import keras
@@ -471,3 +472,31 @@ def test_a_missed_target_is_measured_again_and_rescaled(tmp_path):
     # The plan is the round that meets the target with the most latency left for accuracy.
     meeting = [r["measured"] for r in rounds if r["measured"] <= 0.5 + 0.01]
     assert plan.measured_latency == max(meeting)
+
+
+def test_errors_from_an_earlier_plan_are_reused_not_measured(tmp_path, monkeypatch):
+    model = small_cnn()
+    first = _plan(model, tmp_path, target_latency=0.6, seed=3)
+    fresh = _plan(model, tmp_path, target_latency=0.4, seed=3)
+    module = importlib.import_module("tfcompress.allocation.sparsity")  # the package's
+    # attribute of that name is the function
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("errors were measured again")
+
+    monkeypatch.setattr(module, "_layer_errors", no_measuring)
+    reused = _plan(model, tmp_path, target_latency=0.4, seed=3, errors_from=first)
+    assert [c.option_errors for c in reused.layers] == [c.option_errors for c in first.layers]
+    assert [c.option_errors for c in reused.layers] == [c.option_errors for c in fresh.layers]
+    assert reused.pruned == fresh.pruned and reused.measured_latency == fresh.measured_latency
+
+
+def test_errors_from_a_mismatched_plan_raise_before_measuring(tmp_path):
+    model = small_cnn()
+    other = _plan(model, tmp_path, target_latency=0.6, fractions=(0.0, 0.5))
+    timer = MacTimer()
+    with pytest.raises(ValueError, match=r"errors_from: layer 'c1' has options \(0\.0, 0\.5\)"):
+        _plan(model, tmp_path, timer=timer, target_latency=0.5, errors_from=other)
+    with pytest.raises(ValueError, match="errors_from must be a SparsityPlan; received dict"):
+        _plan(model, tmp_path, timer=timer, target_latency=0.5, errors_from={})
+    assert timer.models == []

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tfcompress.bench.parallel import run_parallel
@@ -60,3 +61,77 @@ def test_jobs_and_names_are_checked_before_any_worker_starts():
         run_parallel(["nope"], jobs=2)
     with pytest.raises(ValueError, match=r"unknown methods \['nope'\]"):
         run_parallel(["digits_cnn"], ["nope"], jobs=2)
+
+
+def test_units_go_costliest_first_once_their_workload_is_ready():
+    from tfcompress.bench.api import Method
+    from tfcompress.bench.parallel import UnitQueue, plan_units
+
+    workloads = {w.name: w for w in list_workloads(quick=True)}
+    chosen = [workloads["digits_cnn"], workloads["byte_lm"]]
+
+    def method(name, cost, tasks=("classification", "language_model")):
+        return Method(name, None, "pruning", (1, 2, 3, 4), (1,), "x", tasks, relative_cost=cost)
+
+    methods = [
+        method("cheap", 1.0),
+        method("dear", 5.0),
+        method("cnn_only", 9.0, ("classification",)),
+    ]
+    units = plan_units(chosen, methods, "full", [0, 1, 2])
+    labels = [u.label for u in units]
+    assert labels == [
+        "digits_cnn/dense", "digits_cnn/cheap", "digits_cnn/dear", "digits_cnn/cnn_only",
+        "byte_lm/dense", "byte_lm/cheap", "byte_lm/dear",
+    ]  # fmt: skip
+    by_label = {u.label: u for u in units}
+    lm = workloads["byte_lm"].relative_cost
+    assert by_label["byte_lm/dear"].cost == pytest.approx(lm * 5.0 * 12)
+    queue = UnitQueue(units)
+    first, second = queue.take(), queue.take()
+    assert {first.label, second.label} == {"digits_cnn/dense", "byte_lm/dense"}
+    queue.finish(second, ok=True)
+    queue.finish(first, ok=False)  # a failed dense unit drops its workload's methods
+    ready = queue.take()
+    assert ready.workload.name == second.workload.name and ready.method.name == "dear"
+    queue.finish(ready, ok=True)
+    rest = [queue.take().label for _ in range(1)]
+    assert rest == [f"{second.workload.name}/cheap"] and queue.take() is None
+
+
+def test_method_units_wait_while_their_dense_unit_runs():
+    import threading
+
+    from tfcompress.bench.api import Method
+    from tfcompress.bench.parallel import UnitQueue, plan_units
+
+    workload = next(w for w in list_workloads(tiny=True) if w.name == "digits_cnn")
+    methods = [Method("m", None, "pruning", (1,), (1,), "x", ("classification",))]
+    queue = UnitQueue(plan_units([workload], methods, "tiny", [0]))
+    dense = queue.take()
+    taken = []
+    waiter = threading.Thread(target=lambda: taken.append(queue.take()))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and taken == []  # blocked, not handed a unit it cannot run
+    queue.finish(dense, ok=True)
+    waiter.join(5)
+    assert taken[0].label == "digits_cnn/m" and queue.take() is None
+
+
+def test_starting_models_are_trained_once_and_shared_through_files(tmp_path, monkeypatch):
+    first = next(w for w in list_workloads(tiny=True) if w.name == "lenet_300_100")
+    first.share_starting_models(tmp_path)
+    trained = first.train(0).get_weights()
+    assert (tmp_path / "lenet_300_100_seed0.npz").exists()
+    other = next(w for w in list_workloads(tiny=True) if w.name == "lenet_300_100")
+    other.share_starting_models(tmp_path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    import keras
+
+    monkeypatch.setattr(keras.Model, "fit", no_training)
+    for a, b in zip(trained, other.train(0).get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -9,6 +9,7 @@ during ``fit``. :func:`prune_channels` is the one-shot pruning both use.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -129,6 +130,34 @@ class SparsityPlan(Plan):
     measured: list[dict] = dataclasses.field(default_factory=list)
     measured_latency: float | None = None
     search: dict = dataclasses.field(default_factory=dict)
+
+    def option_errors_for(self, options: dict[str, Sequence[int]]) -> list[list[float]]:
+        """This plan's per-option errors for ``options`` (per layer, channels pruned per
+        option), in that order; for a new target on the same model (``errors_from=``).
+
+        Raises:
+            ValueError: A layer missing here or with other options (the message names it).
+        """
+        by_layer = {choice.layer: choice for choice in self.layers}
+        errors = []
+        for name, pruned in options.items():
+            choice = by_layer.get(name)
+            expected = tuple(p / self.channels.get(name, 0) for p in pruned) if choice else ()
+            if (
+                choice is None
+                or len(choice.options) != len(expected)
+                or not all(
+                    math.isclose(a, b, abs_tol=1e-9) for a, b in zip(choice.options, expected)
+                )
+            ):
+                raise ValueError(
+                    f"errors_from: layer {name!r} has options "
+                    f"{None if choice is None else choice.options} in the given plan, but this "
+                    f"call prunes {list(pruned)} channels; pass a plan made with the same model "
+                    "and fractions"
+                )
+            errors.append(list(choice.option_errors))
+        return errors
 
     def __str__(self) -> str:
         lines = [super().__str__()]

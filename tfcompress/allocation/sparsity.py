@@ -267,6 +267,7 @@ def sparsity(
     timer: Timer | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    errors_from: SparsityPlan | None = None,
     verbose: int = 1,
 ) -> SparsityPlan:
     """Chooses per-layer channel fractions for a measured LiteRT latency target (SPDY).
@@ -306,6 +307,11 @@ def sparsity(
         cache: Read and keep per-layer latencies in the cache.
         cache_dir: The cache folder (default ``latency`` in
             ``$TFCOMPRESS_CACHE_DIR`` or ``~/.cache/tfcompress``).
+        errors_from: A plan made earlier for the same model, calibration data,
+            loss and fractions (another target): its per-layer, per-option
+            errors are used instead of measuring them again, so a sweep over
+            targets scores each option once. Only the layers and options are
+            checked, so pass a plan of the same starting model.
         verbose: 1 shows progress bars and one line per round; 0 is silent.
 
     Returns:
@@ -315,7 +321,8 @@ def sparsity(
         ValueError: Before anything is measured: an unknown ``structure``, a
             target outside (0, 1], empty or out-of-range ``fractions``, missing,
             empty or mis-shaped calibration data, bad counts, a model without
-            channel-prunable layers. After the dense latency tables: a target
+            channel-prunable layers, an ``errors_from`` plan whose layers or
+            options differ from this call's. After the dense latency tables: a target
             below the smallest latency the fractions reach (the message gives it).
 
     Example:
@@ -349,6 +356,11 @@ def sparsity(
     options = {n: sorted({min(round(f * c), c - 1) for f in values}) for n, c in channels.items()}
     kept = {n: [channels[n] - p for p in pruned] for n, pruned in options.items()}
     pruner = ChannelPruner(model, names)
+    if errors_from is not None and not isinstance(errors_from, SparsityPlan):
+        raise ValueError(
+            f"errors_from must be a SparsityPlan; received {type(errors_from).__name__}"
+        )
+    reused = errors_from.option_errors_for(options) if errors_from is not None else None
 
     def bar(count: int | None, unit: str) -> Any:
         return keras.utils.Progbar(count, unit_name=unit) if verbose else None
@@ -381,8 +393,11 @@ def sparsity(
                     f"dense model's ({tables.dense * 1e3:.4g} ms); ask for at least "
                     f"{math.ceil(smallest * 1000) / 1000:.3f} or allow larger fractions"
                 )
-            progress = bar(sum(len(o) for o in options.values()), "candidate")
-            errors = _layer_errors(scorer, pruner, options, progress)
+            if reused is not None:
+                errors = reused
+            else:
+                progress = bar(sum(len(o) for o in options.values()), "candidate")
+                errors = _layer_errors(scorer, pruner, options, progress)
             clamped = [[max(0.0, e) for e in row] for row in errors]
         elif number == 1:  # the first choice's measured/predicted ratio on the new tables
             first = solved[0]

@@ -183,6 +183,9 @@ class Method:
         applies_to: The tasks (or workload names) it runs on.
         finetunes: Whether it uses the fine-tune budget (shown in the report).
         description: One line for the report, with the reference.
+        relative_cost: Roughly how long one of its arms takes next to a plain
+            prune-and-fine-tune arm; a parallel run hands out the costliest
+            (workload, method) units first so the workers finish together.
     """
 
     name: str
@@ -194,6 +197,7 @@ class Method:
     applies_to: tuple[str, ...]
     finetunes: bool = True
     description: str = ""
+    relative_cost: float = 1.0
 
     def applies(self, workload: Workload) -> bool:
         return workload.task in self.applies_to or workload.name in self.applies_to
@@ -212,16 +216,24 @@ def register_method(
     quick_levels: Sequence[Any] | None = None,
     finetunes: bool = True,
     description: str = "",
+    relative_cost: float = 1.0,
 ) -> Callable[[Callable], Callable]:
     """Decorator: registers ``fn(model, run) -> Compressed`` as a suite method.
 
     Raises:
-        ValueError: A name already registered, fewer than one level, or an unknown task.
+        ValueError: A name already registered, fewer than one level, an unknown
+            task, or a ``relative_cost`` that is not a positive number.
     """
     if name in _METHODS:
         raise ValueError(f"a benchmark method named {name!r} is already registered")
     if not levels:
         raise ValueError(f"levels must name at least one level; received {levels!r}")
+    if (
+        isinstance(relative_cost, bool)
+        or not isinstance(relative_cost, (int, float))
+        or not relative_cost > 0
+    ):
+        raise ValueError(f"relative_cost must be a positive number; received {relative_cost!r}")
     unknown = [t for t in applies_to if t not in TASKS and not t.startswith("workload:")]
     if unknown:
         raise ValueError(
@@ -239,6 +251,7 @@ def register_method(
             applies_to=tuple(t.removeprefix("workload:") for t in applies_to),
             finetunes=finetunes,
             description=description or (fn.__doc__ or "").strip().splitlines()[0],
+            relative_cost=float(relative_cost),
         )
         return fn
 

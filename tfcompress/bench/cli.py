@@ -53,7 +53,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=min(2, os.cpu_count() or 1),
         metavar="N",
-        help="worker processes, each running whole workloads (one process keeps about one "
+        help="worker processes, each running (workload, method) units, costliest first (one process keeps about one "
         "core busy; latency is timed after the workers finish); default %(default)s",
     )
     suite.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -67,7 +67,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     what.add_parser("list", help="list the workloads and methods")
     worker = what.add_parser("worker", help=argparse.SUPPRESS)  # started by --jobs runs
-    worker.add_argument("spec", help="JSON: run_suite's arguments and the output path")
+    worker.add_argument("spec", nargs="?", help="JSON: run_suite's arguments and the output path")
+    worker.add_argument("--serve", action="store_true", help="read one spec per line on stdin")
     bench.set_defaults(func=run_bench)
 
 
@@ -84,9 +85,11 @@ def run_bench(args: argparse.Namespace) -> int:
     # TensorFlow's "triggered tf.function retracing" warnings would fill the log.
     tf.get_logger().setLevel("ERROR")
     if args.bench_command == "worker":
-        from tfcompress.bench.worker import run_worker
+        from tfcompress.bench.worker import run_worker, serve
 
-        return run_worker(args.spec)
+        if args.serve == (args.spec is not None):
+            raise SystemExit("bench worker takes a SPEC or --serve, not both or neither")
+        return serve() if args.serve else run_worker(args.spec)
     from tfcompress.bench.report import load_document, write_report
 
     if args.bench_command == "list":

@@ -35,7 +35,16 @@ from tfcompress.bench.timing import machine_conditions
 from tfcompress.bench.workloads import list_workloads
 from tfcompress.export.interpreter import TFLiteModel
 
-__all__ = ["SCHEMA", "RunSetup", "prepare_run", "run_suite", "sanity_checks", "time_workload"]
+__all__ = [
+    "SCHEMA",
+    "RunSetup",
+    "levels_for",
+    "prepare_run",
+    "run_suite",
+    "sanity_checks",
+    "seeds_for",
+    "time_workload",
+]
 
 SCHEMA = "tfcompress.bench.suite/1"
 _TFLITE_EVALUATED = ("float16", "dynamic", "int8")
@@ -120,6 +129,41 @@ def _run_arm(
         arm["quality_from"] = "keras"
     arm["arm_seconds"] = time.perf_counter() - began  # with loading, export and evaluation
     return arm
+
+
+def levels_for(method: Method, workload: Workload, configuration: str) -> tuple:
+    """The levels ``method`` runs at on ``workload`` in a ``"tiny"``, ``"quick"`` or
+    ``"full"`` run."""
+    if configuration == "tiny":
+        return method.levels[:1]
+    if configuration == "quick":
+        return tuple(method.quick_levels)[: workload.quick_levels]
+    return method.levels
+
+
+def seeds_for(workload: Workload, seeds: Sequence[int]) -> list[int]:
+    """The seeds a workload runs (latency-only workloads: the first; nothing to average)."""
+    return list(seeds[:1]) if workload.task == "latency" else list(seeds)
+
+
+def _dense_reference(
+    workload: Workload, seeds: list[int], folder: Path, log: Callable[[str], Any]
+) -> dict:
+    """Each seed's trained starting model evaluated, and the first one exported (float32)."""
+    log(f"[bench] workload {workload.name}: training/loading the starting models")
+    runs = []
+    for seed in seeds:
+        model = workload.train(seed)
+        runs.append({"seed": seed, "quality": workload.evaluate(model), **model_stats(model)})
+    dense_file = folder / "dense_float32.tflite"
+    dense = {
+        "method": "dense",
+        "runs": runs,
+        "file": str(dense_file),
+        **export_arm(workload.train(seeds[0]), dense_file, None, workload),
+    }
+    _summarise(dense, workload.metric)
+    return dense
 
 
 def _summarise(entry: dict, metric: str) -> None:
@@ -208,6 +252,8 @@ def run_suite(
     folder: str | Path | None = None,
     verbose: int = 1,
     log: Callable[[str], Any] | None = None,
+    dense: bool = True,
+    starting_models: str | Path | None = None,
 ) -> dict:
     """Runs the suite and returns its results (the document ``tfcompress bench`` saves).
 
@@ -222,6 +268,11 @@ def run_suite(
         folder: Where the .tflite files go (default: a temporary folder).
         verbose: 1 shows a progress bar over arms, 2 one line per arm, 0 nothing.
         log: Where one-line messages go (default ``print`` to stderr).
+        dense: Evaluate and export each workload's dense starting models (the
+            reference every ratio divides by). A parallel run's method units
+            leave it to the workload's first unit.
+        starting_models: A folder where trained starting weights are kept and
+            read back, so several processes train each one once.
 
     Returns:
         A JSON-able dict, schema ``SCHEMA``.
@@ -235,15 +286,15 @@ def run_suite(
     rounds, folder, temporary = setup.rounds, setup.folder, setup.temporary
 
     def levels_of(method: Method, workload: Workload) -> tuple:
-        if tiny:
-            return method.levels[:1]
-        if quick:
-            return tuple(method.quick_levels)[: workload.quick_levels]
-        return method.levels
+        return levels_for(method, workload, setup.configuration)
 
     def seeds_of(workload: Workload) -> list[int]:
-        return seeds[:1] if workload.task == "latency" else seeds
+        return seeds_for(workload, seeds)
 
+    if starting_models is not None:
+        for workload in chosen_workloads:
+            if hasattr(workload, "share_starting_models"):
+                workload.share_starting_models(starting_models)
     total = sum(
         len(levels_of(m, w)) * len(seeds_of(w))
         for w in chosen_workloads
@@ -257,32 +308,18 @@ def run_suite(
         workload_started = time.perf_counter()
         wfolder = folder / workload.name
         wfolder.mkdir(exist_ok=True)
-        log(f"[bench] workload {workload.name}: training/loading the starting models")
-        dense_runs = []
-        for seed in seeds_of(workload):
-            model = workload.train(seed)
-            dense_runs.append(
-                {"seed": seed, "quality": workload.evaluate(model), **model_stats(model)}
-            )
-        dense_file = wfolder / "dense_float32.tflite"
-        dense_model = workload.train(seeds_of(workload)[0])
-        dense = {
-            "method": "dense",
-            "runs": dense_runs,
-            "file": str(dense_file),
-            **export_arm(dense_model, dense_file, None, workload),
-        }
-        _summarise(dense, workload.metric)
         entry: dict[str, Any] = {
             "name": workload.name,
             "task": workload.task,
             "description": workload.description,
             "metric": workload.metric,
             "higher_is_better": workload.higher_is_better,
-            "dense": dense,
+            "dense": _dense_reference(workload, seeds_of(workload), wfolder, log)
+            if dense
+            else None,
             "arms": [],
         }
-        if hasattr(workload, "anchor"):
+        if dense and hasattr(workload, "anchor"):
             entry["anchor"] = workload.anchor()
         for method in chosen_methods:
             if not method.applies(workload):
@@ -314,7 +351,7 @@ def run_suite(
                 _summarise(arm_entry, workload.metric)
                 entry["arms"].append(arm_entry)
         entry["seconds"] = time.perf_counter() - workload_started  # arms, not the timing
-        if latency:
+        if latency and dense:
             time_workload(entry, workload, rounds, log)
         document["workloads"].append(entry)
     document["seconds"] = time.perf_counter() - started

@@ -70,6 +70,7 @@ def _measure(model: keras.Model, run: MethodRun, count: int, language_model: boo
 
 @register_method(
     "mixed_bits",
+    relative_cost=3,
     family="allocation",
     levels=(1.5, 1.25, 1.0, 0.9),
     quick_levels=(1.0, 0.9),

@@ -94,6 +94,7 @@ def uniform_fraction(
 
 @register_method(
     "spdy_channel",
+    relative_cost=5,
     family="pruning",
     levels=LATENCY_TARGETS,
     quick_levels=QUICK_TARGETS,
@@ -106,15 +107,23 @@ def uniform_fraction(
 def spdy_channel(model: keras.Model, run: MethodRun) -> Compressed:
     pruned = copy_model(model)
     x, y = run.calibration_pairs(CALIBRATION)
-    plan = sparsity(
-        pruned,
-        (x, y),
-        run.level,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        search_steps=SEARCH_STEPS,
-        seed=run.seed,
-        verbose=0,
-    )
+
+    def plan_for(errors_from=None):
+        return sparsity(
+            pruned,
+            (x, y),
+            run.level,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            search_steps=SEARCH_STEPS,
+            seed=run.seed,
+            errors_from=errors_from,
+            verbose=0,
+        )
+
+    # The per-layer errors depend on the starting model and calibration data, not on the
+    # target: the first level's arm of each starting model measures them, the others reuse.
+    first, reused = measured_once(f"spdy_errors/{CALIBRATION}/seed {run.seed}", model, plan_for)
+    plan = plan_for(errors_from=first) if reused else first
     run.finetune(pruned, callbacks=_gradual(plan.channels, plan.pruned, run))
     small = shrink_model(pruned)
     predicted = plan.total_cost / plan.dense_cost
@@ -124,11 +133,14 @@ def spdy_channel(model: keras.Model, run: MethodRun) -> Compressed:
         f"{plan.measured_latency:.3f} x dense (float LiteRT, 1 thread, shrunk one-shot "
         f"model, same widths); channel fractions: {fractions}"
     )
+    if reused:
+        notes += "; per-layer errors measured in an earlier level's arm (same starting model)"
     return Compressed(small, export=None, notes=notes)
 
 
 @register_method(
     "uniform_channel_latency",
+    relative_cost=2,
     family="pruning",
     levels=LATENCY_TARGETS,
     quick_levels=QUICK_TARGETS,

@@ -64,6 +64,7 @@ def layer_magnitude(model: keras.Model, run: MethodRun) -> Compressed:
 
 @register_method(
     "magnitude_layer_no_ft",
+    relative_cost=0.4,
     family="baseline",
     levels=SPARSITIES,
     quick_levels=QUICK_SPARSITIES,
@@ -78,6 +79,7 @@ def layer_magnitude_oneshot(model: keras.Model, run: MethodRun) -> Compressed:
 
 @register_method(
     "tflite_ptq",
+    relative_cost=0.3,
     family="baseline",
     levels=("float16", "dynamic", "int8"),
     quick_levels=("dynamic", "int8"),

@@ -22,6 +22,7 @@ ALPHA = 0.5
 
 @register_method(
     "distill_magnitude",
+    relative_cost=1.5,
     family="distillation",
     levels=(0.5, 0.7, 0.8, 0.9),
     quick_levels=(0.5, 0.9),

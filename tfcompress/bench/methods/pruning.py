@@ -127,6 +127,7 @@ class _MagnitudeStart(DynamicSparseTraining):
 
 @register_method(
     "rigl",
+    relative_cost=2,
     family="pruning",
     levels=SPARSITIES,
     quick_levels=QUICK_SPARSITIES,
@@ -157,6 +158,7 @@ def rigl(model: keras.Model, run: MethodRun) -> Compressed:
 
 @register_method(
     "snip",
+    relative_cost=2,
     family="pruning",
     levels=SPARSITIES,
     quick_levels=QUICK_SPARSITIES,

@@ -21,6 +21,7 @@ QAT_LEVELS = ("int8", "int4", "int3", "int2")
 
 @register_method(
     "qat",
+    relative_cost=1.5,
     family="quantization",
     levels=QAT_LEVELS,
     quick_levels=("int8", "int4"),

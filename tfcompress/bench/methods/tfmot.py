@@ -22,6 +22,7 @@ __all__: list[str] = []
 
 @register_method(
     "tfmot_magnitude",
+    relative_cost=2,
     family="baseline",
     levels=(0.5, 0.7, 0.8, 0.9),
     quick_levels=(0.5, 0.9),
