@@ -293,3 +293,21 @@ def test_methods_leave_the_trained_model_unchanged():
         for old, new in zip(before, model.get_weights()):
             np.testing.assert_array_equal(old, new, err_msg=name)
         assert all(getattr(v, "constraint", None) is None for v in model.weights), name
+
+
+def test_heads_ffn_shrink_removes_heads_and_ffn_neurons_of_the_language_model(tmp_path):
+    method = get_method("heads_ffn_shrink")
+    assert len(method.levels) >= 4 and method.applies_to == ("language_model",)
+    document = run_suite(
+        ["byte_lm"], ["heads_ffn_shrink"], tiny=True, latency=False, folder=tmp_path,
+        verbose=0, log=lambda text: None,
+    )  # fmt: skip
+    (entry,) = document["workloads"]
+    (arm,) = entry["arms"]
+    (run,) = arm["runs"]
+    assert run["error"] is None, run.get("traceback")
+    assert arm["level"] == 0.25 and "heads kept: block0_attn 3" in run["notes"]
+    # a quarter of the heads and of the FFN neurons: fewer parameters and MACs for real
+    assert run["params"] < 0.9 * entry["dense"]["params"]
+    assert run["macs"] < entry["dense"]["runs"][0]["macs"]
+    assert math.isfinite(run["quality"]["bits_per_byte"]) and run["verified"]

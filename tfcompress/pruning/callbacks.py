@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.pruning.heads import attention_head_targets, head_masks
 from tfcompress.pruning.masking import MaskedTraining, deserialize_layers, serialize_layers
 from tfcompress.pruning.masks import (
     PruningCriterion,
@@ -117,7 +118,12 @@ class GradualPruning(MaskedTraining):
             depthwise channel that follow, so the channel is exactly zero and
             ``shrink_model`` removes it all) or ``"N:M"`` such as
             ``"2:4"`` (N non-zeros in every M consecutive weights along the
-            input dimension).
+            input dimension), or ``"head"``: whole heads of the selected
+            ``keras.layers.MultiHeadAttention`` layers (their query, key,
+            value and output projections and the q/k/v biases, scored
+            together; ``target_sparsity`` is the fraction of heads; every
+            layer keeps one), which ``shrink_model`` then removes
+            (:mod:`tfcompress.pruning.heads`).
         scope: ``"layer"`` (each weight reaches the target) or ``"global"``
             (one ranking over all selected weights).
         criterion: ``"magnitude"``, ``"taylor"`` (first-order Taylor, needs
@@ -138,7 +144,9 @@ class GradualPruning(MaskedTraining):
             ``frequency < 1``, a number given as a string, an unknown or
             malformed granularity, scope or criterion. At the start of ``fit``, before anything changes: a
             selection that matches no layer, channel granularity on a weight
-            without channels, a gradient criterion without ``data``.
+            without channels, head granularity on a selection with a layer
+            that is not MultiHeadAttention (or a model without one), a
+            gradient criterion without ``data``.
 
     Example:
         >>> pruning = tfc.callbacks.GradualPruning(0.8, begin_step=0, end_step=500,
@@ -206,7 +214,8 @@ class GradualPruning(MaskedTraining):
         # Checked for presence at the start of fit, so a config (which leaves
         # data out) still round-trips.
         self.data = validate_data(data, False, "GradualPruning")
-        self.mask_bias = self.granularity.kind == "channel"
+        self.mask_bias = self.granularity.kind in ("channel", "head")
+        self._head_groups: list[list[int]] = []
         self.sparsity_schedule = self._make_schedule()
         self._active: SparsitySchedule = self.sparsity_schedule
 
@@ -234,6 +243,22 @@ class GradualPruning(MaskedTraining):
         return self._active.update_steps(total_steps)
 
     # --- MaskedTraining hooks
+    def find_targets(self, model: keras.Model) -> list[PrunableWeight]:
+        if self.granularity.kind != "head":
+            return super().find_targets(model)
+        targets, self._head_groups = attention_head_targets(model, self.layers)
+        return targets
+
+    def _channel_followers(self, target: PrunableWeight) -> list[tuple[Any, int]]:
+        if self.granularity.kind != "head":
+            return super()._channel_followers(target)
+        # A pruned head's query, key and value biases (heads, head_dim) go with it; the
+        # output projection's bias is shared by every head.
+        bias = getattr(target.layer, "bias", None)
+        if target.channel_axes == (0,) or not isinstance(bias, keras.Variable):
+            return []
+        return [(bias, 0)]
+
     def validate_targets(self, targets: list[PrunableWeight]) -> None:
         if self.granularity.kind == "channel":
             flat = [t.name for t in targets if t.channel_axes is None]
@@ -283,6 +308,16 @@ class GradualPruning(MaskedTraining):
                 batches = gradient_batches(self.data, step // self.frequency, samples, size)
                 per_batch = [loss_gradients(self.model, variables, x, y) for x, y in batches]
                 gradients = [np.stack(column) for column in zip(*per_batch)]
+        if self.granularity.kind == "head":
+            return head_masks(
+                self.weight_values(),
+                self._head_groups,
+                [t.channel_axes for t in self.targets],
+                sparsity,
+                self.criterion,
+                scope=self.scope,
+                gradients=gradients,
+            )
         return compute_masks(
             self.weight_values(),
             sparsity,

@@ -295,8 +295,12 @@ class MaskedTraining(keras.callbacks.Callback):
         if self._attached_to is not model:
             self._attach(model)
 
+    def find_targets(self, model: keras.Model) -> list[PrunableWeight]:
+        """The weights this callback masks (default: the selection's prunable weights)."""
+        return find_prunable(model, self.layers)
+
     def _attach(self, model: keras.Model) -> None:
-        targets = find_prunable(model, self.layers)
+        targets = self.find_targets(model)
         self.validate_targets(targets)
         self.validate_fit()
         attach: list[tuple[Any, Any, Any]] = [(t.variable, t.layer, t) for t in targets]

@@ -44,7 +44,7 @@ __all__ = [
     "validate_sparsity",
 ]
 
-GRANULARITIES = ("unstructured", "block", "channel", "N:M (e.g. '2:4')")
+GRANULARITIES = ("unstructured", "block", "channel", "head", "N:M (e.g. '2:4')")
 _NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -62,7 +62,8 @@ class Granularity:
     """A parsed pruning granularity.
 
     Attributes:
-        kind: ``"unstructured"``, ``"block"``, ``"channel"`` or ``"n:m"``.
+        kind: ``"unstructured"``, ``"block"``, ``"channel"``, ``"head"`` (whole
+            attention heads, see :mod:`tfcompress.pruning.heads`) or ``"n:m"``.
         block_shape: Tile of the matrix view pruned together (block only).
         n: Weights kept in every group (N:M only).
         m: Group size along the reduction axis (N:M only).
@@ -85,7 +86,7 @@ class Granularity:
 def parse_granularity(
     granularity: str | Granularity, block_shape: Sequence[int] | None = None
 ) -> Granularity:
-    """Parses ``"unstructured"``, ``"block"``, ``"channel"`` or an ``"N:M"`` string.
+    """Parses ``"unstructured"``, ``"block"``, ``"channel"``, ``"head"`` or an ``"N:M"`` string.
 
     Raises:
         ValueError: For an unknown name, a malformed or impossible N:M string
@@ -119,7 +120,7 @@ def parse_granularity(
                 f"got {block_shape!r}"
             )
         return Granularity("block", block_shape=(int(shape[0]), int(shape[1])))
-    if name in ("unstructured", "channel"):
+    if name in ("unstructured", "channel", "head"):
         return Granularity(name)
     if name == "filter":
         return Granularity("channel")
@@ -387,6 +388,11 @@ def compute_masks(
         )
     if spec.kind == "n:m" and scope == "global":
         raise ValueError("scope='global' has no meaning for N:M granularity; use scope='layer'")
+    if spec.kind == "head":
+        raise ValueError(
+            "granularity='head' prunes the four projections of an attention layer together: "
+            "use GradualPruning(granularity='head') or tfcompress.pruning.heads.head_masks"
+        )
     judge = get_criterion(criterion)
     count = len(weights)
     axes = list(channel_axes) if channel_axes is not None else [None] * count

@@ -7,6 +7,11 @@ The channel is removed from its producer, from every per-channel layer on its
 path, and from the inputs of the Dense/Conv layers that read it, whose bias
 absorbs the constant's contribution, so the outputs stay the same.
 
+Attention heads pruned with ``granularity="head"`` (value or output projection
+slice all zero) leave ``MultiHeadAttention`` with a smaller ``num_heads``
+(:func:`tfcompress.pruning.heads.shrink_attention`); FFN neurons are Dense
+channels like any other.
+
 Depthwise convolutions (depth multiplier 1) are per-channel layers: a
 removed channel goes with its depthwise kernel slice and bias, as in
 MobileNetV2's inverted residual blocks, where channel pruning (which also
@@ -30,6 +35,7 @@ import keras
 import numpy as np
 
 from tfcompress.pruning.constraint import attach_mask, constraint_attribute, strip_mask_configs
+from tfcompress.pruning.heads import shrink_attention
 
 __all__ = ["shrink_model"]
 
@@ -362,6 +368,11 @@ def shrink_model(model: keras.Model) -> keras.Model:
             weights[layer.name] = {
                 k: v[..., keep, :] if v.ndim > 1 else v[keep] for k, v in _values(layer).items()
             }
+        elif isinstance(layer, keras.layers.MultiHeadAttention):
+            heads, values = shrink_attention(layer)  # pruned heads out (pruning.heads)
+            weights[layer.name] = values
+            if heads < layer.num_heads:
+                sizes[layer.name] = ("num_heads", heads)
         elif layer.weights:
             # In order, not by name: sublayers' variables share names (attention's kernels).
             weights[layer.name] = [np.asarray(keras.ops.convert_to_numpy(v)) for v in layer.weights]

@@ -31,6 +31,7 @@ __all__ = ["channel_prunable_layers"]  # re-exported: moved to tfcompress.prunin
 SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 QUICK_SPARSITIES = (0.5, 0.9)
 CHANNEL_FRACTIONS = (0.25, 0.5, 0.7, 0.8)
+HEAD_FRACTIONS = (0.25, 0.5, 0.625, 0.75)  # of 4 heads per layer: 1, 2, 2, 3 pruned
 PRUNED_TASKS = ("classification", "language_model")
 
 
@@ -83,6 +84,36 @@ def channel_shrink(model: keras.Model, run: MethodRun) -> Compressed:
     run.finetune(pruned, callbacks=[pruning])
     small = shrink_model(pruned)
     return Compressed(small, export=None, notes=f"channel-pruned layers: {', '.join(layers)}")
+
+
+@register_method(
+    "heads_ffn_shrink",
+    family="pruning",
+    levels=HEAD_FRACTIONS,
+    quick_levels=(0.5,),
+    level_name="head and FFN fraction",
+    applies_to=("language_model",),
+    description="GradualPruning granularity='head' (whole attention heads by the L1 of their "
+    "q/k/v/o slices, Michel et al. 2019) and 'channel' on the FFN neurons, at the same "
+    "fraction, then shrink_model: fewer heads, narrower FFNs",
+)
+def heads_ffn_shrink(model: keras.Model, run: MethodRun) -> Compressed:
+    pruned = copy_model(model)
+    end, frequency = schedule_steps(run.workload)
+    schedule = {"begin_step": 0, "end_step": end, "frequency": frequency}
+    callbacks = [GradualPruning(run.level, granularity="head", **schedule)]
+    ffn = channel_prunable_layers(pruned)
+    if ffn:
+        callbacks.append(GradualPruning(run.level, granularity="channel", layers=ffn, **schedule))
+    run.finetune(pruned, callbacks=callbacks)
+    small = shrink_model(pruned)
+    heads = [
+        f"{layer.name} {layer.num_heads}"
+        for layer in small.layers
+        if isinstance(layer, keras.layers.MultiHeadAttention)
+    ]
+    notes = f"heads kept: {', '.join(heads)}; FFN layers pruned: {', '.join(ffn) or 'none'}"
+    return Compressed(small, export=None, notes=notes)
 
 
 @register_method(
