@@ -156,7 +156,7 @@ def test_head_granularity_errors_before_anything_changes():
         np.testing.assert_array_equal(a, b)
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     plain.compile("sgd", "mse")
-    with pytest.raises(ValueError, match="found no keras.layers.MultiHeadAttention layer"):
+    with pytest.raises(ValueError, match=r"found no keras\.layers\.MultiHeadAttention layer"):
         plain.fit(
             np.zeros((4, 4)), np.zeros((4, 2)), verbose=0,
             callbacks=[tfc.callbacks.GradualPruning(0.5, granularity="head")],

@@ -177,7 +177,6 @@ def shrink_attention(layer: keras.layers.MultiHeadAttention) -> tuple[int, list[
         layer's own when no head is removable. At least one head is kept.
     """
     (query, _), (key, _), (value, _), (output, _) = _projections(layer)
-    heads = layer.num_heads
     value_kernel, output_kernel = _value(value.kernel), _value(output.kernel)
     silent = np.all(value_kernel == 0, axis=(0, 2))
     dead = silent | np.all(output_kernel == 0, axis=(1, 2))
