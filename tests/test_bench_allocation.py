@@ -94,3 +94,18 @@ def test_readme_allocation_numbers_come_from_the_committed_run():
         spdy = arms[(workload, "spdy_channel", 0.6)]
         uniform = arms[(workload, "uniform_channel_latency", 0.6)]
         assert spdy["quality_mean"] > uniform["quality_mean"]
+
+
+def test_mixed_bits_below_the_smallest_reachable_file_uses_the_smallest_plan():
+    from tfcompress.bench.api import MethodRun
+    from tfcompress.bench.workloads import get_workload
+
+    workload = get_workload("lenet_300_100", tiny=True)
+    model = workload.train(0)
+    result = get_method("mixed_bits").fn(model, MethodRun(workload, 0.05, 0))
+    match = re.search(r"the ([\d,]+) B budget is below the smallest file these widths reach "
+                      r"\(([\d,]+) B\): that smallest plan is used", result.notes)  # fmt: skip
+    assert match, result.notes
+    budget, smallest = (int(g.replace(",", "")) for g in match.groups())
+    assert budget < smallest
+    assert "layers at 2/4/8 bits:" in result.notes and result.export == "int8"

@@ -311,3 +311,24 @@ def test_heads_ffn_shrink_removes_heads_and_ffn_neurons_of_the_language_model(tm
     assert run["params"] < 0.9 * entry["dense"]["params"]
     assert run["macs"] < entry["dense"]["runs"][0]["macs"]
     assert math.isfinite(run["quality"]["bits_per_byte"]) and run["verified"]
+
+
+def test_measured_once_is_shared_by_every_build_of_one_starting_model():
+    from tfcompress.bench.methods.common import copy_model, measured_once
+
+    workload = get_workload("mobilenet_digits", tiny=True)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return len(calls)
+
+    first, second = workload.build(), workload.build()  # unnamed inputs get new names
+    assert first.layers[0].name != second.layers[0].name
+    second.set_weights(first.get_weights())
+    assert measured_once("probe/a", first, compute) == (1, False)
+    assert measured_once("probe/a", copy_model(second), compute) == (1, True)
+    other = workload.build()  # other weights: measured again, unless weights do not matter
+    assert measured_once("probe/a", other, compute) == (2, False)
+    assert measured_once("probe/b", other, compute, weights=False) == (3, False)
+    assert measured_once("probe/b", first, compute, weights=False) == (3, True)

@@ -9,10 +9,14 @@ The language model is quantized weight-only, like ``gptq``; its file
 calibrates the activations. The 4-bit file's bytes and the per-layer costs and
 errors do not depend on the level: they are measured in the first level's arm
 of each starting model and re-solved (``BitsPlan.with_budget``) for the others.
+A level whose budget is below the smallest file the widths reach (the
+MobileNet-style model at 0.9, found by a full run) gets that smallest plan,
+said in the arm's notes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -94,7 +98,11 @@ def mixed_bits(model: keras.Model, run: MethodRun) -> Compressed:
     (measured, four_bytes), reused = measured_once(
         f"mixed_bits/{count}/seed {run.seed}", model, measure
     )
-    plan = measured.with_budget(int(run.level * four_bytes))
+    budget = int(run.level * four_bytes)
+    # A budget below the smallest file the widths reach (every layer at its narrowest) is
+    # answered with that smallest plan, said in the notes; the arm's bytes are measured.
+    smallest = measured.fixed_cost + sum(min(layer.option_costs) for layer in measured.layers)
+    plan = measured.with_budget(max(budget, math.ceil(smallest)))
     quant = plan.apply(model)
     counts = {b: sum(1 for c in plan.choices.values() if c == b) for b in (2, 4, 8)}
     notes = (
@@ -102,6 +110,11 @@ def mixed_bits(model: keras.Model, run: MethodRun) -> Compressed:
         f"{plan.total_cost:,.0f} B of a {plan.budget:,.0f} B budget (uniform 4-bit file "
         f"{four_bytes:,} B)"
     )
+    if budget < smallest:
+        notes += (
+            f"; the {budget:,} B budget is below the smallest file these widths reach "
+            f"({smallest:,.0f} B): that smallest plan is used"
+        )
     if reused:
         notes += "; costs and errors measured in an earlier level's arm (same starting model)"
     return Compressed(quant, export="int8", calibrate=language_model, notes=notes)
