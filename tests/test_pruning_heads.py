@@ -169,3 +169,18 @@ def test_head_pruning_config_round_trips():
     pruning = tfc.callbacks.GradualPruning(0.5, granularity="head", layers=["attn"], scope="global")
     clone = tfc.callbacks.GradualPruning.from_config(pruning.get_config())
     assert clone.get_config() == pruning.get_config() and str(clone.granularity) == "head"
+
+
+def test_summary_counts_attention_macs_and_shrinking_heads_lowers_them():
+    from tfcompress.reporting.summary import layer_macs
+
+    query, memory = keras.Input((5, 16)), keras.Input((7, 12))
+    cross = keras.layers.MultiHeadAttention(2, 4, value_dim=3, name="cross")
+    cross(query, memory)
+    projections = 5 * 16 * 8 + 7 * 12 * 8 + 7 * 12 * 6 + 5 * 6 * 16
+    assert layer_macs(cross) == projections + 2 * 5 * 7 * (4 + 3)
+    model = attention_model(seed=12)
+    _pruned(model)
+    small = tfc.shrink_model(model)
+    before, after = layer_macs(model.get_layer("attn")), layer_macs(small.get_layer("attn"))
+    assert after == before // 2  # half the heads: half of every term

@@ -174,6 +174,8 @@ def layer_macs(layer: keras.layers.Layer) -> int | None:
         if kernel is None:
             kernel = layer.depthwise_kernel
         return None if spatial is None else spatial * int(np.prod(kernel.shape))
+    if isinstance(layer, layers.MultiHeadAttention):
+        return _attention_macs(layer)
     per_row = getattr(layer, "macs_per_row", None)  # layers acting on the last axis only
     if callable(per_row):
         if output_shape is None or any(d is None for d in output_shape[1:-1]):
@@ -195,6 +197,42 @@ def layer_macs(layer: keras.layers.Layer) -> int | None:
         cell = layer.cell
         return steps * int(np.prod(cell.kernel.shape) + np.prod(cell.recurrent_kernel.shape))
     return None
+
+
+def _attention_macs(layer: keras.layers.MultiHeadAttention) -> int | None:
+    """The four projections per position, plus scores (QK^T) and the weighted sum of values.
+
+    ``Lq * |Wq| + Lk * |Wk| + Lv * |Wv| + Lq * |Wo| + heads * Lq * Lk * (key_dim + value_dim)``
+    for sequences of lengths ``Lq`` (query) and ``Lk = Lv`` (key/value), from the layer's
+    first call in the model; None when a length is unknown.
+    """
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if not nodes:
+        return None
+    arguments = nodes[0].arguments
+    args, kwargs = list(arguments.args), dict(arguments.kwargs)
+    query = args[0] if args else kwargs.get("query")
+    value = args[1] if len(args) > 1 else kwargs.get("value")
+    key = args[2] if len(args) > 2 else kwargs.get("key")
+    key = value if key is None else key
+
+    def length(tensor: Any) -> int | None:
+        shape = getattr(tensor, "shape", None)
+        if shape is None or any(d is None for d in shape[1:-1]):
+            return None
+        return math.prod(shape[1:-1])
+
+    lq, lk, lv = length(query), length(key), length(value)
+    if None in (lq, lk, lv):
+        return None
+    sizes = [
+        int(np.prod(getattr(layer, name).kernel.shape))
+        for name in ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+    ]
+    value_dim = layer._value_dim or layer._key_dim
+    heads, key_dim = layer.num_heads, layer._key_dim
+    scores_and_sum = heads * lq * lk * (key_dim + value_dim)
+    return lq * sizes[0] + lk * sizes[1] + lv * sizes[2] + lq * sizes[3] + scores_and_sum
 
 
 def _einsum_free(layer: keras.layers.EinsumDense) -> int:
