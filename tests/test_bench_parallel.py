@@ -135,3 +135,15 @@ def test_starting_models_are_trained_once_and_shared_through_files(tmp_path, mon
     monkeypatch.setattr(keras.Model, "fit", no_training)
     for a, b in zip(trained, other.train(0).get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_unit_that_breaks_in_the_parent_is_recorded_and_nobody_waits_on_it(monkeypatch, tmp_path):
+    from tfcompress.bench import parallel
+
+    monkeypatch.setattr(parallel._Worker, "run", lambda self, spec: None)  # writes no part file
+    document = run_parallel(
+        ["lenet_300_100"], ["random"], jobs=2, tiny=True, folder=tmp_path, log=lambda text: None
+    )
+    (failed,) = document["failed_workloads"]
+    assert failed["name"] == "lenet_300_100" and failed["error"].startswith("FileNotFoundError")
+    assert document["workloads"] == []

@@ -198,10 +198,15 @@ def run_parallel(
                 }
                 log(f"[bench] unit started: {unit.label}")
                 began = time.perf_counter()
-                error = worker.run(spec)
+                try:
+                    error = worker.run(spec)
+                    part = None
+                    if error is None:
+                        part = json.loads(output.read_text(encoding="utf-8"))["workloads"][0]
+                except Exception as failure:  # a unit's end must always reach the queue,
+                    error = f"{type(failure).__name__}: {failure}"  # or the others wait on it
                 seconds = time.perf_counter() - began
                 if error is None:
-                    part = json.loads(output.read_text(encoding="utf-8"))["workloads"][0]
                     with lock:
                         parts[unit.workload.name][key] = {**part, "unit_seconds": seconds}
                     log(f"[bench] unit done: {unit.label} ({seconds:.0f} s)")
