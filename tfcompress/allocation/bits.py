@@ -143,7 +143,7 @@ class BitsPlan(Plan):
         if any(not (layer.option_costs and layer.option_errors) for layer in self.layers):
             raise ValueError("this plan holds no per-option costs and errors to re-solve")
         budget = int(target_bytes)
-        smallest = self.fixed_cost + sum(min(layer.option_costs) for layer in self.layers)
+        smallest = self.smallest_cost
         if not smallest <= budget <= self.dense_cost:
             raise ValueError(
                 f"target_bytes must lie between the smallest file this plan reaches "

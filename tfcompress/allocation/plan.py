@@ -78,6 +78,11 @@ class Plan:
         return float(self.fixed_cost + sum(layer.cost for layer in self.layers))
 
     @property
+    def smallest_cost(self) -> float:
+        """The cost with every layer at its cheapest option (the lowest budget it reaches)."""
+        return float(self.fixed_cost + sum(min(layer.option_costs) for layer in self.layers))
+
+    @property
     def total_error(self) -> float:
         """The sum of the chosen options' errors (what the solver minimised)."""
         return float(sum(layer.error for layer in self.layers))

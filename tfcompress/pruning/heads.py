@@ -67,13 +67,20 @@ def attention_head_targets(
             (named in the message), or the model has none.
     """
     selected = layer_selector(layers, model, sublayers=True, require_match=False)
+    every = [layer for _, layer in walk_layers(model, sublayers=True)]
+    projections = {  # the attention layers' own sublayers are part of them, not a wrong pick
+        id(getattr(owner, attribute, None))
+        for owner in every
+        if isinstance(owner, keras.layers.MultiHeadAttention)
+        for attribute, _ in _PROJECTIONS
+    }
     attention = []
-    for _, layer in walk_layers(model, sublayers=True):
+    for layer in every:
         if not selected(layer):
             continue
         if isinstance(layer, keras.layers.MultiHeadAttention):
             attention.append(layer)
-        elif layers is not None and not _inside_attention(model, layer):
+        elif layers is not None and id(layer) not in projections:
             raise ValueError(
                 f"granularity='head' prunes keras.layers.MultiHeadAttention layers, but "
                 f"layers={layers!r} selects {layer.name!r}, a {type(layer).__name__}; select "
@@ -93,16 +100,6 @@ def attention_head_targets(
             targets.append(PrunableWeight(dense.kernel, (axis,), dense))
         groups.append(group)
     return targets, groups
-
-
-def _inside_attention(model: keras.Model, layer: keras.layers.Layer) -> bool:
-    """Whether ``layer`` is one of a MultiHeadAttention layer's own projections."""
-    for _, owner in walk_layers(model, sublayers=True):
-        if isinstance(owner, keras.layers.MultiHeadAttention) and any(
-            getattr(owner, attribute, None) is layer for attribute, _ in _PROJECTIONS
-        ):
-            return True
-    return False
 
 
 def head_masks(

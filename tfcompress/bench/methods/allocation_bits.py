@@ -101,7 +101,7 @@ def mixed_bits(model: keras.Model, run: MethodRun) -> Compressed:
     budget = int(run.level * four_bytes)
     # A budget below the smallest file the widths reach (every layer at its narrowest) is
     # answered with that smallest plan, said in the notes; the arm's bytes are measured.
-    smallest = measured.fixed_cost + sum(min(layer.option_costs) for layer in measured.layers)
+    smallest = measured.smallest_cost
     plan = measured.with_budget(max(budget, math.ceil(smallest)))
     quant = plan.apply(model)
     counts = {b: sum(1 for c in plan.choices.values() if c == b) for b in (2, 4, 8)}
