@@ -343,3 +343,42 @@ def test_layer_tensors_are_found_by_name_in_the_file(tmp_path):
     found = layer_tensor_bytes((tmp_path / "m.tflite").read_bytes(), names)
     # INT8 data, one scale (4 B) and one zero point (8 B) per tensor
     assert found == {names[0]: 16 * 32 + 12, names[1]: 32 * 8 + 12}
+
+
+def test_int2_projection_with_a_per_channel_bias_prepares_in_litert(tmp_path):
+    # Calibrated export of a 2-bit attention layer: the converter writes each projection
+    # per channel (INT8) with a per-channel bias; on the ternary grid all channel scales are
+    # equal, so the INT2 weight is per tensor, and LiteRT's per-tensor FULLY_CONNECTED path
+    # reads the bias's single scale: the bias must be per tensor too or the op fails to
+    # prepare ("scale_diff / output_scale <= 0.02"), as the byte LM's 2-bit files did.
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 32))
+    attended = keras.layers.MultiHeadAttention(2, 16, name="attn")(inputs, inputs)
+    normed = keras.layers.LayerNormalization(name="norm")(attended + inputs)
+    model = _with_biases(keras.Model(inputs, keras.layers.Dense(16, name="down")(normed)))
+    for variable in model.get_layer("attn").weights:
+        if "bias" in variable.path:
+            variable.assign(np.random.default_rng(1).normal(0, 0.3, variable.shape))
+    x = np.random.default_rng(0).normal(size=(96, 8, 32)).astype("float32")
+    quant = tfc.oneshot.quantize(model, x, bits=2, per_channel=False, verbose=0)
+    report = tfc.tflite_export.export(
+        quant,
+        tmp_path / "attn2.tflite",
+        quantization="int8",
+        representative_data=x,
+        verify_data=x[:32],
+    )
+    assert report.int2_weights == 5 and report.verified
+    assert report.mean_abs_diff < 0.1
+    flatbuffer = (tmp_path / "attn2.tflite").read_bytes()
+    graph = schema.Model.GetRootAsModel(flatbuffer, 0).Subgraphs(0)
+    checked = 0
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if op.InputsLength() < 3 or op.Inputs(2) < 0:
+            continue
+        weight, bias = graph.Tensors(op.Inputs(1)), graph.Tensors(op.Inputs(2))
+        if weight.Type() == schema.TensorType.INT2 and weight.Quantization().ScaleLength() == 1:
+            assert bias.Quantization().ScaleLength() == 1
+            checked += 1
+    assert checked >= 1

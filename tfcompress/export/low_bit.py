@@ -134,6 +134,14 @@ def _from_rows(rows: np.ndarray, shape: list[int], quantization, channels: int) 
     return np.moveaxis(rows.reshape(moved), 0, axis).reshape(-1)
 
 
+def _per_tensor(quantization) -> None:
+    """Keeps the first of equal per-channel scales (the caller checked they are equal)."""
+    if quantization.scale is not None and len(quantization.scale) > 1:
+        quantization.scale = [float(quantization.scale[0])]
+        quantization.zeroPoint = [0]
+        quantization.quantizedDimension = 0
+
+
 def pack_low_bit_weights(flatbuffer: bytes, only: Collection[str] | None = None) -> LowBitPacking:
     """Stores the weights of a .tflite file that lie on a 2-4 bit grid as INT4 or INT2.
 
@@ -231,6 +239,10 @@ def pack_low_bit_weights(flatbuffer: bytes, only: Collection[str] | None = None)
                 scales = scales[:1]  # one grid step for the whole tensor (a per-tensor grid)
                 tensor.quantization.zeroPoint = [0]
                 tensor.quantization.quantizedDimension = 0
+                if bias is not None and bias.quantization is not None:
+                    # A per-tensor weight takes LiteRT's per-tensor path, which reads the bias's
+                    # single scale (a per-channel bias has none and fails to prepare).
+                    _per_tensor(bias.quantization)
             tensor.quantization.scale = [float(v) for v in scales]
             packed = _pack(flat, 2 if to_int2 else 4)
             saved += len(buffer.data) - len(packed)
