@@ -74,6 +74,9 @@ EXAMPLES = {
         _teacher(), temperature=3.0, alpha=0.7
     ),
     "KeepSparsity": lambda: tfc.callbacks.KeepSparsity(layers=["dense_a"]),
+    "L0MacsConstraint": lambda: tfc.callbacks.L0MacsConstraint(
+        0.4, gate_step=0.2, multiplier_rate=0.3, ramp=0.25, proportional=20.0, verbose=1
+    ),
     "FlipRatio": lambda: tfc.callbacks.FlipRatio(frequency=5, per_layer=True),
     "TTQ": lambda: tfc.quantizers.TTQ(threshold=0.1, initial_scale=0.5),
     "Bop": lambda: tfc.optimizers.Bop(threshold=1e-6, gamma=1e-3, fp_optimizer="adam"),
@@ -125,6 +128,12 @@ LAYER_EXAMPLES = {
     "PositionEmbedding": (lambda: _language_model().PositionEmbedding(6), (2, 6, 4)),
     "CirculantDense": (lambda: tfc.layers.CirculantDense(8, block_size=4), (2, 8)),
     "ToeplitzDense": (lambda: tfc.layers.ToeplitzDense(8, block_size=4), (2, 8)),
+    "HardConcreteGate": (
+        lambda: tfc.pruning.HardConcreteGate(
+            initial_log_alpha=1.0, temperature=0.5, stretch=(-0.2, 1.2), rate=10.0, seed=2
+        ),
+        (2, 4, 4, 3),
+    ),
     "TransferredConv2D": (
         lambda: tfc.layers.TransferredConv2D(8, 3, group="rotations", padding="same"),
         (2, 6, 6, 2),

@@ -6,6 +6,7 @@ from tfcompress.learning_rate.rewinding import LearningRateRewinding as Learning
 from tfcompress.learning_rate.rewinding import mask_update_steps as mask_update_steps
 from tfcompress.pruning.callbacks import GradualPruning as GradualPruning
 from tfcompress.pruning.callbacks import KeepSparsity as KeepSparsity
+from tfcompress.pruning.l0_constraint import L0MacsConstraint as L0MacsConstraint
 from tfcompress.pruning.sparse_training import DynamicSparseTraining as DynamicSparseTraining
 from tfcompress.quantization.irnet import IRNetSchedule as IRNetSchedule
 
@@ -16,6 +17,7 @@ __all__ = [
     "GradualPruning",
     "IRNetSchedule",
     "KeepSparsity",
+    "L0MacsConstraint",
     "LearningRateRewinding",
     "mask_update_steps",
 ]

@@ -92,6 +92,7 @@ def rewrite_model(
     replace: Callable[[keras.layers.Layer], Replacement | None],
     *,
     name: str | None = None,
+    call_function: Callable[..., object] | None = None,
 ) -> tuple[keras.Model, RewriteLog]:
     """Copies ``model`` with some layers replaced; every other weight is kept.
 
@@ -105,6 +106,11 @@ def rewrite_model(
             entered).
         replace: The per-layer decision.
         name: Name of the copy (default: the original's).
+        call_function: ``keras.models.clone_model``'s hook,
+            ``call_function(layer, *args, **kwargs) -> outputs``, to insert
+            layers after a call or to skip a layer (return its input); a
+            Sequential model is rebuilt as a Functional one for it. A layer
+            the hook never calls is left out of the copy.
 
     Returns:
         ``(new_model, log)``.
@@ -135,8 +141,27 @@ def rewrite_model(
         pairs.append((layer, new, decision))
         return new
 
-    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    source, inputs = model, None
+    if call_function is not None:
+        if isinstance(model, keras.Sequential):
+            source = keras.Model(model.inputs, model.outputs, name=model.name)
+        # clone_model makes new inputs for a call hook: keep their names (export signatures)
+        inputs = keras.tree.map_structure(
+            lambda t: keras.Input(
+                batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name
+            ),
+            source.input,
+        )
+    clone = keras.models.clone_model(
+        source,
+        input_tensors=inputs,
+        clone_function=clone_function,
+        call_function=call_function,
+        recursive=True,
+    )
     for old, new, decision in pairs:
+        if call_function is not None and isinstance(new, keras.layers.Layer) and not new.built:
+            continue  # skipped by the call hook
         if decision is None:
             # Keras operation nodes (``x[:, 0]`` -> GetItem, ``ops.mean``) have no weights.
             if isinstance(old, keras.layers.Layer):

@@ -95,6 +95,59 @@ def _run_identity(config: dict) -> int:
     return (zlib.crc32(text.encode()) << 31 | zlib.adler32(text.encode())) | 1
 
 
+def channel_followers(target: PrunableWeight) -> list[tuple[Any, int]]:
+    """Variables whose channels go with ``target``'s pruned output channels.
+
+    ``(variable, channel axis)`` pairs: the layer's own bias, and along a
+    single-consumer chain of zero-preserving per-channel layers the
+    BatchNormalization scale/offset and depthwise kernel/bias of the same
+    channel, so a pruned channel is exactly zero until the next layer that
+    mixes channels (``shrink_model`` then removes the whole chain).
+    """
+    if target.channel_axes is None:
+        return []
+    channels = int(np.prod([target.variable.shape[a] for a in target.channel_axes]))
+    found: list[tuple[Any, int]] = []
+
+    def take(variable: Any, axis: int = -1) -> None:
+        if isinstance(variable, keras.Variable) and variable.shape[axis] == channels:
+            found.append((variable, axis % len(variable.shape)))
+
+    layer = target.layer
+    bias = getattr(layer, "bias", None)
+    if isinstance(bias, keras.Variable) and tuple(bias.shape) == (channels,):
+        take(bias)
+    if target.channel_axes != (-1,) or not _zero_preserving(getattr(layer, "activation", None)):
+        return found
+    while True:
+        nodes = getattr(layer, "_outbound_nodes", [])
+        if len(nodes) != 1:
+            return found
+        layer = nodes[0].operation
+        if isinstance(layer, keras.layers.BatchNormalization):
+            try:
+                rank = len(layer.input.shape)
+            except (AttributeError, ValueError):  # no single input: leave it alone
+                return found
+            if layer.gamma is None or layer.axis not in (-1, rank - 1):
+                return found
+            take(layer.gamma)
+            take(layer.beta)
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            if layer.depth_multiplier != 1 or not _zero_preserving(layer.activation):
+                return found
+            take(layer.kernel, -2)
+            take(layer.bias)
+        elif isinstance(layer, keras.layers.ReLU):
+            if layer.get_config().get("threshold"):
+                return found
+        elif isinstance(layer, keras.layers.Activation):
+            if not _zero_preserving(layer.activation):
+                return found
+        elif not isinstance(layer, _ZERO_KEEPING):
+            return found
+
+
 class MaskedTraining(keras.callbacks.Callback):
     """Base callback: masks that stay on the model, a step count of its own, sparsity logs.
 
@@ -238,56 +291,8 @@ class MaskedTraining(keras.callbacks.Callback):
         )
 
     def _channel_followers(self, target: PrunableWeight) -> list[tuple[Any, int]]:
-        """Variables whose channels go with ``target``'s pruned output channels.
-
-        ``(variable, channel axis)`` pairs: the layer's own bias, and along a
-        single-consumer chain of zero-preserving per-channel layers the
-        BatchNormalization scale/offset and depthwise kernel/bias of the same
-        channel, so a pruned channel is exactly zero until the next layer that
-        mixes channels (``shrink_model`` then removes the whole chain).
-        """
-        if not self.mask_bias or target.channel_axes is None:
-            return []
-        channels = int(np.prod([target.variable.shape[a] for a in target.channel_axes]))
-        found: list[tuple[Any, int]] = []
-
-        def take(variable: Any, axis: int = -1) -> None:
-            if isinstance(variable, keras.Variable) and variable.shape[axis] == channels:
-                found.append((variable, axis % len(variable.shape)))
-
-        layer = target.layer
-        bias = getattr(layer, "bias", None)
-        if isinstance(bias, keras.Variable) and tuple(bias.shape) == (channels,):
-            take(bias)
-        if target.channel_axes != (-1,) or not _zero_preserving(getattr(layer, "activation", None)):
-            return found
-        while True:
-            nodes = getattr(layer, "_outbound_nodes", [])
-            if len(nodes) != 1:
-                return found
-            layer = nodes[0].operation
-            if isinstance(layer, keras.layers.BatchNormalization):
-                try:
-                    rank = len(layer.input.shape)
-                except (AttributeError, ValueError):  # no single input: leave it alone
-                    return found
-                if layer.gamma is None or layer.axis not in (-1, rank - 1):
-                    return found
-                take(layer.gamma)
-                take(layer.beta)
-            elif isinstance(layer, keras.layers.DepthwiseConv2D):
-                if layer.depth_multiplier != 1 or not _zero_preserving(layer.activation):
-                    return found
-                take(layer.kernel, -2)
-                take(layer.bias)
-            elif isinstance(layer, keras.layers.ReLU):
-                if layer.get_config().get("threshold"):
-                    return found
-            elif isinstance(layer, keras.layers.Activation):
-                if not _zero_preserving(layer.activation):
-                    return found
-            elif not isinstance(layer, _ZERO_KEEPING):
-                return found
+        """Variables whose channels go with ``target``'s (see :func:`channel_followers`)."""
+        return channel_followers(target) if self.mask_bias else []
 
     # --- attaching (set_model: before any on_train_begin, so BackupAndRestore restores us)
     def set_model(self, model: keras.Model) -> None:

@@ -1,0 +1,319 @@
+"""Channel pruning by learned L0 gates under a MACs constraint, without a penalty weight to tune.
+
+Three steps::
+
+    gated = tfc.pruning.add_l0_gates(model)              # a HardConcreteGate per channel layer
+    gated.compile(...)
+    gated.fit(x, y, callbacks=[tfc.callbacks.L0MacsConstraint(target_macs=0.5)])
+    pruned, report = tfc.pruning.remove_l0_gates(gated, target_macs=0.5)
+    small = tfc.shrink_model(pruned)                      # 0.5x the MACs, for real
+
+:func:`add_l0_gates` copies the model with a hard-concrete gate (Louizos et al.
+2018, :class:`~tfcompress.pruning.hard_concrete.HardConcreteGate`) on the
+output channels of every layer ``shrink_model`` can remove channels from.
+:class:`L0MacsConstraint` trains the gates with the task under the constraint
+``E[MACs(z)] / MACs(dense) <= target`` by a Lagrangian (Gallego-Posada et al.,
+"Controlled Sparsity via Constrained Optimization", NeurIPS 2022): the model
+minimizes ``loss + lambda * (E[MACs] / MACs_dense - target)`` while the
+multiplier ``lambda >= 0`` follows the violation ``v = E[MACs] / MACs_dense -
+target`` after every step, as a proportional-integral controller (nuPI,
+Sohrabi et al., ICML 2024; plain dual ascent is the integral part alone):
+
+    I      <- max(0, I + multiplier_rate * v)
+    lambda <- max(0, I + proportional * v)
+
+so it grows until the constraint holds and shrinks when it is slack: no
+penalty weight to tune per model. The proportional part damps the overshoot
+that dual ascent alone shows under Adam (digits CNN, target 0.5, 90 steps:
+0.27x the expected MACs at the end with ``proportional=0``, 0.48x with 50). The target the multiplier sees descends
+linearly from 1 to ``target_macs`` over the first ``ramp`` of the fit: a gate
+that reaches ``z = 0`` in every draw gets no gradient again, so the gates must
+not overshoot, and with the whole budget demanded at step 0 the multiplier
+winds up and Adam's momentum carries the gates far below it (measured on the
+digits CNN at 0.5: 0.15x the MACs after 90 steps without the ramp). ``E[MACs]`` is multilinear in each gate's
+expected kept fraction ``mean_c P(z_c != 0)``
+(:class:`~tfcompress.pruning.l0_graph.GateCosts`); its gradient reaches the
+gates through each gate's ``cost_weight * mean_c P(z_c != 0)`` loss, with
+``cost_weight = lambda * d(E[MACs] / MACs_dense) / d f_g`` set by the callback
+before every step (exact: the cost is linear in each gate's fraction).
+
+:func:`remove_l0_gates` turns the inference gates into weights: a channel with
+``z_c = 0`` is masked to exactly zero (kernel column, bias, the BatchNorm and
+depthwise channels after it, as channel pruning leaves it, with
+:class:`~tfcompress.pruning.constraint.PruningMask` so fine-tuning keeps it
+so), a kept channel's ``z_c`` is folded into the weights (see
+:mod:`~tfcompress.pruning.l0_graph`). With ``target_macs`` the kept set is
+then rounded to the target: channels are dropped lowest ``log_alpha`` first
+until the MACs are at most the target, or added back highest first while they
+stay at most the target; the report says how many channels the rounding moved
+and the fraction the gates alone gave.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfcompress.core.backend_state import sync_state
+from tfcompress.core.rewrite import layer_selector, rewrite_model
+from tfcompress.pruning.channels import channel_prunable_layers
+from tfcompress.pruning.constraint import attach_mask
+from tfcompress.pruning.hard_concrete import HardConcreteGate
+from tfcompress.pruning.l0_graph import (
+    GateCosts,
+    consumers_of,
+    find_gates,
+    gate_producer,
+    gate_site,
+    validate_target_macs,
+)
+from tfcompress.pruning.masking import channel_followers
+from tfcompress.pruning.prunable import PrunableWeight
+
+__all__ = ["L0Report", "add_l0_gates", "remove_l0_gates"]
+
+GATE_SUFFIX = "_l0_gate"
+
+
+def _check_graph(model: Any, argument: str = "model") -> None:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{argument} must be a keras.Model, got {type(model).__name__}")
+    if not model.built:
+        raise ValueError(f"{argument} {model.name!r} is not built")
+
+
+def add_l0_gates(
+    model: keras.Model,
+    layers: Any = None,
+    *,
+    initial_log_alpha: float = 3.0,
+    temperature: float = 2.0 / 3.0,
+    rate: float = 100.0,
+    seed: int = 0,
+) -> keras.Model:
+    """A copy of ``model`` with a :class:`HardConcreteGate` on each selected layer's channels.
+
+    Args:
+        model: A built Sequential or Functional model (the gated layers at its top level).
+        layers: Which layers: None (every layer whose channels ``shrink_model``
+            can remove and whose gate folds into weights), or a selection
+            (names, classes, a predicate) among those.
+        initial_log_alpha, temperature, rate: The gates' settings (see
+            :class:`HardConcreteGate`).
+        seed: The first gate's noise seed (the next gates count up from it).
+
+    Returns:
+        The gated copy (the user's model is not modified); each gate is named
+        ``<layer>_l0_gate``.
+
+    Raises:
+        ValueError: If a selected layer cannot be gated (named, with why), or no
+            layer can.
+
+    Example:
+        >>> gated = add_l0_gates(model)
+        >>> [layer.name for layer in gated.layers if "l0_gate" in layer.name]
+        ['conv1_l0_gate', 'conv2_l0_gate']
+    """
+    _check_graph(model)
+    candidates = channel_prunable_layers(model)
+    if layers is None:
+        names = candidates
+    else:
+        chosen = layer_selector(layers)
+        names = [layer.name for layer in model.layers if chosen(layer)]
+        if not names:
+            raise ValueError(f"layers={layers!r} selects no layer of model {model.name!r}")
+        for name in names:
+            if name not in candidates:
+                raise ValueError(
+                    f"layers={layers!r} selects {name!r}, whose output channels shrink_model "
+                    f"cannot remove (they reach an output, a merge or a layer mixing channels); "
+                    f"gateable layers: {candidates}"
+                )
+    sites, refused = {}, {}
+    for name in names:
+        site = gate_site(model, name)
+        if isinstance(site, str):
+            refused[name] = site
+        else:
+            sites[site.after] = site
+    if refused and layers is not None:
+        name, why = next(iter(refused.items()))
+        raise ValueError(f"layers={layers!r}: {name!r} cannot be gated: {why}")
+    if not sites:
+        raise ValueError(f"model {model.name!r} has no layer an L0 gate can prune: {refused}")
+    settings = {"initial_log_alpha": initial_log_alpha, "temperature": temperature, "rate": rate}
+    HardConcreteGate(**settings)  # bad settings raise here, before anything is built
+    order = {name: i for i, name in enumerate(sites)}
+
+    def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
+        outputs = layer(*args, **kwargs)
+        site = sites.get(layer.name)
+        if site is None:
+            return outputs
+        gate = HardConcreteGate(
+            **settings, seed=seed + order[layer.name], name=site.producer + GATE_SUFFIX
+        )
+        return gate(outputs)
+
+    gated, _ = rewrite_model(model, lambda layer: None, call_function=call)
+    return gated
+
+
+@dataclasses.dataclass
+class L0Report:
+    """What :func:`remove_l0_gates` kept.
+
+    Attributes:
+        kept: ``{layer: (channels kept, channels)}``.
+        gates_macs_fraction: MACs / dense MACs of the inference gates alone.
+        macs_fraction: MACs / dense MACs of the returned model (after rounding).
+        rounded_channels: Channels the rounding to ``target_macs`` turned off or on.
+    """
+
+    kept: dict[str, tuple[int, int]]
+    gates_macs_fraction: float
+    macs_fraction: float
+    rounded_channels: int
+
+
+def _round_to_target(
+    keep: list[np.ndarray], scores: list[np.ndarray], costs: GateCosts, target: float
+) -> int:
+    """Drops (adds) channels lowest (highest) score first until MACs <= target, tightly."""
+    counts = np.array([k.sum() for k in keep], np.float64)
+    flat = [(float(s), g, c) for g, score in enumerate(scores) for c, s in enumerate(score)]
+    moved = 0
+
+    def fraction() -> float:
+        return costs.fraction(counts / costs.channels)
+
+    if fraction() > target:
+        for _, g, c in sorted(flat):
+            if fraction() <= target:
+                break
+            if keep[g][c] and counts[g] > 1:
+                keep[g][c], counts[g], moved = False, counts[g] - 1, moved + 1
+    for _, g, c in sorted(flat, reverse=True):
+        if keep[g][c]:
+            continue
+        counts[g] += 1
+        if fraction() > target:
+            counts[g] -= 1
+            continue
+        keep[g][c], moved = True, moved + 1
+    return moved
+
+
+def _scale_channels(variable: Any, axis: int, factor: np.ndarray) -> None:
+    value = np.asarray(keras.ops.convert_to_numpy(variable))
+    shape = [1] * value.ndim
+    shape[axis] = factor.size
+    variable.assign((value * factor.reshape(shape)).astype(value.dtype))
+
+
+def _fold(model: keras.Model, gated: keras.Model, gate: HardConcreteGate, z: np.ndarray) -> None:
+    producer_name, norm_name = gate_producer(gated, gate)
+    producer = model.get_layer(producer_name)
+    if norm_name is not None:
+        norm = model.get_layer(norm_name)
+        _scale_channels(norm.gamma, -1, z)
+        _scale_channels(norm.beta, -1, z)
+        return
+    activation = getattr(getattr(producer, "activation", None), "__name__", "linear")
+    if activation in ("linear", "relu"):
+        _scale_channels(producer.kernel, -1, z)
+        if producer.bias is not None:
+            _scale_channels(producer.bias, -1, z)
+        return
+    for reader in consumers_of(model)[producer_name]:  # Dense/Conv: scale their input rows
+        _scale_channels(reader.kernel, reader.kernel.ndim - 2, z)
+
+
+def remove_l0_gates(
+    model: keras.Model, target_macs: float | None = None
+) -> tuple[keras.Model, L0Report]:
+    """The model without its gates: off channels masked to zero, gate values folded in.
+
+    Args:
+        model: A model from :func:`add_l0_gates` (trained with its gates).
+        target_macs: If given, the kept channels are rounded so that the MACs
+            are at most this fraction of the dense model's, as close as one
+            channel allows (see the module docstring).
+
+    Returns:
+        ``(model, report)``: a copy with the original layers and names, whose
+        pruned channels ``shrink_model`` removes, and an :class:`L0Report`.
+
+    Raises:
+        ValueError: If ``model`` has no gate, or ``target_macs`` is not in (0, 1]
+            or below what one channel per gated layer costs.
+
+    Example:
+        >>> pruned, report = remove_l0_gates(gated, target_macs=0.5)
+        >>> small = tfc.shrink_model(pruned)
+    """
+    _check_graph(model)
+    gates = find_gates(model)
+    if not gates:
+        raise ValueError(
+            f"model {model.name!r} has no HardConcreteGate; make one with "
+            "tfc.pruning.add_l0_gates(model)"
+        )
+    costs = GateCosts(model, gates)
+    if target_macs is not None:
+        target_macs = validate_target_macs(target_macs)
+        if target_macs < costs.minimum_fraction():
+            raise ValueError(
+                f"target_macs={target_macs} is below {costs.minimum_fraction():.3f}, the MACs "
+                "fraction left when every gated layer keeps a single channel"
+            )
+    sync_state(model)
+    values = [gate.deterministic_gates() for gate in gates]
+    keep = [v > 0 for v in values]
+    scores = [gate.log_alpha_values() for gate in gates]
+    for k, s in zip(keep, scores):
+        if not k.any():
+            k[int(np.argmax(s))] = True
+    counts = np.array([k.sum() for k in keep], np.float64)
+    gates_fraction = costs.fraction(counts / costs.channels)
+    moved = 0 if target_macs is None else _round_to_target(keep, scores, costs, target_macs)
+    gate_names = {gate.name for gate in gates}
+
+    def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
+        if layer.name in gate_names:
+            return args[0]
+        return layer(*args, **kwargs)
+
+    plain, _ = rewrite_model(model, lambda layer: None, call_function=call)
+    kept: dict[str, tuple[int, int]] = {}
+    for gate, value, k in zip(gates, values, keep):
+        # a channel the rounding added back runs with its weights as they are (z = 1)
+        z = np.where(k, np.where(value > 0, value, 1.0), 0.0)
+        _fold(plain, model, gate, z)
+        producer = plain.get_layer(gate_producer(model, gate)[0])
+        target = PrunableWeight(producer.kernel, layer=producer, channel_axes=(-1,))
+        masked = [(producer.kernel, producer.kernel.ndim - 1), *channel_followers(target)]
+        for variable, axis in masked:
+            mask = attach_mask(plain, _owner(plain, variable), variable)
+            shape = [1] * len(variable.shape)
+            shape[axis] = k.size
+            full = np.broadcast_to(k.reshape(shape), tuple(variable.shape)).astype(np.float32)
+            mask.mask.assign(full.astype(keras.backend.standardize_dtype(mask.mask.dtype)))
+            value_now = np.asarray(keras.ops.convert_to_numpy(variable))
+            variable.assign((value_now * full).astype(value_now.dtype))
+        kept[producer.name] = (int(k.sum()), int(k.size))
+    counts = np.array([k.sum() for k in keep], np.float64)
+    report = L0Report(kept, gates_fraction, costs.fraction(counts / costs.channels), moved)
+    return plain, report
+
+
+def _owner(model: keras.Model, variable: Any) -> keras.layers.Layer:
+    for layer in model.layers:
+        if any(v is variable for v in layer.weights):
+            return layer
+    raise ValueError(f"no layer of {model.name!r} holds {variable.path}")
