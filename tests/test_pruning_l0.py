@@ -225,3 +225,52 @@ def test_bad_targets_and_unprunable_models_are_refused_before_anything_changes()
             verbose=0,
             callbacks=[tfc.callbacks.L0MacsConstraint(0.001)],
         )
+
+
+def _transformer_block():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 16))
+    attended = L.MultiHeadAttention(4, 8, name="attn")(inputs, inputs, use_causal_mask=True)
+    x = L.LayerNormalization(name="norm")(L.Add()([inputs, attended]))
+    ffn = L.Dense(32, activation="gelu", name="ffn_in")(x)
+    x = L.Add()([x, L.Dense(16, name="ffn_out")(ffn)])
+    outputs = L.Dense(10, name="logits")(L.GlobalAveragePooling1D()(x))
+    model = keras.Model(inputs, outputs, name="block")
+    rng = np.random.default_rng(1)
+    for variable in model.get_layer("attn").weights:
+        if "bias" in variable.path:
+            variable.assign(rng.normal(0, 0.3, variable.shape).astype("float32"))
+    return model
+
+
+@pytest.mark.jax
+def test_head_gates_silence_whole_heads_and_shrink_removes_them(tmp_path):
+    model = _transformer_block()
+    gated = tfc.pruning.add_l0_gates(model)
+    assert type(gated.get_layer("attn")).__name__ == "GatedMultiHeadAttention"
+    gates = find_gates(gated)
+    assert [int(g.gate_logit.shape[0]) for g in gates] == [4, 32]  # heads, FFN neurons
+    x = np.random.default_rng(2).normal(size=(16, 8, 16)).astype("float32")
+    np.testing.assert_allclose(gated.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    _set_log_alpha(gates[0], [4.0, -4.0, 0.5, -4.0])  # heads 1 and 3 off, head 2 at z < 1
+    _set_log_alpha(gates[1], np.where(np.arange(32) % 3 == 0, -4.0, 4.0))
+    expected = gated.predict(x, verbose=0)
+    gated.save(tmp_path / "gated.keras")
+    again = keras.saving.load_model(tmp_path / "gated.keras")
+    np.testing.assert_allclose(again.predict(x, verbose=0), expected, atol=1e-6)
+    pruned, report = tfc.pruning.remove_l0_gates(gated)
+    assert type(pruned.get_layer("attn")) is keras.layers.MultiHeadAttention
+    assert report.kept == {"attn": (2, 4), "ffn_in": (21, 32)}
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), expected, atol=1e-5)
+    small = tfc.shrink_model(pruned)
+    assert small.get_layer("attn").num_heads == 2 and small.get_layer("ffn_in").units == 21
+    np.testing.assert_allclose(small.predict(x, verbose=0), expected, atol=1e-5)
+    ratio = (
+        tfc.summary(small, print_fn=None).total_macs / tfc.summary(model, print_fn=None).total_macs
+    )
+    assert ratio == pytest.approx(report.macs_fraction)
+    # the attention layer alone (no FFN) can be selected; a Dense reaching a merge cannot
+    only_heads = tfc.pruning.add_l0_gates(model, layers=["attn"])
+    assert [int(g.gate_logit.shape[0]) for g in find_gates(only_heads)] == [4]
+    with pytest.raises(ValueError, match=r"'ffn_out'.*no MultiHeadAttention"):
+        tfc.pruning.add_l0_gates(model, layers=["ffn_out"])

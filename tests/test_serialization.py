@@ -134,6 +134,12 @@ LAYER_EXAMPLES = {
         ),
         (2, 4, 4, 3),
     ),
+    "GatedMultiHeadAttention": (
+        lambda: keras.saving.get_registered_object("tfcompress>GatedMultiHeadAttention")(
+            num_heads=2, key_dim=4, gate={"initial_log_alpha": 1.0, "seed": 1}
+        ),
+        (2, 5, 6),
+    ),
     "TransferredConv2D": (
         lambda: tfc.layers.TransferredConv2D(8, 3, group="rotations", padding="same"),
         (2, 6, 6, 2),

@@ -68,7 +68,15 @@ from tfcompress.pruning.l0_graph import (
     find_gates,
     gate_producer,
     gate_site,
+    head_owner,
     validate_target_macs,
+)
+from tfcompress.pruning.l0_heads import (
+    GatedMultiHeadAttention,
+    fold_heads,
+    gated_attention,
+    head_variables,
+    plain_attention,
 )
 from tfcompress.pruning.masking import channel_followers
 from tfcompress.pruning.prunable import PrunableWeight
@@ -94,20 +102,25 @@ def add_l0_gates(
     rate: float = 100.0,
     seed: int = 0,
 ) -> keras.Model:
-    """A copy of ``model`` with a :class:`HardConcreteGate` on each selected layer's channels.
+    """A copy of ``model`` with L0 gates on channels and attention heads.
+
+    Each selected Dense/Conv layer gets a :class:`HardConcreteGate` on its output
+    channels; each selected ``keras.layers.MultiHeadAttention`` becomes a
+    :class:`~tfcompress.pruning.l0_heads.GatedMultiHeadAttention` (a gate per head).
 
     Args:
         model: A built Sequential or Functional model (the gated layers at its top level).
         layers: Which layers: None (every layer whose channels ``shrink_model``
-            can remove and whose gate folds into weights), or a selection
-            (names, classes, a predicate) among those.
+            can remove and whose gate folds into weights, and every
+            MultiHeadAttention), or a selection (names, classes, a predicate)
+            among those.
         initial_log_alpha, temperature, rate: The gates' settings (see
             :class:`HardConcreteGate`).
         seed: The first gate's noise seed (the next gates count up from it).
 
     Returns:
-        The gated copy (the user's model is not modified); each gate is named
-        ``<layer>_l0_gate``.
+        The gated copy (the user's model is not modified); a channel gate is
+        named ``<layer>_l0_gate``, an attention layer keeps its name.
 
     Raises:
         ValueError: If a selected layer cannot be gated (named, with why), or no
@@ -119,23 +132,35 @@ def add_l0_gates(
         ['conv1_l0_gate', 'conv2_l0_gate']
     """
     _check_graph(model)
-    candidates = channel_prunable_layers(model)
+    try:
+        candidates = channel_prunable_layers(model)
+    except ValueError:
+        candidates = []
+    attention = [
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, keras.layers.MultiHeadAttention)
+        and not isinstance(layer, GatedMultiHeadAttention)
+    ]
     if layers is None:
-        names = candidates
+        names = candidates + attention
     else:
         chosen = layer_selector(layers)
         names = [layer.name for layer in model.layers if chosen(layer)]
         if not names:
             raise ValueError(f"layers={layers!r} selects no layer of model {model.name!r}")
         for name in names:
-            if name not in candidates:
+            if name not in candidates and name not in attention:
                 raise ValueError(
                     f"layers={layers!r} selects {name!r}, whose output channels shrink_model "
-                    f"cannot remove (they reach an output, a merge or a layer mixing channels); "
-                    f"gateable layers: {candidates}"
+                    f"cannot remove (they reach an output, a merge or a layer mixing channels) "
+                    f"and which is no MultiHeadAttention; gateable layers: "
+                    f"{candidates + attention}"
                 )
-    sites, refused = {}, {}
+    sites, refused, heads = {}, {}, [n for n in names if n in attention]
     for name in names:
+        if name in heads:
+            continue
         site = gate_site(model, name)
         if isinstance(site, str):
             refused[name] = site
@@ -144,11 +169,19 @@ def add_l0_gates(
     if refused and layers is not None:
         name, why = next(iter(refused.items()))
         raise ValueError(f"layers={layers!r}: {name!r} cannot be gated: {why}")
-    if not sites:
-        raise ValueError(f"model {model.name!r} has no layer an L0 gate can prune: {refused}")
+    if not sites and not heads:
+        raise ValueError(
+            f"model {model.name!r} has no layer an L0 gate can prune (no Dense/Conv layer whose "
+            f"output channels shrink_model could remove, no MultiHeadAttention): {refused}"
+        )
     settings = {"initial_log_alpha": initial_log_alpha, "temperature": temperature, "rate": rate}
     HardConcreteGate(**settings)  # bad settings raise here, before anything is built
-    order = {name: i for i, name in enumerate(sites)}
+    order = {name: i for i, name in enumerate([*sites, *heads])}
+
+    def replace(layer: keras.layers.Layer) -> Any:
+        if layer.name not in heads:
+            return None
+        return gated_attention(layer, {**settings, "seed": seed + order[layer.name]})
 
     def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
         outputs = layer(*args, **kwargs)
@@ -160,7 +193,7 @@ def add_l0_gates(
         )
         return gate(outputs)
 
-    gated, _ = rewrite_model(model, lambda layer: None, call_function=call)
+    gated, _ = rewrite_model(model, replace, call_function=call)
     return gated
 
 
@@ -282,34 +315,49 @@ def remove_l0_gates(
     counts = np.array([k.sum() for k in keep], np.float64)
     gates_fraction = costs.fraction(counts / costs.channels)
     moved = 0 if target_macs is None else _round_to_target(keep, scores, costs, target_macs)
-    gate_names = {gate.name for gate in gates}
+    owners = {id(gate): head_owner(model, gate) for gate in gates}
+    channel_gates = {gate.name for gate in gates if owners[id(gate)] is None}
+
+    def replace(layer: keras.layers.Layer) -> Any:
+        return plain_attention(layer) if isinstance(layer, GatedMultiHeadAttention) else None
 
     def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
-        if layer.name in gate_names:
+        if layer.name in channel_gates:
             return args[0]
         return layer(*args, **kwargs)
 
-    plain, _ = rewrite_model(model, lambda layer: None, call_function=call)
+    plain, _ = rewrite_model(model, replace, call_function=call)
     kept: dict[str, tuple[int, int]] = {}
     for gate, value, k in zip(gates, values, keep):
         # a channel the rounding added back runs with its weights as they are (z = 1)
         z = np.where(k, np.where(value > 0, value, 1.0), 0.0)
-        _fold(plain, model, gate, z)
-        producer = plain.get_layer(gate_producer(model, gate)[0])
-        target = PrunableWeight(producer.kernel, layer=producer, channel_axes=(-1,))
-        masked = [(producer.kernel, producer.kernel.ndim - 1), *channel_followers(target)]
+        owner = owners[id(gate)]
+        if owner is not None:
+            layer = plain.get_layer(owner.name)
+            fold_heads(layer, z)
+            masked = head_variables(layer)
+        else:
+            _fold(plain, model, gate, z)
+            layer = plain.get_layer(gate_producer(model, gate)[0])
+            target = PrunableWeight(layer.kernel, layer=layer, channel_axes=(-1,))
+            masked = [(layer.kernel, layer.kernel.ndim - 1), *channel_followers(target)]
         for variable, axis in masked:
-            mask = attach_mask(plain, _owner(plain, variable), variable)
-            shape = [1] * len(variable.shape)
-            shape[axis] = k.size
-            full = np.broadcast_to(k.reshape(shape), tuple(variable.shape)).astype(np.float32)
-            mask.mask.assign(full.astype(keras.backend.standardize_dtype(mask.mask.dtype)))
-            value_now = np.asarray(keras.ops.convert_to_numpy(variable))
-            variable.assign((value_now * full).astype(value_now.dtype))
-        kept[producer.name] = (int(k.sum()), int(k.size))
+            _mask_along(plain, variable, axis, k)
+        kept[layer.name] = (int(k.sum()), int(k.size))
     counts = np.array([k.sum() for k in keep], np.float64)
     report = L0Report(kept, gates_fraction, costs.fraction(counts / costs.channels), moved)
     return plain, report
+
+
+def _mask_along(model: keras.Model, variable: Any, axis: int, keep: np.ndarray) -> None:
+    """Zeroes ``variable``'s slices along ``axis`` where ``keep`` is False, with a PruningMask."""
+    mask = attach_mask(model, _owner(model, variable), variable)
+    shape = [1] * len(variable.shape)
+    shape[axis] = keep.size
+    full = np.broadcast_to(keep.reshape(shape), tuple(variable.shape)).astype(np.float32)
+    mask.mask.assign(full.astype(keras.backend.standardize_dtype(mask.mask.dtype)))
+    value = np.asarray(keras.ops.convert_to_numpy(variable))
+    variable.assign((value * full).astype(value.dtype))
 
 
 def _owner(model: keras.Model, variable: Any) -> keras.layers.Layer:

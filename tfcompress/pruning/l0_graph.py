@@ -36,6 +36,7 @@ import numpy as np
 from tfcompress.core.macs import layer_macs
 from tfcompress.core.walk import walk_layers
 from tfcompress.pruning.hard_concrete import HardConcreteGate
+from tfcompress.pruning.l0_heads import GatedMultiHeadAttention
 from tfcompress.pruning.shrink import PER_CHANNEL_LAYERS
 
 __all__ = ["GateCosts", "GateSite", "gate_site", "validate_target_macs"]
@@ -116,7 +117,22 @@ def gate_producer(model: keras.Model, gate: HardConcreteGate) -> tuple[str, str 
 
 
 def find_gates(model: keras.Model) -> list[HardConcreteGate]:
-    return [layer for _, layer in walk_layers(model) if isinstance(layer, HardConcreteGate)]
+    """The channel gates (layers) and head gates (inside attention layers), in model order."""
+    found = []
+    for _, layer in walk_layers(model):
+        if isinstance(layer, HardConcreteGate):
+            found.append(layer)
+        elif isinstance(layer, GatedMultiHeadAttention):
+            found.append(layer.head_gate)
+    return found
+
+
+def head_owner(model: keras.Model, gate: HardConcreteGate) -> Any:
+    """The GatedMultiHeadAttention whose heads ``gate`` gates, or None for a channel gate."""
+    for _, layer in walk_layers(model):
+        if isinstance(layer, GatedMultiHeadAttention) and layer.head_gate is gate:
+            return layer
+    return None
 
 
 class GateCosts:
@@ -133,6 +149,11 @@ class GateCosts:
         in_gate: dict[str, int] = {}
         self.producers: list[str] = []
         for index, gate in enumerate(gates):
+            owner = head_owner(model, gate)
+            if owner is not None:  # every MACs term of attention scales with its heads
+                self.producers.append(owner.name)
+                out_gate[owner.name] = index
+                continue
             producer, norm = gate_producer(model, gate)
             self.producers.append(producer)
             out_gate[producer] = index
