@@ -274,3 +274,50 @@ def test_head_gates_silence_whole_heads_and_shrink_removes_them(tmp_path):
     assert [int(g.gate_logit.shape[0]) for g in find_gates(only_heads)] == [4]
     with pytest.raises(ValueError, match=r"'ffn_out'.*no MultiHeadAttention"):
         tfc.pruning.add_l0_gates(model, layers=["ffn_out"])
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step = at_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.at_step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def _l0_run(folder, interrupt, backup_first):
+    x, y = _digits_data()
+    x, y = x[:128], y[:128]
+
+    def gated_model():
+        model = tfc.pruning.add_l0_gates(_cnn("resume"), seed=5)
+        model.compile(keras.optimizers.Adam(1e-3), LOSS)
+        return model
+
+    def callbacks(extra=()):
+        backup = keras.callbacks.BackupAndRestore(str(folder / "backup"))
+        constraint = tfc.callbacks.L0MacsConstraint(0.5)
+        listed = [backup, constraint] if backup_first else [constraint, backup]
+        return [*listed, *extra]
+
+    fit = dict(batch_size=32, epochs=5, verbose=0, shuffle=False)
+    model = gated_model()
+    if interrupt:
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(x, y, callbacks=callbacks([_Interrupt(at_step=10)]), **fit)  # mid epoch 3
+        model = gated_model()  # a fresh process rebuilds the model
+    model.fit(x, y, callbacks=callbacks(), **fit)
+    return model
+
+
+@pytest.mark.parametrize("backup_first", [True, False], ids=["backup-first", "backup-last"])
+def test_a_run_resumed_with_backup_and_restore_ends_where_an_uninterrupted_one_does(
+    tmp_path, backup_first
+):
+    straight = _l0_run(tmp_path / "a", False, backup_first)
+    resumed = _l0_run(tmp_path / "b", True, backup_first)
+    for a, b in zip(straight.weights, resumed.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    gate = find_gates(resumed)[0]
+    assert float(np.asarray(gate.constraint_step)) == 20

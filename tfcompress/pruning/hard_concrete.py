@@ -180,6 +180,18 @@ class HardConcreteGate(keras.layers.Layer):
         s = 1.0 / (1.0 + np.exp(-self.log_alpha_values()))
         return np.clip(s * (zeta - gamma) + gamma, 0.0, 1.0)
 
+    # --- saved with the weights: the noise generator's state too, so a run resumed from a
+    # checkpoint (BackupAndRestore) draws the same gates as an uninterrupted one
+    def save_own_variables(self, store: Any) -> None:
+        super().save_own_variables(store)
+        store["noise"] = np.asarray(keras.ops.convert_to_numpy(self.seed_generator.state))
+
+    def load_own_variables(self, store: Any) -> None:
+        keys = [key for key in store.keys() if key != "noise"]
+        super().load_own_variables({key: store[key] for key in keys})
+        if "noise" in store.keys():
+            self.seed_generator.state.assign(np.asarray(store["noise"]))
+
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 

@@ -53,11 +53,17 @@ class L0MacsConstraint(keras.callbacks.Callback):
             from 1 to ``target_macs`` (0: from the first step).
         verbose: 1 prints the expected MACs fraction and the multiplier per epoch.
 
-    The expected MACs fraction and the multiplier are added to the epoch logs
-    as ``l0_macs_fraction`` and ``l0_multiplier`` (list this callback before
-    ``keras.callbacks.TensorBoard`` to have them plotted). The multiplier lives
-    in the gates' ``multiplier`` variables, so a run resumed from a checkpoint
-    continues it.
+    The expected MACs fraction, the fraction the inference gates give and the
+    multiplier are added to the epoch logs as ``l0_macs_fraction``,
+    ``l0_inference_macs_fraction`` and ``l0_multiplier`` (list this callback
+    before ``keras.callbacks.TensorBoard`` to have them plotted).
+
+    Resumable: the multiplier's integral, the step and the gates' speed live in
+    the gates' variables (with their noise state), and the callback reads them
+    at the first step of ``fit``, so a run resumed with
+    ``keras.callbacks.BackupAndRestore`` (listed before or after it) ends
+    bit-for-bit where an uninterrupted one does, and a later ``fit`` of the
+    same gated model continues the run.
 
     Raises:
         ValueError: For a target outside (0, 1]; at ``fit``, for a model
@@ -100,6 +106,7 @@ class L0MacsConstraint(keras.callbacks.Callback):
         self.integral = 0.0
         self.step = 0
         self._ramp_steps = 0
+        self._pending = False
         self.verbose = verbose
         self.gates: list[HardConcreteGate] = []
         self.costs: GateCosts | None = None
@@ -134,9 +141,10 @@ class L0MacsConstraint(keras.callbacks.Callback):
         self.inference_fraction = self.costs.fraction(on)
         if ascend:
             self.step += 1
-            violation = self.macs_fraction - self.current_target()
+        violation = self.macs_fraction - self.current_target()
+        if ascend:
             self.integral = max(0.0, self.integral + self.multiplier_rate * violation)
-            self.multiplier = max(0.0, self.integral + self.proportional * violation)
+        self.multiplier = max(0.0, self.integral + self.proportional * violation)
         weights = self.multiplier * self.costs.gradient(kept)
         for gate, weight in zip(self.gates, weights):
             gate.cost_weight.assign(float(weight))
@@ -150,10 +158,6 @@ class L0MacsConstraint(keras.callbacks.Callback):
         return self.target_macs + (1.0 - self.target_macs) * (1.0 - self.step / self._ramp_steps)
 
     def on_train_begin(self, logs: Any = None) -> None:
-        sync_state(self.model)
-        self.integral = float(keras.ops.convert_to_numpy(self.gates[0].multiplier))
-        self.multiplier = self.integral
-        self.step = int(keras.ops.convert_to_numpy(self.gates[0].constraint_step))
         params = self.params or {}
         total = (params.get("epochs") or 0) * (params.get("steps") or 0)
         self._ramp_steps = round(self.ramp * total) if total else 0
@@ -164,9 +168,23 @@ class L0MacsConstraint(keras.callbacks.Callback):
                 "(no ramp); the gates may overshoot it. Give fit steps_per_epoch.",
                 stacklevel=2,
             )
-        rate = self.gate_step / _learning_rate(self.model)
-        for gate in self.gates:
-            gate.set_rate(rate)
+        self._pending = True
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        # Read the state at the first step, after every on_train_begin (BackupAndRestore
+        # restores the weights there, listed before or after this callback).
+        if self._pending:
+            self._pending = False
+            self._start()
+
+    def _start(self) -> None:
+        sync_state(self.model)
+        self.integral = float(keras.ops.convert_to_numpy(self.gates[0].multiplier))
+        self.step = int(keras.ops.convert_to_numpy(self.gates[0].constraint_step))
+        if self.step == 0:  # a fresh run; a resumed one keeps the gates' speed it had
+            rate = self.gate_step / _learning_rate(self.model)
+            for gate in self.gates:
+                gate.set_rate(rate)
         self._update(ascend=False)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
