@@ -187,9 +187,9 @@ class HardConcreteGate(keras.layers.Layer):
         store["noise"] = np.asarray(keras.ops.convert_to_numpy(self.seed_generator.state))
 
     def load_own_variables(self, store: Any) -> None:
-        keys = [key for key in store.keys() if key != "noise"]
-        super().load_own_variables({key: store[key] for key in keys})
-        if "noise" in store.keys():
+        names = list(store.keys())  # noqa: SIM118  (Keras' H5 entries have keys(), no iteration)
+        super().load_own_variables({key: store[key] for key in names if key != "noise"})
+        if "noise" in names:
             self.seed_generator.state.assign(np.asarray(store["noise"]))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
