@@ -187,7 +187,7 @@ class HardConcreteGate(keras.layers.Layer):
         store["noise"] = np.asarray(keras.ops.convert_to_numpy(self.seed_generator.state))
 
     def load_own_variables(self, store: Any) -> None:
-        names = list(store.keys())  # noqa: SIM118  (Keras' H5 entries have keys(), no iteration)
+        names = list(store.keys())  # Keras H5 entries have keys(), not iteration
         super().load_own_variables({key: store[key] for key in names if key != "noise"})
         if "noise" in names:
             self.seed_generator.state.assign(np.asarray(store["noise"]))
