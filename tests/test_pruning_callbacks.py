@@ -5,6 +5,7 @@ import csv
 import keras
 import numpy as np
 import pytest
+from crash import CrashAt
 
 import tfcompress as tfc
 from tfcompress.callbacks import DynamicSparseTraining, GradualPruning, KeepSparsity
@@ -161,16 +162,6 @@ def test_keras_save_load_without_callback_predicts_identically_and_resumes(tmp_p
     assert after.mean() == pytest.approx(0.8, abs=1 / 512)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_step):
-        super().__init__()
-        self.at_step = at_step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == self.at_step:
-            raise KeyboardInterrupt("simulated crash")
-
-
 def _run(tmp_path, interrupt, backup_first=True, earlier_epochs=0):
     x, y = _data(n=48)
     model = _mlp(seed=3)
@@ -186,7 +177,7 @@ def _run(tmp_path, interrupt, backup_first=True, earlier_epochs=0):
         model.fit(x, y, batch_size=8, epochs=earlier_epochs, verbose=0, shuffle=False)
     if interrupt:
         with pytest.raises(KeyboardInterrupt):
-            stop = _Interrupt(at_step=21 + 6 * earlier_epochs)  # mid epoch 4
+            stop = CrashAt(21 + 6 * earlier_epochs)  # mid epoch 4
             model.fit(x, y, callbacks=callbacks([stop]), **fit)
         model = _mlp(seed=99)  # a fresh process would rebuild the model
     model.fit(x, y, callbacks=callbacks(), **fit)

@@ -5,6 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from crash import CrashAt
 
 import tfcompress as tfc
 from tfcompress.pruning.l0_graph import GateCosts, find_gates
@@ -276,16 +277,6 @@ def test_head_gates_silence_whole_heads_and_shrink_removes_them(tmp_path):
         tfc.pruning.add_l0_gates(model, layers=["ffn_out"])
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_step):
-        super().__init__()
-        self.at_step = at_step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == self.at_step:
-            raise KeyboardInterrupt("simulated crash")
-
-
 def _l0_run(folder, interrupt, backup_first):
     x, y = _digits_data()
     x, y = x[:128], y[:128]
@@ -305,7 +296,7 @@ def _l0_run(folder, interrupt, backup_first):
     model = gated_model()
     if interrupt:
         with pytest.raises(KeyboardInterrupt):
-            model.fit(x, y, callbacks=callbacks([_Interrupt(at_step=10)]), **fit)  # mid epoch 3
+            model.fit(x, y, callbacks=callbacks([CrashAt(10)]), **fit)  # mid epoch 3
         model = gated_model()  # a fresh process rebuilds the model
     model.fit(x, y, callbacks=callbacks(), **fit)
     return model

@@ -65,9 +65,9 @@ from tfcompress.pruning.hard_concrete import HardConcreteGate
 from tfcompress.pruning.l0_graph import (
     GateCosts,
     consumers_of,
-    find_gates,
     gate_producer,
     gate_site,
+    gated_costs,
     head_owner,
     validate_target_macs,
 )
@@ -291,20 +291,9 @@ def remove_l0_gates(
         >>> small = tfc.shrink_model(pruned)
     """
     _check_graph(model)
-    gates = find_gates(model)
-    if not gates:
-        raise ValueError(
-            f"model {model.name!r} has no HardConcreteGate; make one with "
-            "tfc.pruning.add_l0_gates(model)"
-        )
-    costs = GateCosts(model, gates)
     if target_macs is not None:
         target_macs = validate_target_macs(target_macs)
-        if target_macs < costs.minimum_fraction():
-            raise ValueError(
-                f"target_macs={target_macs} is below {costs.minimum_fraction():.3f}, the MACs "
-                "fraction left when every gated layer keeps a single channel"
-            )
+    gates, costs = gated_costs(model, target_macs, "remove_l0_gates")
     sync_state(model)
     values = [gate.deterministic_gates() for gate in gates]
     keep = [v > 0 for v in values]

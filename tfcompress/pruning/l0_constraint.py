@@ -10,7 +10,7 @@ import numpy as np
 
 from tfcompress.core.backend_state import sync_state
 from tfcompress.pruning.hard_concrete import HardConcreteGate
-from tfcompress.pruning.l0_graph import GateCosts, find_gates, validate_target_macs
+from tfcompress.pruning.l0_graph import GateCosts, gated_costs, validate_target_macs
 
 __all__ = ["L0MacsConstraint"]
 
@@ -115,19 +115,7 @@ class L0MacsConstraint(keras.callbacks.Callback):
 
     def set_model(self, model: keras.Model) -> None:
         super().set_model(model)
-        gates = find_gates(model)
-        if not gates:
-            raise ValueError(
-                f"L0MacsConstraint: model {model.name!r} has no HardConcreteGate; train the "
-                "model tfc.pruning.add_l0_gates(model) returns"
-            )
-        costs = GateCosts(model, gates)
-        if self.target_macs < costs.minimum_fraction():
-            raise ValueError(
-                f"L0MacsConstraint: target_macs={self.target_macs} is below "
-                f"{costs.minimum_fraction():.3f}, the MACs fraction left when every gated "
-                "layer keeps a single channel"
-            )
+        gates, costs = gated_costs(model, self.target_macs, "L0MacsConstraint")
         self.gates, self.costs = gates, costs
 
     def _kept(self) -> np.ndarray:

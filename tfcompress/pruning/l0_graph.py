@@ -39,7 +39,7 @@ from tfcompress.pruning.hard_concrete import HardConcreteGate
 from tfcompress.pruning.l0_heads import GatedMultiHeadAttention
 from tfcompress.pruning.shrink import PER_CHANNEL_LAYERS
 
-__all__ = ["GateCosts", "GateSite", "gate_site", "validate_target_macs"]
+__all__ = ["GateCosts", "GateSite", "gate_site", "gated_costs", "validate_target_macs"]
 
 _CHANNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
 _HOMOGENEOUS = ("linear", "relu")
@@ -199,3 +199,22 @@ class GateCosts:
     def minimum_fraction(self) -> float:
         """The fraction left when every gated layer keeps one channel."""
         return self.fraction(1.0 / self.channels)
+
+
+def gated_costs(
+    model: keras.Model, target_macs: float | None, owner: str
+) -> tuple[list[HardConcreteGate], GateCosts]:
+    """The gates of ``model`` and their costs; refuses no gates or an unreachable target."""
+    gates = find_gates(model)
+    if not gates:
+        raise ValueError(
+            f"{owner}: model {model.name!r} has no HardConcreteGate; use the model "
+            "tfc.pruning.add_l0_gates(model) returns"
+        )
+    costs = GateCosts(model, gates)
+    if target_macs is not None and target_macs < costs.minimum_fraction():
+        raise ValueError(
+            f"{owner}: target_macs={target_macs} is below {costs.minimum_fraction():.3f}, the "
+            "MACs fraction left when every gated layer keeps a single channel"
+        )
+    return gates, costs
