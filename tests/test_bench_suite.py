@@ -117,6 +117,44 @@ def test_sanity_check_respects_the_metric_direction(higher, random_q, magnitude_
     assert check["holds"] is holds
 
 
+def test_sanity_check_skips_levels_where_magnitude_is_no_better_than_context_free():
+    # bits per byte: 4.5 is what the byte frequencies alone give
+    document = _fake_document(False, 5.4, 5.8)
+    second = {**document["workloads"][0]["arms"][0], "level": 0.5}
+    entry = document["workloads"][0]
+    entry["context_free"] = 4.5
+    entry["arms"] = [
+        {**second, "method": "random", "level": 0.5, "quality_mean": 4.1},
+        {**second, "method": "magnitude_layer", "level": 0.5, "quality_mean": 2.2},
+        {**second, "method": "random", "level": 0.9, "quality_mean": 5.4},
+        {**second, "method": "magnitude_layer", "level": 0.9, "quality_mean": 5.8},
+    ]
+    (check,) = sanity_checks(document)
+    assert check["holds"] is True
+    assert [row.get("collapsed", False) for row in check["levels"]] == [False, True]
+    assert check["levels"][1]["holds"] is None
+    # magnitude worse than random where it is not collapsed: fails
+    entry["arms"][1]["quality_mean"] = 4.3
+    assert sanity_checks(document)[0]["holds"] is False
+    # every level collapsed: nothing shows that magnitude beats random
+    entry["arms"][1]["quality_mean"] = 4.6
+    assert sanity_checks(document)[0]["holds"] is False
+    # accuracy: the majority class's 10% is the floor
+    accuracy = _fake_document(True, 0.05, 0.09)
+    accuracy["workloads"][0]["context_free"] = 0.1
+    assert sanity_checks(accuracy)[0]["holds"] is False
+    assert sanity_checks(accuracy)[0]["levels"][0]["collapsed"] is True
+
+
+def test_context_free_quality_of_the_workloads():
+    from tfcompress.bench.workloads import get_workload
+
+    digits = get_workload("digits_cnn", tiny=True)
+    assert 0.08 < digits.context_free_quality() < 0.12  # ten balanced classes
+    lm = get_workload("byte_lm", tiny=True)
+    assert 4.0 < lm.context_free_quality() < 5.5  # byte frequencies of Python source
+
+
 def test_registering_a_method_takes_a_function():
     name = "test_only_identity"
     try:

@@ -129,6 +129,19 @@ class Workload:
         )
         return data.x_train[index], data.y_train[index]
 
+    def context_free_quality(self) -> float | None:
+        """The test quality of a predictor that ignores its input (None: not defined).
+
+        Classifiers: the accuracy of always answering the training set's most
+        frequent class. The sanity check does not compare arms that are no better
+        than this (both collapsed).
+        """
+        data = self.data()
+        if self.task != "classification":
+            return None
+        majority = np.bincount(np.asarray(data.y_train).ravel()).argmax()
+        return float(np.mean(np.asarray(data.y_test) == majority))
+
     def sample_input(self) -> np.ndarray:
         """One input batch (batch 1) for latency measurements."""
         return self.data().x_test[:1]

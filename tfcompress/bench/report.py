@@ -147,9 +147,19 @@ def report_markdown(document: dict) -> str:
         detail = ", ".join(
             f"{row['level']}: random {_fmt(row['random'], 3)} vs magnitude "
             f"{_fmt(row['magnitude_layer'], 3)}"
+            + (" (both collapsed, not compared)" if row.get("collapsed") else "")
             for row in check["levels"]
         )
-        lines.append(f"- {check['workload']}: {verdict} ({detail})")
+        floor = check.get("context_free")
+        reference = "" if floor is None else f"; context-free predictor {_fmt(floor, 3)}"
+        lines.append(f"- {check['workload']}: {verdict} ({detail}{reference})")
+    if any(row.get("collapsed") for c in document.get("sanity", []) for row in c["levels"]):
+        lines += [
+            "",
+            "A level where magnitude pruning is no better than the context-free predictor "
+            "(the majority class; the language model's byte frequencies) is not compared: "
+            "both arms have lost what the model knew.",
+        ]
     return "\n".join(lines) + "\n"
 
 

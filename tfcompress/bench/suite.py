@@ -321,6 +321,8 @@ def run_suite(
         }
         if dense and hasattr(workload, "anchor"):
             entry["anchor"] = workload.anchor()
+        if dense:
+            entry["context_free"] = workload.context_free_quality()
         for method in chosen_methods:
             if not method.applies(workload):
                 continue
@@ -388,8 +390,13 @@ def sanity_checks(document: dict) -> list[dict]:
     """ShrinkBench's sanity check: random pruning is worse than magnitude, per workload.
 
     For every workload with both ``random`` and ``magnitude_layer`` arms, each
-    shared level compares the mean quality; the check holds when magnitude is
-    better at every level.
+    shared level compares the mean quality. A level where magnitude pruning is
+    no better than the workload's context-free predictor (``context_free``:
+    the majority class, or the byte frequencies of the language model) is
+    marked ``collapsed`` and not compared: both arms have lost what the model
+    knew, and which of two collapsed models is less bad says nothing. The
+    check holds when magnitude is better at every other level (and at least
+    one level is not collapsed).
     """
     checks = []
     for entry in document["workloads"]:
@@ -401,16 +408,27 @@ def sanity_checks(document: dict) -> list[dict]:
         if not levels:
             continue
         sign = 1.0 if entry["higher_is_better"] else -1.0
+        floor = entry.get("context_free")
         rows = []
         for level in levels:
             rnd, mag = (
                 by[("random", level)]["quality_mean"],
                 by[("magnitude_layer", level)]["quality_mean"],
             )
+            collapsed = floor is not None and mag is not None and sign * (mag - floor) <= 0
             ok = rnd is not None and mag is not None and sign * (mag - rnd) > 0
-            rows.append({"level": level, "random": rnd, "magnitude_layer": mag, "holds": ok})
+            row = {"level": level, "random": rnd, "magnitude_layer": mag, "holds": ok}
+            if collapsed:
+                row.update(holds=None, collapsed=True)
+            rows.append(row)
+        compared = [r for r in rows if not r.get("collapsed")]
         checks.append(
-            {"workload": entry["name"], "levels": rows, "holds": all(r["holds"] for r in rows)}
+            {
+                "workload": entry["name"],
+                "context_free": floor,
+                "levels": rows,
+                "holds": bool(compared) and all(r["holds"] for r in compared),
+            }
         )
     return checks
 

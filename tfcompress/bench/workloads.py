@@ -223,6 +223,17 @@ class LanguageModelWorkload(Workload):
         bpb, acc = bits_per_byte(model, data.x_test, data.y_test)
         return {"bits_per_byte": bpb, "next_byte_accuracy": acc}
 
+    def context_free_quality(self) -> float:
+        """Bits per byte of the training split's byte frequencies on the held-out targets.
+
+        The best a model that ignores the context can do (add-one smoothed): a
+        pruned model above it has lost everything the context gave.
+        """
+        data = self.data()
+        counts = np.bincount(np.asarray(data.train).ravel(), minlength=256) + 1.0
+        probabilities = counts / counts.sum()
+        return float(-np.mean(np.log2(probabilities[np.asarray(data.y_test).ravel()])))
+
     def anchor(self) -> dict:
         """``gzip -9`` bits per byte on the held-out split (the whole of it)."""
         return {"gzip9_bits_per_byte": gzip_bits_per_byte(self.data().test)}
