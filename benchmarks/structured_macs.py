@@ -6,7 +6,10 @@ three arms start from the suite's trained starting model and get the workload's
 fine-tune budget (the same optimizer, steps and batches), then ``shrink_model``:
 
 * ``l0``: ``add_l0_gates`` + ``L0MacsConstraint(target)`` during the fine-tune,
-  then ``remove_l0_gates(target_macs=target)`` (no steps after the rounding);
+  then ``remove_l0_gates(target_macs=target, batchnorm_data=...)``: no training
+  steps after the rounding, the BatchNorm statistics re-estimated on 512 training
+  inputs (forward passes only; the gates' noise in training left them describing
+  noisy activations);
 * ``l1``: ``GradualPruning(granularity="channel")`` (the L1 norm of each filter,
   Li et al. 2017) on the same layers, at the one channel fraction per layer
   whose MACs are the largest at most the target;
@@ -76,7 +79,9 @@ def run_arm(workload, base: keras.Model, method: str, target: float, seed: int):
         workload.compile_for_finetune(model)
         constraint = tfc.callbacks.L0MacsConstraint(target)
         workload.finetune(model, callbacks=[constraint], seed=seed)
-        pruned, report = tfc.pruning.remove_l0_gates(model, target_macs=target)
+        pruned, report = tfc.pruning.remove_l0_gates(
+            model, target_macs=target, batchnorm_data=data.x_train[:512]
+        )
         notes = {
             "gates_macs_fraction": report.gates_macs_fraction,
             "rounded_channels": report.rounded_channels,

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfcompress.core.batchnorm import batchnorm_layers, recalibrated_batchnorm
+from tfcompress.core.batchnorm import batchnorm_layers, recalibrated_batchnorm, reestimate_batchnorm
 
 
 def _model():
@@ -32,7 +32,7 @@ def test_statistics_are_those_of_the_calibration_inputs_inside_the_block_only():
         np.testing.assert_allclose(bn.moving_mean.numpy(), hidden.mean(0), rtol=1e-4, atol=1e-4)
         expected_var = np.mean([hidden[i : i + 100].var(0) for i in range(0, 300, 100)], 0)
         np.testing.assert_allclose(bn.moving_variance.numpy(), expected_var, rtol=1e-3)
-        assert bn.momentum != 0.99
+        assert bn.momentum == 0.99  # the layer's own momentum as soon as the statistics are set
     assert bn.momentum == 0.99
     for old, new in zip(before, model.non_trainable_variables):
         np.testing.assert_array_equal(old, new.numpy())
@@ -51,3 +51,16 @@ def test_restored_on_error_and_a_model_without_batchnorm_is_untouched():
     with recalibrated_batchnorm(plain, (calls.append(1) or x for _ in range(3))) as count:
         assert count == 0
     assert calls == [] and batchnorm_layers(plain) == []
+
+
+def test_reestimated_statistics_stay():
+    model = _model()
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(200, 6)).astype("float32")
+    hidden = x @ model.get_layer("dense").kernel.numpy() + model.get_layer("dense").bias.numpy()
+    assert reestimate_batchnorm(model, [x[:100], x[100:]]) == 1
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), hidden.mean(0), rtol=1e-4, atol=1e-4)
+    assert bn.momentum == 0.99
+    assert (
+        reestimate_batchnorm(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), []) == 0
+    )

@@ -312,3 +312,25 @@ def test_a_run_resumed_with_backup_and_restore_ends_where_an_uninterrupted_one_d
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     gate = find_gates(resumed)[0]
     assert float(np.asarray(gate.constraint_step)) == 20
+
+
+def test_batchnorm_statistics_are_re_estimated_on_the_plain_model():
+    model = _cnn()
+    gated = tfc.pruning.add_l0_gates(model)
+    _set_log_alpha(find_gates(gated)[0], np.where(np.arange(8) % 2 == 0, -4.0, 0.5))
+    x = _x(128)
+    with pytest.raises(ValueError, match="batchnorm_data"):
+        tfc.pruning.remove_l0_gates(gated, batchnorm_data=np.zeros((4, 5, 5, 1), "float32"))
+    plain, _ = tfc.pruning.remove_l0_gates(gated, batchnorm_data=x)
+    # bn2 reads c2, which reads c1's gated channels: its statistics are now those of the
+    # plain model's c2 outputs (the mean over batches of 64 of each batch's mean)
+    c2 = keras.Model(plain.input, plain.get_layer("c2").output)
+    means = [np.asarray(c2(x[i : i + 64])).mean(axis=(0, 1, 2)) for i in (0, 64)]
+    norm = plain.get_layer("bn2")
+    np.testing.assert_allclose(np.asarray(norm.moving_mean), np.mean(means, 0), atol=1e-5)
+    assert norm.momentum == pytest.approx(0.99)  # put back
+    untouched, _ = tfc.pruning.remove_l0_gates(gated)
+    np.testing.assert_array_equal(
+        np.asarray(untouched.get_layer("bn2").moving_mean),
+        np.asarray(model.get_layer("bn2").moving_mean),
+    )

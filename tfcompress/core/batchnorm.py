@@ -26,7 +26,7 @@ import numpy as np
 
 from tfcompress.core.walk import walk_layers
 
-__all__ = ["batchnorm_layers", "recalibrated_batchnorm"]
+__all__ = ["batchnorm_layers", "recalibrated_batchnorm", "reestimate_batchnorm"]
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -57,23 +57,42 @@ def recalibrated_batchnorm(model: keras.Model, batches: Iterable[Any]) -> Iterat
         >>> with recalibrated_batchnorm(pruned, calib.input_batches(256)):
         ...     loss = evaluate(pruned)
     """
-    layers = batchnorm_layers(model)
-    if not layers:
+    if not batchnorm_layers(model):
         yield 0
         return
-    momenta = [(layer, layer.momentum) for layer in layers]
     # Every non-trainable variable: a training-mode pass may also move other state
     # (a quantizer's moving range); all of it is put back on exit.
     saved = [(v, np.asarray(keras.ops.convert_to_numpy(v))) for v in model.non_trainable_variables]
+    try:
+        yield reestimate_batchnorm(model, batches)
+    finally:
+        for variable, value in saved:
+            variable.assign(value)
+
+
+def reestimate_batchnorm(model: keras.Model, batches: Iterable[Any]) -> int:
+    """Sets ``model``'s BatchNorm moving statistics to those of ``batches``, for good.
+
+    As :func:`recalibrated_batchnorm` (batch ``k`` weighs ``1/k``), without
+    putting the old statistics back: for a model whose training-time
+    activations differed from its inference ones (stochastic gates, noise).
+    Other state a training-mode pass moves (a quantizer's moving range) moves
+    too.
+
+    Returns:
+        How many BatchNormalization layers were re-estimated.
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    momenta = [(layer, layer.momentum) for layer in layers]
     try:
         for count, batch in enumerate(batches, start=1):
             for layer in layers:
                 # moving = momentum * moving + (1 - momentum) * batch: a running mean of batches
                 layer.momentum = 1.0 - 1.0 / count
             model(batch, training=True)
-        yield len(layers)
     finally:
         for layer, momentum in momenta:
             layer.momentum = momentum
-        for variable, value in saved:
-            variable.assign(value)
+    return len(layers)

@@ -58,6 +58,8 @@ import keras
 import numpy as np
 
 from tfcompress.core.backend_state import sync_state
+from tfcompress.core.batchnorm import reestimate_batchnorm
+from tfcompress.core.calibration import calibration_data
 from tfcompress.core.rewrite import layer_selector, rewrite_model
 from tfcompress.pruning.channels import channel_prunable_layers
 from tfcompress.pruning.constraint import attach_mask
@@ -268,7 +270,7 @@ def _fold(model: keras.Model, gated: keras.Model, gate: HardConcreteGate, z: np.
 
 
 def remove_l0_gates(
-    model: keras.Model, target_macs: float | None = None
+    model: keras.Model, target_macs: float | None = None, batchnorm_data: Any = None
 ) -> tuple[keras.Model, L0Report]:
     """The model without its gates: off channels masked to zero, gate values folded in.
 
@@ -277,6 +279,12 @@ def remove_l0_gates(
         target_macs: If given, the kept channels are rounded so that the MACs
             are at most this fraction of the dense model's, as close as one
             channel allows (see the module docstring).
+        batchnorm_data: Training inputs (arrays, a dataset, batches; up to 1,024
+            examples are read) on which the returned model's BatchNorm statistics
+            are re-estimated (one forward pass in training mode per batch of 64).
+            The gates' noise in training left the statistics of every
+            BatchNorm after a gate describing noisy activations, not the ones
+            the deterministic model computes; the re-estimation matches them.
 
     Returns:
         ``(model, report)``: a copy with the original layers and names, whose
@@ -294,6 +302,11 @@ def remove_l0_gates(
     if target_macs is not None:
         target_macs = validate_target_macs(target_macs)
     gates, costs = gated_costs(model, target_macs, "remove_l0_gates")
+    calibration = None
+    if batchnorm_data is not None:
+        calibration = calibration_data(
+            batchnorm_data, model, max_samples=1024, argument="batchnorm_data"
+        )
     sync_state(model)
     values = [gate.deterministic_gates() for gate in gates]
     keep = [v > 0 for v in values]
@@ -333,6 +346,8 @@ def remove_l0_gates(
         for variable, axis in masked:
             _mask_along(plain, variable, axis, k)
         kept[layer.name] = (int(k.sum()), int(k.size))
+    if calibration is not None:
+        reestimate_batchnorm(plain, calibration.input_batches(64))
     counts = np.array([k.sum() for k in keep], np.float64)
     report = L0Report(kept, gates_fraction, costs.fraction(counts / costs.channels), moved)
     return plain, report
