@@ -5,7 +5,7 @@ Three steps::
     gated = tfc.pruning.add_l0_gates(model)              # a HardConcreteGate per channel layer
     gated.compile(...)
     gated.fit(x, y, callbacks=[tfc.callbacks.L0MacsConstraint(target_macs=0.5)])
-    pruned, report = tfc.pruning.remove_l0_gates(gated, target_macs=0.5)
+    pruned, report = tfc.pruning.remove_l0_gates(gated, target_macs=0.5, batchnorm_data=x)
     small = tfc.shrink_model(pruned)                      # 0.5x the MACs, for real
 
 :func:`add_l0_gates` copies the model with a hard-concrete gate (Louizos et al.

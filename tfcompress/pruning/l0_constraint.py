@@ -74,7 +74,7 @@ class L0MacsConstraint(keras.callbacks.Callback):
         >>> gated = tfc.pruning.add_l0_gates(model)
         >>> gated.compile("adam", "sparse_categorical_crossentropy")
         >>> gated.fit(x, y, epochs=3, callbacks=[L0MacsConstraint(target_macs=0.5)])
-        >>> pruned, report = tfc.pruning.remove_l0_gates(gated, target_macs=0.5)
+        >>> pruned, report = tfc.pruning.remove_l0_gates(gated, 0.5, batchnorm_data=x[:512])
 
     Reference: Louizos, Welling & Kingma, ICLR 2018 (hard-concrete gates);
     Gallego-Posada et al., NeurIPS 2022 (the constraint instead of a penalty).
