@@ -382,3 +382,19 @@ def test_int2_projection_with_a_per_channel_bias_prepares_in_litert(tmp_path):
             assert bias.Quantization().ScaleLength() == 1
             checked += 1
     assert checked >= 1
+
+
+def test_lattice_accepts_either_rounding_at_an_exact_half():
+    from tfcompress.export.low_bit import _lattice
+
+    # 2-bit grid {-2..2} * s stored as INT8 per channel: k=1 is 127/2 = 63.5, which the
+    # converter rounds to 63 or 64 depending on float32 noise in its scale; both are the grid
+    for row in ([63, 127, -63, 0, -127], [64, 127, -64, 0, -127], [63, 127, -64, 0, -127]):
+        found = _lattice(np.array([row], np.int16), 127)
+        assert found is not None, row
+        ks, ms = found
+        assert ms.tolist() == [2] and ks.tolist() == [[1, 2, -1, 0, -2]]
+    # an 8-bit row is on no grid of at most 7 levels per side
+    assert _lattice(np.arange(-127, 128, 3, dtype=np.int16)[None], 127) is None
+    # one step off the grid is not accepted
+    assert _lattice(np.array([[62, 127, -63]], np.int16), 127) is None

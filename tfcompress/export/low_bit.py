@@ -15,8 +15,9 @@ store them in as few bits:
 :func:`pack_low_bit_weights` rewrites both. For each weight tensor of a
 ``FULLY_CONNECTED``, ``CONV_2D`` or ``DEPTHWISE_CONV_2D`` op it looks, per
 quantization scale, for the smallest ``m <= 7`` such that the stored integers
-are ``round(k * q / m)`` of integers ``|k| <= m`` (``q`` the container's
-largest level). If every channel has one, the tensor becomes INT4 (``|k| <=
+are ``k * q / m`` rounded, for integers ``|k| <= m`` (``q`` the container's
+largest level; at an exact half either rounding is accepted, since float32
+noise in the converter's scale decides it). If every channel has one, the tensor becomes INT4 (``|k| <=
 7``) holding ``k`` with scale ``scale * q / m``, that is ``k * s``: the
 weights the Keras model computes with (an INT8 tensor's rounding of them is
 undone). A ``FULLY_CONNECTED`` weight whose channels all have ``m = 1`` becomes
@@ -116,9 +117,11 @@ def _lattice(rows: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray] | None
             continue
         for m in range(1, 8):
             k = np.round(row.astype(np.float64) * m / top)
-            # half-up like TensorFlow's rounding; both directions are checked against the data
-            back = np.round(k * top / m)
-            if np.abs(k).max() <= m and np.array_equal(back, row) and np.abs(k).max() == m:
+            # The stored integers are k * top / m rounded; where that is exactly half-way (k odd,
+            # m even) float32 noise in the converter's scale decides the direction, so either
+            # neighbour is accepted: every integer within half a step (of 1) of its lattice point.
+            near = np.abs(row - k * top / m) <= 0.5 + 1e-6
+            if np.abs(k).max() == m and np.all(near):
                 ks[r], ms[r] = k.astype(np.int16), m
                 break
         else:
