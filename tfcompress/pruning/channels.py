@@ -15,7 +15,7 @@ import keras
 
 from tfcompress.pruning.shrink import PER_CHANNEL_LAYERS
 
-__all__ = ["channel_prunable_layers"]
+__all__ = ["channel_prunable_layers", "consumers_of", "plain_channel_layer"]
 
 # Layers a removed channel passes through unchanged in number: exactly what shrink_model
 # follows (its per-channel layers, and Flatten).
@@ -23,8 +23,19 @@ _PASS_THROUGH = (*PER_CHANNEL_LAYERS, keras.layers.Flatten)
 _CHANNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
 
 
-def _plain_channel_layer(layer: keras.layers.Layer) -> bool:
+def plain_channel_layer(layer: keras.layers.Layer) -> bool:
+    """A Dense/Conv1D/Conv2D layer (not a subclass) without groups: its channels can go."""
     return type(layer) in _CHANNEL_LAYERS and getattr(layer, "groups", 1) == 1
+
+
+def consumers_of(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
+    """Layer name -> the layers that read its output (the model's top-level graph)."""
+    found: dict[str, list[keras.layers.Layer]] = defaultdict(list)
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for tensor in node.input_tensors:
+                found[tensor._keras_history.operation.name].append(layer)
+    return found
 
 
 def channel_prunable_layers(model: keras.Model) -> list[str]:
@@ -41,26 +52,21 @@ def channel_prunable_layers(model: keras.Model) -> list[str]:
     Raises:
         ValueError: If no layer qualifies.
     """
-    consumers: dict[int, list[keras.layers.Layer]] = defaultdict(list)
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                producer = tensor._keras_history.operation
-                consumers[id(producer)].append(layer)
+    consumers = consumers_of(model)
     outputs = {id(t._keras_history.operation) for t in model.outputs}
 
     def ends_in_inputs(layer: keras.layers.Layer) -> bool:
-        if id(layer) in outputs or not consumers[id(layer)]:
+        if id(layer) in outputs or not consumers[layer.name]:
             return False
-        for nxt in consumers[id(layer)]:
-            if _plain_channel_layer(nxt):
+        for nxt in consumers[layer.name]:
+            if plain_channel_layer(nxt):
                 continue
             depthwise = isinstance(nxt, keras.layers.DepthwiseConv2D) and nxt.depth_multiplier == 1
             if not (isinstance(nxt, _PASS_THROUGH) or depthwise) or not ends_in_inputs(nxt):
                 return False
         return True
 
-    names = [layer.name for layer in model.layers if _plain_channel_layer(layer)]
+    names = [layer.name for layer in model.layers if plain_channel_layer(layer)]
     chosen = [name for name in names if ends_in_inputs(model.get_layer(name))]
     if not chosen:
         raise ValueError(

@@ -39,15 +39,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfcompress.pruning.validation import check_positive
+
 __all__ = ["HardConcreteGate"]
 
 _EPSILON = 1e-6
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, received {name}={value!r}")
-    return float(value)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -94,8 +90,8 @@ class HardConcreteGate(keras.layers.Layer):
                 f"{initial_log_alpha!r}"
             )
         self.initial_log_alpha = float(initial_log_alpha)
-        self.temperature = _positive("temperature", temperature)
-        self.rate = _positive("rate", rate)
+        self.temperature = check_positive("temperature", temperature)
+        self.rate = check_positive("rate", rate)
         try:
             gamma, zeta = (float(v) for v in stretch)
         except (TypeError, ValueError):

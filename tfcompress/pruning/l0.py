@@ -61,12 +61,11 @@ from tfcompress.core.backend_state import sync_state
 from tfcompress.core.batchnorm import reestimate_batchnorm
 from tfcompress.core.calibration import calibration_data
 from tfcompress.core.rewrite import layer_selector, rewrite_model
-from tfcompress.pruning.channels import channel_prunable_layers
+from tfcompress.pruning.channels import channel_prunable_layers, consumers_of
 from tfcompress.pruning.constraint import attach_mask
 from tfcompress.pruning.hard_concrete import HardConcreteGate
 from tfcompress.pruning.l0_graph import (
     GateCosts,
-    consumers_of,
     gate_producer,
     gate_site,
     gated_costs,
@@ -80,7 +79,7 @@ from tfcompress.pruning.l0_heads import (
     head_variables,
     plain_attention,
 )
-from tfcompress.pruning.masking import channel_followers
+from tfcompress.pruning.masking import channel_followers, owner_of
 from tfcompress.pruning.prunable import PrunableWeight
 
 __all__ = ["L0Report", "add_l0_gates", "remove_l0_gates"]
@@ -355,17 +354,10 @@ def remove_l0_gates(
 
 def _mask_along(model: keras.Model, variable: Any, axis: int, keep: np.ndarray) -> None:
     """Zeroes ``variable``'s slices along ``axis`` where ``keep`` is False, with a PruningMask."""
-    mask = attach_mask(model, _owner(model, variable), variable)
+    mask = attach_mask(model, owner_of(model, variable), variable)
     shape = [1] * len(variable.shape)
     shape[axis] = keep.size
     full = np.broadcast_to(keep.reshape(shape), tuple(variable.shape)).astype(np.float32)
     mask.mask.assign(full.astype(keras.backend.standardize_dtype(mask.mask.dtype)))
     value = np.asarray(keras.ops.convert_to_numpy(variable))
     variable.assign((value * full).astype(value.dtype))
-
-
-def _owner(model: keras.Model, variable: Any) -> keras.layers.Layer:
-    for layer in model.layers:
-        if any(v is variable for v in layer.weights):
-            return layer
-    raise ValueError(f"no layer of {model.name!r} holds {variable.path}")

@@ -11,14 +11,9 @@ import numpy as np
 from tfcompress.core.backend_state import sync_state
 from tfcompress.pruning.hard_concrete import HardConcreteGate
 from tfcompress.pruning.l0_graph import GateCosts, gated_costs, validate_target_macs
+from tfcompress.pruning.validation import check_positive
 
 __all__ = ["L0MacsConstraint"]
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, received {name}={value!r}")
-    return float(value)
 
 
 def _learning_rate(model: keras.Model) -> float:
@@ -91,8 +86,8 @@ class L0MacsConstraint(keras.callbacks.Callback):
     ):
         super().__init__()
         self.target_macs = validate_target_macs(target_macs)
-        self.gate_step = _positive("gate_step", gate_step)
-        self.multiplier_rate = _positive("multiplier_rate", multiplier_rate)
+        self.gate_step = check_positive("gate_step", gate_step)
+        self.multiplier_rate = check_positive("multiplier_rate", multiplier_rate)
         if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 0 <= ramp <= 1:
             raise ValueError(f"ramp must be a fraction in [0, 1], received ramp={ramp!r}")
         self.ramp = float(ramp)
@@ -111,6 +106,7 @@ class L0MacsConstraint(keras.callbacks.Callback):
         self.gates: list[HardConcreteGate] = []
         self.costs: GateCosts | None = None
         self.macs_fraction = 1.0
+        self.inference_fraction = 1.0
         self.multiplier = 0.0
 
     def set_model(self, model: keras.Model) -> None:
@@ -125,8 +121,6 @@ class L0MacsConstraint(keras.callbacks.Callback):
         sync_state(self.model)
         kept = self._kept()
         self.macs_fraction = self.costs.fraction(kept)
-        on = np.array([(gate.deterministic_gates() > 0).mean() for gate in self.gates])
-        self.inference_fraction = self.costs.fraction(on)
         if ascend:
             self.step += 1
         violation = self.macs_fraction - self.current_target()
@@ -179,6 +173,9 @@ class L0MacsConstraint(keras.callbacks.Callback):
         self._update(ascend=True)
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        # per epoch, not per step: only the logs read it
+        on = np.array([(gate.deterministic_gates() > 0).mean() for gate in self.gates])
+        self.inference_fraction = self.costs.fraction(on)
         if logs is not None:
             logs["l0_macs_fraction"] = self.macs_fraction
             logs["l0_inference_macs_fraction"] = self.inference_fraction

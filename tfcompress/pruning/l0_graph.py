@@ -27,7 +27,6 @@ reports after ``shrink_model``.
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from typing import Any
 
 import keras
@@ -35,13 +34,14 @@ import numpy as np
 
 from tfcompress.core.macs import layer_macs
 from tfcompress.core.walk import walk_layers
+from tfcompress.pruning.channels import consumers_of, plain_channel_layer
 from tfcompress.pruning.hard_concrete import HardConcreteGate
 from tfcompress.pruning.l0_heads import GatedMultiHeadAttention
 from tfcompress.pruning.shrink import PER_CHANNEL_LAYERS
+from tfcompress.pruning.validation import check_positive
 
 __all__ = ["GateCosts", "GateSite", "gate_site", "gated_costs", "validate_target_macs"]
 
-_CHANNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
 _HOMOGENEOUS = ("linear", "relu")
 _PASS_THROUGH = (
     *PER_CHANNEL_LAYERS,
@@ -51,12 +51,8 @@ _PASS_THROUGH = (
 
 
 def validate_target_macs(value: Any, name: str = "target_macs") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(
-            f"{name} must be a fraction of the dense model's MACs in (0, 1], received "
-            f"{name}={value!r}"
-        )
-    return float(value)
+    """A MACs budget: a fraction of the dense model's MACs in (0, 1]."""
+    return check_positive(name, value, upper=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,24 +65,10 @@ class GateSite:
     channels: int
 
 
-def consumers_of(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
-    """Layer name -> the layers that read its output (top-level graph)."""
-    found: dict[str, list[keras.layers.Layer]] = defaultdict(list)
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                found[tensor._keras_history.operation.name].append(layer)
-    return found
-
-
-def _plain(layer: keras.layers.Layer) -> bool:
-    return type(layer) in _CHANNEL_LAYERS and getattr(layer, "groups", 1) == 1
-
-
 def gate_site(model: keras.Model, producer: str) -> GateSite | str:
     """The :class:`GateSite` of ``producer``, or why it cannot be gated (a string)."""
     layer = model.get_layer(producer)
-    if not _plain(layer):
+    if not plain_channel_layer(layer):
         return f"{type(layer).__name__} is not a Dense/Conv1D/Conv2D layer without groups"
     channels = int(layer.kernel.shape[-1])
     readers = consumers_of(model)[producer]
@@ -98,7 +80,7 @@ def gate_site(model: keras.Model, producer: str) -> GateSite | str:
     activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
     if activation in _HOMOGENEOUS:
         return GateSite(producer, producer, "producer", channels)
-    if readers and all(_plain(r) for r in readers):
+    if readers and all(plain_channel_layer(r) for r in readers):
         return GateSite(producer, producer, "consumers", channels)
     return (
         f"its activation {activation!r} is not linear or ReLU, no BatchNormalization follows "
@@ -165,7 +147,7 @@ class GateCosts:
                 if layer.name in seen:
                     continue
                 seen.add(layer.name)
-                if _plain(layer):
+                if plain_channel_layer(layer):
                     in_gate[layer.name] = index
                     continue
                 out_gate[layer.name] = index  # per-channel: depthwise, pooling, Flatten

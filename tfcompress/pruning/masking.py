@@ -337,10 +337,7 @@ class MaskedTraining(keras.callbacks.Callback):
 
     @staticmethod
     def _owner(model: keras.Model, variable: Any) -> Any:
-        for layer in _layers_of(model):
-            if any(w is variable for w in layer.weights):
-                return layer
-        return None
+        return owner_of(model, variable)
 
     # --- reporting through the model's metric results
     def _install_metrics(self) -> None:
@@ -473,6 +470,14 @@ class MaskedTraining(keras.callbacks.Callback):
         self._uninstall_metrics()
         # The masks stay (PruningMask); the metric results go back to the model's own.
         self.model.make_train_function(force=True)
+
+
+def owner_of(model: keras.Model, variable: Any) -> Any:
+    """The layer of ``model`` (nested models entered) that holds ``variable``, or None."""
+    for layer in _layers_of(model):
+        if any(w is variable for w in layer.weights):
+            return layer
+    return None
 
 
 def _layers_of(model: Any) -> list[Any]:
