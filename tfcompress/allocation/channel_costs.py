@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +45,7 @@ import numpy as np
 
 from tfcompress.allocation.latency import LatencyCache, Timer, canonical_key, measure
 from tfcompress.allocation.latency import overhead_model as _overhead_model
+from tfcompress.pruning.channels import consumers_of
 from tfcompress.pruning.constraint import strip_mask_configs
 
 __all__ = ["ChannelGraph", "LatencyTables", "latency_tables"]
@@ -109,11 +109,7 @@ class ChannelGraph:
     def __init__(self, model: keras.Model, names: Sequence[str]):
         self.model = model
         self.names = list(names)
-        consumers: dict[str, list[keras.layers.Layer]] = defaultdict(list)
-        for layer in model.layers:
-            for node in layer._inbound_nodes:
-                for tensor in node.input_tensors:
-                    consumers[tensor._keras_history.operation.name].append(layer)
+        consumers = consumers_of(model)
         self.regions: dict[str, _Region] = {}
         self.producer_of: dict[str, str] = {}  # consumer name -> the prunable layer it reads
         for name in self.names:
