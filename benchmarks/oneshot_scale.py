@@ -20,13 +20,14 @@ pass), ``capture`` (inside a forward pass), ``solve`` (inside one layer's numeri
 ``other`` (writing weights back; the masks and the report at the end).
 
 Where the memory goes (this machine, TensorFlow CPU with oneDNN, default settings): build
-and copy alone reach 2 W + ~120 MiB, above the bound before any Hessian exists (TensorFlow
-keeps its initialisation temporaries). Each capture pass runs the model eagerly up to the
-layers it captures, and a Keras functional call holds every intermediate activation until
-it returns: at 16 x 128 tokens about 90 MiB per block, whose peak TensorFlow's CPU allocator
-keeps (so ``--batch-size 4`` lowers the peak by ~0.7 GiB). A layer's solve adds its Hessian
-and half of one more (the float32 factor) and a few weight-sized arrays. Pruning also gives
-the result a float32 mask per kernel (W again, at the end).
+and copy alone reach 2 W + ~110 MiB (TensorFlow's allocator keeps its peak, e.g. the
+initialisation temporaries), 2 W + H leaves ~20 MiB for everything else. Capture passes run
+the graph node by node from where the previous pass stopped
+(:class:`tfcompress.core.graph_runner.GraphRunner`), so they hold the activations kept
+between passes (``cached_activation_bytes``: 40 MiB here) and one node's temporaries (the
+FFN's GELU at 16 x 128 x 4096 is the largest; ``--batch-size 4`` quarters it), on top of the
+layer's Hessian sum. A layer's solve adds half a Hessian (the float32 factor) and a few
+weight-sized arrays. Pruning gives the result a uint8 mask per kernel (W / 4, at the end).
 
 Also reported: the engine's own ``peak_layer_bytes`` estimate, total / capture / solve
 seconds, seconds per layer, the sparsity reached in the compressed kernels and the machine's
@@ -123,14 +124,14 @@ class RssSampler:
 def phases(sampler: RssSampler) -> Iterator[None]:
     """Charges RSS samples to what the engine is doing: capture passes, layer solves, the rest.
 
-    Wraps ``tfcompress.oneshot.sequential.forward`` (one calibration batch through the working
-    copy) and ``tfcompress.oneshot.engine.solve_layer`` (one layer's numerics) for the run;
+    Wraps ``tfcompress.oneshot.sequential.forward`` and ``advance`` (one calibration batch
+    through the working copy, whole or from where the last pass stopped) and ``tfcompress.oneshot.engine.solve_layer`` (one layer's numerics) for the run;
     ``copy`` is everything before the first pass (checks, the working copy), ``other`` the time
     between (writing weights back, masks and the report at the end).
     """
     from tfcompress.oneshot import engine, sequential
 
-    saved = sequential.forward, engine.solve_layer
+    saved = sequential.forward, sequential.advance, engine.solve_layer
 
     def charged(phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -145,11 +146,12 @@ def phases(sampler: RssSampler) -> Iterator[None]:
         return call
 
     sequential.forward = charged("capture", saved[0])
-    engine.solve_layer = charged("solve", saved[1])
+    sequential.advance = charged("capture", saved[1])
+    engine.solve_layer = charged("solve", saved[2])
     try:
         yield
     finally:
-        sequential.forward, engine.solve_layer = saved
+        sequential.forward, sequential.advance, engine.solve_layer = saved
 
 
 def windows(count: int, context: int, seed: int) -> np.ndarray:
@@ -243,6 +245,7 @@ def run(args: argparse.Namespace) -> dict:
         "within_bound": increment <= bound,
         "increment_over_bound": increment / bound,
         "engine_peak_layer_bytes": report.peak_layer_bytes,
+        "cached_activation_bytes": report.cached_activation_bytes,
         "build_seconds": build_seconds,
         "seconds": report.seconds,
         "capture_seconds": report.capture_seconds,
@@ -283,6 +286,7 @@ def table(out: dict) -> str:
         ("increment / bound", f"{out['increment_over_bound']:.2f}"),
         ("within bound", "yes" if out["within_bound"] else "NO"),
         ("engine peak_layer_bytes", mib("engine_peak_layer_bytes")),
+        ("activations kept between passes", mib("cached_activation_bytes")),
     ]
     rows += [
         (f"  peak increment, {phase}", f"{value / MIB:,.1f} MiB")

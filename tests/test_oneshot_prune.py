@@ -69,6 +69,7 @@ def test_result_is_a_copy_with_masks_that_survive_fit_and_keras_files(tmp_path):
         assert type(layer) is keras.layers.Dense
         mask = layer.kernel.constraint
         assert isinstance(mask, PruningMask)
+        assert keras.backend.standardize_dtype(mask.mask.dtype) == "uint8"  # a byte a weight
         np.testing.assert_array_equal(mask.value(), (layer.kernel.numpy() != 0).astype("float32"))
         assert report.layer(name).sparsity == pytest.approx(0.6, abs=0.01)
     zeros = pruned.get_layer("d1").kernel.numpy() == 0
@@ -79,10 +80,16 @@ def test_result_is_a_copy_with_masks_that_survive_fit_and_keras_files(tmp_path):
     pruned.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0))
-    assert isinstance(loaded.get_layer("d1").kernel.constraint, PruningMask)
-    np.testing.assert_array_equal(
-        loaded.get_layer("d1").kernel.constraint.value(), (~zeros).astype("float32")
-    )
+    reloaded_mask = loaded.get_layer("d1").kernel.constraint
+    assert isinstance(reloaded_mask, PruningMask)
+    assert keras.backend.standardize_dtype(reloaded_mask.mask.dtype) == "uint8"
+    np.testing.assert_array_equal(reloaded_mask.value(), (~zeros).astype("float32"))
+    # A config written before masks kept their dtype loads as float32.
+    config = keras.constraints.serialize(reloaded_mask)
+    del config["config"]["dtype"]
+    old_style = keras.constraints.deserialize(config)
+    assert keras.backend.standardize_dtype(old_style.mask.dtype) == "float32"
+    np.testing.assert_array_equal(old_style.value(), reloaded_mask.value())
 
 
 def test_report_lists_errors_times_and_memory():

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from tfcompress.core.calibration import CalibrationData
+from tfcompress.core.graph_runner import GraphRunner
 from tfcompress.core.walk import walk_layers
 from tfcompress.oneshot.sequential import bypass_quantizers, forward
 from tfcompress.pruning.constraint import attach_mask
@@ -127,9 +128,14 @@ def set_grid_step(layer: keras.layers.Layer, steps: np.ndarray) -> None:
 
 
 def apply_mask(model: keras.Model, layer: keras.layers.Layer, variable: Any, keep: np.ndarray):
-    """Attaches (or updates) the layer's PruningMask with ``keep`` (kernel-shaped)."""
-    constraint = attach_mask(model, layer, variable)
-    constraint.mask.assign(np.asarray(keep, np.float32))
+    """Attaches (or updates) the layer's PruningMask with ``keep`` (kernel-shaped).
+
+    A new mask is a uint8 variable (a quarter of a float32 one: on a large model
+    the masks would otherwise be its weights again); an existing one keeps its dtype.
+    """
+    constraint = attach_mask(model, layer, variable, dtype="uint8")
+    dtype = keras.backend.standardize_dtype(constraint.mask.dtype)
+    constraint.mask.assign(np.asarray(keep).astype(dtype))
 
 
 def calibrate_ranges(model: keras.Model, calibration: CalibrationData, batch_size: int) -> int:
@@ -144,9 +150,10 @@ def calibrate_ranges(model: keras.Model, calibration: CalibrationData, batch_siz
         The number of ranges set.
     """
     ranges: dict[int, Any] = {}
+    runner = GraphRunner(model) if GraphRunner.supports(model) else None
     with bypass_quantizers(model, ranges):
         for batch in calibration.input_batches(batch_size):
-            forward(model, batch)
+            forward(model, batch, runner)
     for state, quantizer, low, high in ranges.values():
         low, high = min(low, 0.0), max(high, 0.0)
         if getattr(quantizer, "symmetric", False):

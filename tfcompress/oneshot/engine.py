@@ -340,10 +340,10 @@ def run(
     # kernels not yet reached must stay float). Pruning runs the model as it computes.
     bypass = bypass_quantizers(work) if settings.grid is not None else contextlib.nullcontext()
     with bypass:
-        report.passes, never = run_sequential(
-            work, targets, calib, solve, batch_size=settings.batch_size
-        )
-    for index in never:
+        sequential = run_sequential(work, targets, calib, solve, batch_size=settings.batch_size)
+    report.passes = sequential.passes
+    report.cached_activation_bytes = sequential.cached_bytes
+    for index in sequential.never_called:
         target = targets[index]
         report.skipped.append(
             (target.name, type(target.layer).__name__, "not called on the calibration data")
@@ -358,7 +358,7 @@ def run(
         if target.name in keeps:
             bits, shape = keeps.pop(target.name)
             keep = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape)
-            carriers.apply_mask(work, target.layer, target.rule.variable, keep.astype(np.float32))
+            carriers.apply_mask(work, target.layer, target.rule.variable, keep)
     if settings.grid is not None:
         carriers.calibrate_ranges(work, calib, settings.batch_size)
         _grid_notes(report, settings, quant_names)

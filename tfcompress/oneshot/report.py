@@ -80,6 +80,9 @@ class OneShotReport:
         capture_seconds: Of which forward passes and Hessian accumulation.
         peak_layer_bytes: The largest ``working_bytes`` of any layer: the
             memory the method itself holds at a time.
+        cached_activation_bytes: The most activation bytes kept between two
+            passes of a graph model (every calibration batch's tensors where
+            the next pass resumes); 0 when each pass starts from the inputs.
         peak_rss_bytes: The process' resident-memory high-water mark after
             the run (includes everything the process did before).
         notes: What the user should know (e.g. layers whose grid the TFLite
@@ -98,6 +101,7 @@ class OneShotReport:
     seconds: float = 0.0
     capture_seconds: float = 0.0
     peak_layer_bytes: int = 0
+    cached_activation_bytes: int = 0
     peak_rss_bytes: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
 

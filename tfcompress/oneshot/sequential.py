@@ -26,6 +26,7 @@ all seen.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 from collections import Counter
@@ -36,11 +37,21 @@ import keras
 import numpy as np
 
 from tfcompress.core.calibration import CalibrationData
+from tfcompress.core.graph_runner import Frontier, GraphRunner
 from tfcompress.oneshot.hessian import HessianSum, single_threaded_blas
 from tfcompress.oneshot.rules import LayerRule
 from tfcompress.quantization.base import Quantizer
 
-__all__ = ["Target", "bypass_quantizers", "discover_groups", "forward", "run_sequential"]
+__all__ = [
+    "Pass",
+    "SequentialRun",
+    "Target",
+    "advance",
+    "bypass_quantizers",
+    "discover_groups",
+    "forward",
+    "run_sequential",
+]
 
 _MISSING = object()
 _QUANTIZER_ATTRIBUTES = ("input_quantizer", "kernel_quantizer", "activation_quantizer", "quantizer")
@@ -148,23 +159,48 @@ def bypass_quantizers(model: keras.Model, ranges: dict | None = None) -> Iterato
             object.__delattr__(quantizer, "call")
 
 
-def forward(model: keras.Model, batch: Any) -> None:
-    """Runs ``model`` on ``batch`` (inference mode), ending quietly where a pass stops it."""
+def forward(model: keras.Model, batch: Any, runner: GraphRunner | None = None) -> None:
+    """Runs ``model`` on ``batch`` (inference mode), ending quietly where a pass stops it.
+
+    With ``runner`` (a :class:`GraphRunner` of ``model``), node by node: each
+    activation is dropped after its last use instead of when the call returns.
+    """
+    if runner is not None:
+        runner.run(runner.start(batch), stop=_Stop)
+        return
     with contextlib.suppress(_Stop):
         model(batch, training=False)
 
 
+@dataclasses.dataclass
+class Pass:
+    """One capture pass: a group of targets and where the pass starts and stops.
+
+    Attributes:
+        members: Target indices whose Hessians this pass fills.
+        last: Position (in the call sequence) of the last call to wait for.
+        first_node: Graph node of the group's first call (None: not a graph run).
+        stop_node: Graph node of the call at ``last`` (None: not a graph run).
+    """
+
+    members: list[int]
+    last: int
+    first_node: int | None = None
+    stop_node: int | None = None
+
+
 def discover_groups(
-    model: keras.Model, targets: Sequence[Target], batch: Any
-) -> tuple[list[tuple[list[int], int]], list[int]]:
+    model: keras.Model, targets: Sequence[Target], batch: Any, runner: GraphRunner | None = None
+) -> tuple[list[Pass], list[int], list[int]]:
     """Call order and grouping from one forward pass.
 
     Returns:
-        ``(passes, never_called)``: each pass is ``(target indices, position
-        of the last call to wait for)``; ``never_called`` lists targets the
-        model did not call.
+        ``(passes, never_called, call_nodes)``: the passes in call order;
+        the targets the model did not call; for a graph run, the node of
+        each call in the sequence (empty otherwise).
     """
     sequence: list[int] = []
+    call_nodes: list[int] = []
     # Whether each call's input equals the previous call's: only the last input is held
     # (a model that frees its activations keeps doing so during this pass).
     same_as_previous: list[bool] = []
@@ -172,15 +208,17 @@ def discover_groups(
 
     def on_call(index: int, x: Any) -> None:
         sequence.append(index)
+        if runner is not None:
+            call_nodes.append(runner.position)
         same_as_previous.append(bool(previous) and _same_input(previous[0], x))
         previous[:] = [x]
 
     with _wrapped(targets, on_call):
-        forward(model, batch)
+        forward(model, batch, runner)
     previous.clear()
     counts = Counter(sequence)
     planned: set[int] = set()
-    passes: list[tuple[list[int], int]] = []
+    passes: list[Pass] = []
     for position, index in enumerate(sequence):
         if index in planned:
             continue
@@ -199,9 +237,12 @@ def discover_groups(
                 follow += 1
         planned.update(group)
         last = max(p for p, i in enumerate(sequence) if i in group)
-        passes.append((group, last))
+        step = Pass(group, last)
+        if runner is not None:
+            step.first_node, step.stop_node = call_nodes[position], call_nodes[last]
+        passes.append(step)
     never_called = [i for i in range(len(targets)) if i not in counts]
-    return passes, never_called
+    return passes, never_called, call_nodes
 
 
 def _same_input(a: Any, b: Any) -> bool:
@@ -235,6 +276,35 @@ class _PassCounter:
             raise _Stop()
 
 
+def advance(runner: GraphRunner, frontier: Frontier, keep_at: int | None) -> Frontier | None:
+    """Runs one calibration batch on from ``frontier`` until the pass stops it.
+
+    Returns the tensors alive just before node ``keep_at`` (where the next pass
+    starts), or None when that point lies behind ``frontier``.
+    """
+    _, kept = runner.run(frontier, stop=_Stop, keep_at=keep_at)
+    return kept
+
+
+@dataclasses.dataclass
+class SequentialRun:
+    """What :func:`run_sequential` did.
+
+    Attributes:
+        passes: Capture passes (one per group).
+        never_called: Indices of targets the model never called.
+        cached_bytes: The most bytes of activations kept between two passes
+            (every calibration batch's tensors at the node where the next pass
+            starts); 0 when every pass starts from the model's inputs.
+        resumed: Passes that started from cached activations.
+    """
+
+    passes: int
+    never_called: list[int]
+    cached_bytes: int = 0
+    resumed: int = 0
+
+
 def run_sequential(
     model: keras.Model,
     targets: Sequence[Target],
@@ -242,9 +312,16 @@ def run_sequential(
     solve: Callable[[list[Target]], None],
     *,
     batch_size: int = 32,
-    passes: list[tuple[list[int], int]] | None = None,
-) -> tuple[int, list[int]]:
+) -> SequentialRun:
     """Streams calibration batches group by group and calls ``solve`` after each group.
+
+    A graph model (Functional, or Sequential with an input shape) is run node
+    by node with :class:`~tfcompress.core.graph_runner.GraphRunner`: each
+    tensor is dropped after its last use, and each pass keeps the tensors
+    alive just before the node where the next pass must start (the node of
+    this group's first call, whose outputs change once the group is
+    compressed), so the next pass resumes there instead of at the inputs.
+    Other models run whole, each pass from the inputs.
 
     Args:
         model: The working copy whose targets are compressed in place.
@@ -253,22 +330,41 @@ def run_sequential(
         solve: Called with each group's targets (Hessians filled); it compresses
             them in place. Their Hessians are dropped afterwards.
         batch_size: Calibration examples per forward pass.
-        passes: The groups from :func:`discover_groups` (found here if None).
-
-    Returns:
-        ``(number of passes, indices of targets never called)``.
     """
-    never_called: list[int] = []
-    if passes is None:
-        first = next(calibration.input_batches(batch_size))
-        passes, never_called = discover_groups(model, targets, first)
-    for group, last in passes:
-        counter = _PassCounter(targets, set(group), last)
+    runner = GraphRunner(model) if GraphRunner.supports(model) else None
+    first = next(calibration.input_batches(batch_size))
+    passes, never_called, call_nodes = discover_groups(model, targets, first, runner)
+    del first
+    run = SequentialRun(len(passes), never_called)
+    cached: list[Frontier] | None = None
+    for number, step in enumerate(passes):
+        counter = _PassCounter(targets, set(step.members), step.last)
+        keep_at = None
+        if runner is not None and number + 1 < len(passes):
+            keep_at = min(step.first_node, passes[number + 1].first_node)
+        starts = cached if cached is not None else None
+        kept: list[Frontier | None] = []
         with _wrapped(targets, counter.on_call):
-            for batch in calibration.input_batches(batch_size):
-                counter.position = 0
-                forward(model, batch)
-        solve([targets[i] for i in group])
-        for i in group:
+            if runner is None:
+                for batch in calibration.input_batches(batch_size):
+                    counter.position = 0
+                    forward(model, batch)
+            else:
+                if starts is None:
+                    starts = (runner.start(b) for b in calibration.input_batches(batch_size))
+                else:
+                    run.resumed += 1
+                for frontier in starts:
+                    # Calls made by the nodes this pass does not re-run.
+                    counter.position = bisect.bisect_left(call_nodes, frontier.position)
+                    kept.append(advance(runner, frontier, keep_at))
+                    del frontier
+        del starts
+        cached = kept if kept and all(k is not None for k in kept) else None
+        del kept
+        if cached is not None:
+            run.cached_bytes = max(run.cached_bytes, sum(k.nbytes() for k in cached))
+        solve([targets[i] for i in step.members])
+        for i in step.members:
             targets[i].hessian = None
-    return len(passes), never_called
+    return run

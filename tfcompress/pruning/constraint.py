@@ -141,13 +141,16 @@ class PruningMask(keras.constraints.Constraint, KerasSaveable):
             "bits": _pack(self.value()),
             "inner": None if self.inner is None else keras.constraints.serialize(self.inner),
             "progress": self.progress.as_list(),
+            "dtype": keras.backend.standardize_dtype(self.mask.dtype),
         }
 
     @classmethod
     def from_config(cls, config: dict) -> PruningMask:
         shape = tuple(int(d) for d in config["shape"])
         progress = PruningProgress(*config.get("progress", (0, -1, 0)))
-        return cls(_unpack(config["bits"], shape), config.get("inner"), progress)
+        dtype = config.get("dtype", "float32")  # configs saved before it was kept: float32
+        mask = _new_mask_variable(_unpack(config["bits"], shape).astype(dtype), dtype)
+        return cls(mask, config.get("inner"), progress)
 
     # --- saved with the weights (BackupAndRestore, .keras)
     def _obj_type(self) -> str:
@@ -185,11 +188,14 @@ def constraint_attribute(layer: Any, variable: Any) -> str | None:
     return None
 
 
-def attach_mask(model: Any, layer: Any, variable: Any) -> PruningMask:
+def attach_mask(model: Any, layer: Any, variable: Any, dtype: Any = None) -> PruningMask:
     """``variable``'s PruningMask, created (all ones) and set on the layer if it has none.
 
     The mask variable is created in the model's ``tf.distribute`` scope, so each
-    replica has a copy next to the weight it constrains.
+    replica has a copy next to the weight it constrains. Its dtype is
+    ``variable``'s unless ``dtype`` says otherwise (``"uint8"``: a byte per
+    weight instead of four, for masks set once, as one-shot pruning does); a
+    mask that exists already is returned as it is.
     """
     if isinstance(variable.constraint, PruningMask):
         return variable.constraint
@@ -197,7 +203,11 @@ def attach_mask(model: Any, layer: Any, variable: Any) -> PruningMask:
     strategy = getattr(model, "distribute_strategy", None)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
-        mask = _new_mask_variable(np.ones(tuple(variable.shape), np.float32), variable.dtype)
+        if dtype is None:  # the weight's (float32 ones converted: NumPy has no bfloat16)
+            mask = _new_mask_variable(np.ones(tuple(variable.shape), np.float32), variable.dtype)
+        else:
+            dtype = keras.backend.standardize_dtype(dtype)
+            mask = _new_mask_variable(np.ones(tuple(variable.shape), dtype), dtype)
     constraint = PruningMask(mask, variable.constraint)
     variable.constraint = constraint
     if attribute is not None:
