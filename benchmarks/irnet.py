@@ -55,8 +55,8 @@ ARMS = {
 DEFAULT_ARMS = ["ste_sign", "xnor (repo recipe)", "irnet"]
 
 
-def run_arm(name: str, data, epochs: int, seed: int) -> dict:
-    kernel_quantizer, input_quantizer, schedule = ARMS[name]
+def run_arm(name: str, data, epochs: int, seed: int, arms: dict | None = None) -> dict:
+    kernel_quantizer, input_quantizer, schedule = (arms or ARMS)[name]
     keras.utils.set_random_seed(seed)
     model = digits_binary_cnn(kernel_quantizer=kernel_quantizer, input_quantizer=input_quantizer)
     callbacks = [IRNetSchedule()] if schedule else []
@@ -75,15 +75,16 @@ def run_arm(name: str, data, epochs: int, seed: int) -> dict:
     }
 
 
-def summarize(runs: list[dict], arms: list[str]) -> list[dict]:
+def summarize(runs: list[dict], arms: list[str], table: dict | None = None) -> list[dict]:
+    table = table or ARMS
     rows = []
     for name in arms:
         accs = np.array([r["test_accuracy"] for r in runs if r["arm"] == name])
         rows.append(
             {
                 "arm": name,
-                "kernel_quantizer": ARMS[name][0],
-                "input_quantizer": ARMS[name][1],
+                "kernel_quantizer": str(table[name][0]),
+                "input_quantizer": str(table[name][1]),
                 "seeds": len(accs),
                 "mean_test_accuracy": float(accs.mean()),
                 "std_test_accuracy": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
@@ -94,26 +95,41 @@ def summarize(runs: list[dict], arms: list[str]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=15)
+def compare(
+    argv: list[str] | None,
+    *,
+    arms: dict,
+    default_arms: list[str],
+    benchmark: str,
+    description: str,
+    title: str,
+    results: Path,
+    epochs: int = 15,
+) -> int:
+    """Trains every arm of ``arms`` from scratch per seed (arms interleaved) and reports.
+
+    ``arms`` maps a name to ``(kernel_quantizer, input_quantizer, drive IRNetSchedule)``
+    for :func:`tfcompress.models.digits_binary_cnn`; everything else is the same budget.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=DEFAULT_ARMS)
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--arms", nargs="+", choices=sorted(arms), default=default_arms)
+    parser.add_argument("--output", type=Path, default=results)
     args = parser.parse_args(argv)
     data = load_digits()
     runs = []
     # Seeds outermost, arms interleaved: machine-load drift hits every arm alike.
     for seed in args.seeds:
         for name in args.arms:
-            run = run_arm(name, data, args.epochs, seed)
+            run = run_arm(name, data, args.epochs, seed, arms)
             print(
                 f"seed {seed} {name:>20}: test {100 * run['test_accuracy']:.2f}% "
                 f"(train {100 * run['final_train_accuracy']:.2f}%, {run['train_s']:.1f} s)",
                 flush=True,
             )
             runs.append(run)
-    rows = summarize(runs, args.arms)
+    rows = summarize(runs, args.arms, arms)
     table = [
         [
             r["arm"],
@@ -127,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     headers = ["arm", "kernel", "inputs", "test acc % (mean ± std)", "per seed", "train s"]
     title = (
-        f"Binary digits CNN from scratch: {args.epochs} epochs, Adam {LEARNING_RATE}, "
+        f"{title}: {args.epochs} epochs, Adam {LEARNING_RATE}, "
         f"seeds {' '.join(map(str, args.seeds))}"
     )
     print(format_table(table, headers, title=title))
+    script = f"benchmarks/{benchmark}.py"
     report = {
-        "benchmark": "irnet",
-        "command": "python benchmarks/irnet.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "benchmark": benchmark,
+        "command": f"python {script} " + " ".join(sys.argv[1:] if argv is None else argv),
         "epochs": args.epochs,
         "seeds": args.seeds,
         "optimizer": f"Adam({LEARNING_RATE}), batch 32",
@@ -145,6 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     write_text(args.output, json.dumps(report, indent=2))
     print(f"wrote {args.output}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return compare(
+        argv,
+        arms=ARMS,
+        default_arms=DEFAULT_ARMS,
+        benchmark="irnet",
+        description=__doc__,
+        title="Binary digits CNN from scratch",
+        results=RESULTS,
+    )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ EXPECTED_EXPORT = {
 
 EXPECTED_QUANTIZERS = {
     "Quantizer",
+    "LQNetQuantizer",
     "LSQQuantizer",
     "PACTQuantizer",
     "PRESETS",

@@ -36,6 +36,7 @@ def test_every_quantizer_class_derives_from_the_one_base():
         "ApproxSign",
         "DoReFa",
         "IRNetSign",
+        "LQNetQuantizer",
         "LSQQuantizer",
         "LibraPBSign",
         "MagnitudeAwareSign",

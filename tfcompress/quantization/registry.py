@@ -25,6 +25,7 @@ from tfcompress.quantization.binary import (
 )
 from tfcompress.quantization.irnet import IRNetSign, LibraPBSign
 from tfcompress.quantization.learned import LSQQuantizer, PACTQuantizer
+from tfcompress.quantization.lqnet import LQNetQuantizer
 from tfcompress.quantization.uniform import MinMaxQuantizer, MovingAverageQuantizer
 
 __all__ = ["PRESETS", "deserialize", "get", "register_preset", "serialize"]
@@ -50,6 +51,9 @@ PRESETS: dict[str, Callable[[], Quantizer]] = {
     "int8_lsq_activation": lambda: LSQQuantizer(8, signed=False),
     "int8_pact": lambda: PACTQuantizer(8),
     "int4_pact": lambda: PACTQuantizer(4),
+    # LQ-Nets: levels spanned by a basis fitted to the values (QEM), per channel for kernels.
+    "lqnet2": lambda: LQNetQuantizer(2, "weights", axis=-1),
+    "lqnet2_activation": lambda: LQNetQuantizer(2, "activations"),
     # Binary (+-1) and ternary kernels/inputs, and DoReFa k-bit.
     "ste_sign": SteSign,
     "approx_sign": ApproxSign,

@@ -13,6 +13,7 @@ from tfcompress.quantization.irnet import IRNetSign as IRNetSign
 from tfcompress.quantization.irnet import LibraPBSign as LibraPBSign
 from tfcompress.quantization.learned import LSQQuantizer as LSQQuantizer
 from tfcompress.quantization.learned import PACTQuantizer as PACTQuantizer
+from tfcompress.quantization.lqnet import LQNetQuantizer as LQNetQuantizer
 from tfcompress.quantization.registry import PRESETS as PRESETS
 from tfcompress.quantization.registry import deserialize as deserialize
 from tfcompress.quantization.registry import get as get
@@ -28,6 +29,7 @@ __all__ = [
     "BinaryQuantizer",
     "DoReFa",
     "IRNetSign",
+    "LQNetQuantizer",
     "LSQQuantizer",
     "LibraPBSign",
     "MagnitudeAwareSign",
