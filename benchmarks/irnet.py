@@ -16,7 +16,10 @@ and the batch order of every arm). Only the quantizers differ:
 * ``irnet``: ``"irnet"`` kernels (Libra-PB) with ``"irnet_sign"`` inputs, the
   EDE temperature driven from 0.1 to 10 over the run by ``IRNetSchedule``;
 * ``irnet weights only`` (ablation, not in the default arms): ``"irnet"``
-  kernels with ``"ste_sign"`` inputs.
+  kernels with ``"ste_sign"`` inputs;
+* ``md_tanh`` (not in the default arms): mirror-descent relaxed kernels,
+  ``tanh(beta x)`` in training with ``beta`` from 1 to 1000 over the run
+  (``QuantizerSchedule``), the sign at inference, with ``"ste_sign"`` inputs.
 
 Reports the test accuracy (359 digits) per seed, and mean and sample standard
 deviation (ddof=1) per arm; writes benchmarks/results/irnet.json.
@@ -39,18 +42,19 @@ import numpy as np
 from tfcompress.core.io import write_text
 from tfcompress.datasets import load_digits
 from tfcompress.models import accuracy, digits_binary_cnn, train_classifier
-from tfcompress.quantization.irnet import IRNetSchedule
+from tfcompress.quantization.schedule import QuantizerSchedule
 from tfcompress.reporting.table import format_table
 
 RESULTS = Path(__file__).parent / "results" / "irnet.json"
 LEARNING_RATE = 1e-2
 
-# name -> (kernel_quantizer, input_quantizer, drive EDE with IRNetSchedule)
+# name -> (kernel_quantizer, input_quantizer, drive the progress with QuantizerSchedule)
 ARMS = {
     "ste_sign": ("ste_sign", "ste_sign", False),
     "xnor (repo recipe)": ("magnitude_aware_sign", "ste_sign", False),
     "irnet": ("irnet", "irnet_sign", True),
     "irnet weights only": ("irnet", "ste_sign", True),
+    "md_tanh": ("md_tanh", "ste_sign", True),
 }
 DEFAULT_ARMS = ["ste_sign", "xnor (repo recipe)", "irnet"]
 
@@ -59,7 +63,7 @@ def run_arm(name: str, data, epochs: int, seed: int, arms: dict | None = None) -
     kernel_quantizer, input_quantizer, schedule = (arms or ARMS)[name]
     keras.utils.set_random_seed(seed)
     model = digits_binary_cnn(kernel_quantizer=kernel_quantizer, input_quantizer=input_quantizer)
-    callbacks = [IRNetSchedule()] if schedule else []
+    callbacks = [QuantizerSchedule()] if schedule else []
     start = time.perf_counter()
     history = train_classifier(
         model, data, epochs=epochs, learning_rate=LEARNING_RATE, verbose=0, callbacks=callbacks
@@ -108,7 +112,7 @@ def compare(
 ) -> int:
     """Trains every arm of ``arms`` from scratch per seed (arms interleaved) and reports.
 
-    ``arms`` maps a name to ``(kernel_quantizer, input_quantizer, drive IRNetSchedule)``
+    ``arms`` maps a name to ``(kernel_quantizer, input_quantizer, drive QuantizerSchedule)``
     for :func:`tfcompress.models.digits_binary_cnn`; everything else is the same budget.
     """
     parser = argparse.ArgumentParser(description=description)

@@ -34,7 +34,7 @@ from tfcompress.quantizers import DoReFa, LQNetQuantizer, LSQQuantizer
 
 RESULTS = Path(__file__).parent / "results" / "lqnet.json"
 
-# name -> (kernel_quantizer, input_quantizer, drive IRNetSchedule)
+# name -> (kernel_quantizer, input_quantizer, drive QuantizerSchedule)
 ARMS = {
     "lqnet": (LQNetQuantizer(2, "weights", axis=-1), LQNetQuantizer(2, "activations"), False),
     "dorefa": (DoReFa(2, "weights"), DoReFa(2, "activations"), False),

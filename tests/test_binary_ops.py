@@ -201,6 +201,7 @@ def test_binary_presets_are_all_there():
         "irnet",
         "irnet_sign",
         "magnitude_aware_sign",
+        "md_tanh",
         "ste_sign",
         "ste_tern",
         "swish_sign",

@@ -9,6 +9,7 @@ from tfcompress.pruning.callbacks import KeepSparsity as KeepSparsity
 from tfcompress.pruning.l0_constraint import L0MacsConstraint as L0MacsConstraint
 from tfcompress.pruning.sparse_training import DynamicSparseTraining as DynamicSparseTraining
 from tfcompress.quantization.irnet import IRNetSchedule as IRNetSchedule
+from tfcompress.quantization.schedule import QuantizerSchedule as QuantizerSchedule
 
 __all__ = [
     "DistillationTeacher",
@@ -19,5 +20,6 @@ __all__ = [
     "KeepSparsity",
     "L0MacsConstraint",
     "LearningRateRewinding",
+    "QuantizerSchedule",
     "mask_update_steps",
 ]

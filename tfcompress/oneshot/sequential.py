@@ -17,11 +17,16 @@ produce them, so that it corrects their errors rather than compound them.
    downstream is computed); then ``solve(group)`` compresses the group's
    layers in place before the next pass.
 
-Only one batch of activations and the Hessians of one group are held at a
-time. The layers' ``call`` is wrapped for the run and restored afterwards,
-even on error; calls go through the Keras model eagerly, so Sequential,
-Functional and nested models, and layers inside ``MultiHeadAttention``, are
-all seen.
+A graph model (Functional, or Sequential with an input shape) runs node by
+node (:class:`~tfcompress.core.graph_runner.GraphRunner`): each activation is
+dropped after its last use, and each pass keeps, for every batch, the
+activations alive just before the node of its group's first call; the next
+pass resumes there instead of at the model's inputs (the group's compressed
+layers are re-run, everything upstream is not). Memory: those kept
+activations, one node's temporaries and the Hessians of one group. Other
+models (subclassed) run whole from their inputs in every pass. The layers'
+``call`` is wrapped for the run and restored afterwards, even on error, so
+layers inside ``MultiHeadAttention`` and nested models are seen too.
 """
 
 from __future__ import annotations

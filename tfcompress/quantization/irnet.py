@@ -46,7 +46,11 @@ from keras import ops
 
 from tfcompress.quantization import binary_ops
 from tfcompress.quantization import ops as q
-from tfcompress.quantization.binary import BinaryQuantizer
+from tfcompress.quantization.schedule import (
+    ProgressQuantizer,
+    QuantizerSchedule,
+    progress_variables,
+)
 
 __all__ = [
     "T_MAX",
@@ -181,32 +185,14 @@ def libra_pb_sign(
     return ops.cast(quantized, x.dtype)
 
 
-class _EDEQuantizer(BinaryQuantizer):
-    """What both IR-Net quantizers share: the temperatures and the progress state."""
-
-    stateful = True
+class _EDEQuantizer(ProgressQuantizer):
+    """What both IR-Net quantizers share: the temperatures (the progress state is inherited)."""
 
     def __init__(self, t_min: float = T_MIN, t_max: float = T_MAX) -> None:
         super().__init__()
         check_temperatures(t_min, t_max)
         self.t_min = float(t_min)
         self.t_max = float(t_max)
-
-    def build(self, layer, shape, name):
-        progress = layer.add_weight(
-            name=f"{name}_progress",
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            dtype="float32",
-            # Schedule state stays float32 under mixed precision (no autocast).
-            autocast=False,
-        )
-        return {"progress": progress}
-
-    @staticmethod
-    def _progress(state):
-        return ops.convert_to_tensor(state["progress"])
 
     def temperature(self, progress) -> tuple[float, float]:
         """``(t, k)`` at ``progress`` as Python floats."""
@@ -324,42 +310,13 @@ class LibraPBSign(_EDEQuantizer):
         return {"channel_axis": self.channel_axis, **super().get_config()}
 
 
-def progress_variables(model: keras.layers.Layer) -> list[keras.Variable]:
-    """The ``progress`` state variables of every IR-Net quantizer in ``model``."""
-    found = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for role, state in (getattr(layer, "quantizer_state", None) or {}).items():
-            quantizer = getattr(layer, f"{role}_quantizer", None)
-            if isinstance(quantizer, _EDEQuantizer) and "progress" in state:
-                found.append(state["progress"])
-    return found
-
-
 @_register
-class IRNetSchedule(keras.callbacks.Callback):
-    """Drives IR-Net's EDE temperature: sets every IR-Net quantizer's progress each batch.
+class IRNetSchedule(QuantizerSchedule):
+    """:class:`~tfcompress.quantization.schedule.QuantizerSchedule` under IR-Net's name.
 
-    Before each training batch, ``progress = min(step / (total_steps - 1), 1)``
-    with ``step`` the optimizer's iteration count, so the first step uses
-    ``t = t_min`` and step ``total_steps - 1`` (the last of a run of
-    ``total_steps``) uses ``t = t_max``. Progress is assigned to the
-    ``progress`` variables of every :class:`IRNetSign` / :class:`LibraPBSign`
-    in the model (each quantizer keeps its own ``t_min``/``t_max``).
-
-    Resumable: the step comes from the optimizer, which checkpoints restore
-    (``keras.callbacks.BackupAndRestore``), and the progress variables are
-    saved with their layers. A later ``fit`` continues the count (progress
-    stays 1 once ``total_steps`` is passed).
-
-    Args:
-        total_steps: Training steps over which ``t`` goes from ``t_min`` to
-            ``t_max`` (>= 1). None: the ``epochs * steps`` of the ``fit``
-            call (which must know its steps per epoch).
-
-    Raises:
-        ValueError: For a bad ``total_steps``; at the start of training, if
-            the model has no IR-Net quantizer or ``total_steps`` is None and
-            ``fit`` does not know its steps per epoch.
+    Drives the EDE temperature of every IR-Net quantizer (and every other
+    progress-scheduled quantizer) exactly as ``QuantizerSchedule`` does; kept so
+    code and saved configs that name it keep working.
 
     Example:
         >>> model = tfc.models.digits_binary_cnn(kernel_quantizer="irnet",
@@ -370,48 +327,3 @@ class IRNetSchedule(keras.callbacks.Callback):
         Qin et al., "Forward and Backward Information Retention for Accurate
         Binary Neural Networks", CVPR 2020 (Sec. 3.3, Error Decay Estimator).
     """
-
-    def __init__(self, total_steps: int | None = None) -> None:
-        super().__init__()
-        if total_steps is not None and (
-            isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
-        ):
-            raise ValueError(f"total_steps must be None or an integer >= 1, got {total_steps!r}")
-        self.total_steps = total_steps
-        self._variables: list[keras.Variable] = []
-        self._total = total_steps
-        self.progress = 0.0
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        variables = progress_variables(self.model)
-        if not variables:
-            raise ValueError(
-                f"model {self.model.name!r} has no IR-Net quantizer (kernel_quantizer='irnet' "
-                "or input_quantizer='irnet_sign') for IRNetSchedule to drive"
-            )
-        total = self.total_steps
-        if total is None:
-            epochs, steps = self.params.get("epochs"), self.params.get("steps")
-            if not epochs or not steps:
-                raise ValueError(
-                    "IRNetSchedule(total_steps=None) needs fit to know its steps per epoch, "
-                    f"got epochs={epochs!r}, steps={steps!r}; pass total_steps"
-                )
-            total = int(epochs) * int(steps)
-        self._variables, self._total = variables, total
-
-    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        # Reading self.model first also syncs the JAX trainer's state, so the
-        # assignment below reaches the next train step.
-        step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
-        self.progress = min(step / max(self._total - 1, 1), 1.0)
-        for variable in self._variables:
-            variable.assign(self.progress)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"total_steps": self.total_steps}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> IRNetSchedule:
-        # keras.callbacks.Callback has no from_config; without it a config cannot rebuild one.
-        return cls(**config)

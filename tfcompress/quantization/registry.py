@@ -26,6 +26,7 @@ from tfcompress.quantization.binary import (
 from tfcompress.quantization.irnet import IRNetSign, LibraPBSign
 from tfcompress.quantization.learned import LSQQuantizer, PACTQuantizer
 from tfcompress.quantization.lqnet import LQNetQuantizer
+from tfcompress.quantization.relaxed import MirrorTanhSign
 from tfcompress.quantization.uniform import MinMaxQuantizer, MovingAverageQuantizer
 
 __all__ = ["PRESETS", "deserialize", "get", "register_preset", "serialize"]
@@ -67,6 +68,8 @@ PRESETS: dict[str, Callable[[], Quantizer]] = {
     # IR-Net (Libra-PB weights, EDE gradient; drive it with IRNetSchedule).
     "irnet": LibraPBSign,
     "irnet_sign": IRNetSign,
+    # Mirror descent with the tanh mirror map (drive it with QuantizerSchedule).
+    "md_tanh": MirrorTanhSign,
 }
 
 
