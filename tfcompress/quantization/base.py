@@ -25,7 +25,22 @@ import keras
 
 from tfcompress.quantization.ops import validate_bits
 
-__all__ = ["Quantizer"]
+__all__ = ["Quantizer", "scalar_state"]
+
+
+def scalar_state(layer: keras.layers.Layer, name: str) -> keras.Variable:
+    """A non-trainable float32 scalar (0 at start) on ``layer``: a flag or a progress.
+
+    Quantizer state stays float32 under mixed precision (no autocast to float16).
+    """
+    return layer.add_weight(
+        name=name,
+        shape=(),
+        initializer="zeros",
+        trainable=False,
+        dtype="float32",
+        autocast=False,
+    )
 
 
 class Quantizer(keras.quantizers.Quantizer):

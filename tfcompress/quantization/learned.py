@@ -10,21 +10,9 @@ from keras import ops
 
 from tfcompress.core.replicas import replica_max, replica_mean
 from tfcompress.quantization import ops as q
-from tfcompress.quantization.base import Quantizer
+from tfcompress.quantization.base import Quantizer, scalar_state
 
 __all__ = ["LSQQuantizer", "PACTQuantizer"]
-
-
-def _ready_variable(layer, name):
-    return layer.add_weight(
-        name=f"{name}_ready",
-        shape=(),
-        initializer="zeros",
-        trainable=False,
-        dtype="float32",
-        # Quantizer state stays float32 under mixed precision (no autocast).
-        autocast=False,
-    )
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -93,7 +81,7 @@ class LSQQuantizer(Quantizer):
             # Ranges stay float32 under mixed precision (no autocast to float16).
             autocast=False,
         )
-        return {"step": step, "ready": _ready_variable(layer, name)}
+        return {"step": step, "ready": scalar_state(layer, f"{name}_ready")}
 
     def _axis(self, x):
         return None if self.axis is None else self.axis % len(x.shape)
@@ -209,7 +197,7 @@ class PACTQuantizer(Quantizer):
             # Ranges stay float32 under mixed precision (no autocast to float16).
             autocast=False,
         )
-        ready = _ready_variable(layer, name)
+        ready = scalar_state(layer, f"{name}_ready")
         if self.initial_alpha is not None:
             ready.assign(1.0)
         return {"alpha": alpha, "ready": ready}

@@ -22,7 +22,7 @@ from keras import ops
 
 from tfcompress.core.replicas import replica_mean
 from tfcompress.quantization import ops as q
-from tfcompress.quantization.base import Quantizer
+from tfcompress.quantization.base import Quantizer, scalar_state
 
 __all__ = ["LQNetQuantizer"]
 
@@ -115,15 +115,7 @@ class LQNetQuantizer(Quantizer):
             dtype="float32",
             autocast=False,
         )
-        ready = layer.add_weight(
-            name=f"{name}_ready",
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            dtype="float32",
-            autocast=False,
-        )
-        return {"basis": basis, "ready": ready}
+        return {"basis": basis, "ready": scalar_state(layer, f"{name}_ready")}
 
     def _uniform_basis(self, scale: Any) -> Any:
         return ops.convert_to_tensor(2.0 ** np.arange(self.bits), "float32") * scale

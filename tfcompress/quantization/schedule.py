@@ -18,6 +18,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfcompress.quantization.base import scalar_state
 from tfcompress.quantization.binary import BinaryQuantizer
 
 __all__ = ["ProgressQuantizer", "QuantizerSchedule", "progress_variables"]
@@ -29,16 +30,7 @@ class ProgressQuantizer(BinaryQuantizer):
     stateful = True
 
     def build(self, layer, shape, name):
-        progress = layer.add_weight(
-            name=f"{name}_progress",
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            dtype="float32",
-            # Schedule state stays float32 under mixed precision (no autocast).
-            autocast=False,
-        )
-        return {"progress": progress}
+        return {"progress": scalar_state(layer, f"{name}_progress")}
 
     @staticmethod
     def _progress(state):
