@@ -17,7 +17,12 @@ input quantizer is also the activation function there (non-negative levels):
   4 uniform levels);
 * ``lsq``: ``LSQQuantizer(2, axis=-1)`` kernels (the signed narrow grid: 3 levels,
   {-s, 0, s}, learned s per channel) and ``LSQQuantizer(2, signed=False)`` inputs
-  ({0, s, 2s, 3s}, learned s).
+  ({0, s, 2s, 3s}, learned s);
+* ``md_tanh2`` (not in the default arms): ``MirrorTanhQuantizer(2)`` kernels,
+  mirror descent on 4 uniform levels in [-1, 1] (tanh steps, ``beta`` 1 -> 1000
+  by ``QuantizerSchedule``), ``LSQQuantizer(2, signed=False)`` inputs;
+* ``ste2`` (not in the default arms): the same levels and inputs, straight
+  through from the first step (``beta`` fixed at 1e6): Adam + STE at 2 bits.
 
 Reports test accuracy (359 digits) per seed, mean and sample standard deviation per
 arm; writes benchmarks/results/lqnet.json.
@@ -30,7 +35,7 @@ from pathlib import Path
 
 from irnet import compare
 
-from tfcompress.quantizers import DoReFa, LQNetQuantizer, LSQQuantizer
+from tfcompress.quantizers import DoReFa, LQNetQuantizer, LSQQuantizer, MirrorTanhQuantizer
 
 RESULTS = Path(__file__).parent / "results" / "lqnet.json"
 
@@ -39,8 +44,11 @@ ARMS = {
     "lqnet": (LQNetQuantizer(2, "weights", axis=-1), LQNetQuantizer(2, "activations"), False),
     "dorefa": (DoReFa(2, "weights"), DoReFa(2, "activations"), False),
     "lsq": (LSQQuantizer(2, axis=-1), LSQQuantizer(2, signed=False), False),
+    # Relaxed vs straight-through on the same 4 levels in [-1, 1], LSQ inputs in both.
+    "md_tanh2": (MirrorTanhQuantizer(2), LSQQuantizer(2, signed=False), True),
+    "ste2": (MirrorTanhQuantizer(2, 1e6, 1e6), LSQQuantizer(2, signed=False), False),
 }
-DEFAULT_ARMS = list(ARMS)
+DEFAULT_ARMS = ["lqnet", "dorefa", "lsq"]
 
 
 def main(argv: list[str] | None = None) -> int:

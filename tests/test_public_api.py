@@ -77,6 +77,7 @@ EXPECTED_QUANTIZERS = {
     "IRNetSign",
     "LibraPBSign",
     "MagnitudeAwareSign",
+    "MirrorTanhQuantizer",
     "MirrorTanhSign",
     "SteSign",
     "SteTern",

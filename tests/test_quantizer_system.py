@@ -40,6 +40,7 @@ def test_every_quantizer_class_derives_from_the_one_base():
         "LSQQuantizer",
         "LibraPBSign",
         "MagnitudeAwareSign",
+        "MirrorTanhQuantizer",
         "MirrorTanhSign",
         "MinMaxQuantizer",
         "MovingAverageQuantizer",

@@ -132,3 +132,59 @@ def test_a_trained_layer_exports_as_one_bit_weights(tmp_path):
     )
     assert report.binary_layers == 1 and report.bits_per_binary_weight <= 1.2
     assert report.top1_agreement == 1.0 and report.max_abs_diff < 1e-4
+
+
+def _staircase(x, bits, beta=None):
+    step = 2.0 / (2**bits - 1)
+    thresholds = -1.0 + step * (np.arange(2**bits - 1) + 0.5)
+    if beta is None:
+        return -1.0 + step * (x[:, None] >= thresholds).sum(-1)
+    return -1.0 + (0.5 * step * (1.0 + np.tanh(beta * (x[:, None] - thresholds)))).sum(-1)
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("progress", [0.0, 0.5, 1.0])
+def test_k_bit_relaxation_follows_the_tanh_staircase(bits, progress):
+    x = np.linspace(-1.5, 1.5, 31, dtype="float32")
+    quantizer = tfc.quantizers.MirrorTanhQuantizer(bits, beta_min=2.0, beta_max=200.0)
+    state = _state(quantizer, progress)
+    beta = 2.0 * 100.0**progress
+    value, grad = _value_and_grad(quantizer, x, state, training=True)
+    np.testing.assert_allclose(value, _staircase(x, bits, beta), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(grad, np.ones_like(x))
+    hard = keras.ops.convert_to_numpy(quantizer(x, state, training=False))
+    np.testing.assert_allclose(hard, _staircase(x, bits), atol=1e-6)
+    assert len(np.unique(np.round(hard, 5))) == 2**bits
+
+
+def test_one_bit_staircase_is_tanh_and_bits_are_checked():
+    from tfcompress.quantization.relaxed import mirror_staircase
+
+    x = np.linspace(-1, 1, 9, dtype="float32")
+    got = keras.ops.convert_to_numpy(mirror_staircase(keras.ops.convert_to_tensor(x), 1, 3.0))
+    np.testing.assert_allclose(got, np.tanh(3.0 * x), rtol=1e-5, atol=1e-6)
+    for bits in (1, 9):
+        with pytest.raises(ValueError, match="bits"):
+            tfc.quantizers.MirrorTanhQuantizer(bits)
+
+
+def test_k_bit_layer_trains_under_the_schedule_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(3)
+    quantizer = tfc.quantizers.MirrorTanhQuantizer(2)
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            tfc.layers.QuantDense(3, kernel_quantizer=quantizer, activation_quantizer=None),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(4).normal(size=(16, 5)).astype("float32")
+    model.fit(
+        x, np.zeros((16, 3)), epochs=2, verbose=0, callbacks=[tfc.callbacks.QuantizerSchedule()]
+    )
+    assert keras.ops.convert_to_numpy(model.layers[0].quantizer_state["kernel"]["progress"]) == 1
+    path = tmp_path / "md2.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded.layers[0].kernel_quantizer == quantizer

@@ -21,11 +21,11 @@ from keras import ops
 from tfcompress.quantization.base import scalar_state
 from tfcompress.quantization.binary import BinaryQuantizer
 
-__all__ = ["ProgressQuantizer", "QuantizerSchedule", "progress_variables"]
+__all__ = ["ProgressQuantizer", "ProgressState", "QuantizerSchedule", "progress_variables"]
 
 
-class ProgressQuantizer(BinaryQuantizer):
-    """Base of the quantizers driven by :class:`QuantizerSchedule` (the progress state)."""
+class ProgressState:
+    """Mixin of the quantizers driven by :class:`QuantizerSchedule`: the progress state."""
 
     stateful = True
 
@@ -37,13 +37,17 @@ class ProgressQuantizer(BinaryQuantizer):
         return ops.convert_to_tensor(state["progress"])
 
 
+class ProgressQuantizer(ProgressState, BinaryQuantizer):
+    """Base of the 1-bit quantizers driven by :class:`QuantizerSchedule`."""
+
+
 def progress_variables(model: keras.layers.Layer) -> list[keras.Variable]:
-    """The ``progress`` state variables of every :class:`ProgressQuantizer` in ``model``."""
+    """The ``progress`` state variables of every progress-scheduled quantizer in ``model``."""
     found = []
     for layer in model._flatten_layers(include_self=True, recursive=True):
         for role, state in (getattr(layer, "quantizer_state", None) or {}).items():
             quantizer = getattr(layer, f"{role}_quantizer", None)
-            if isinstance(quantizer, ProgressQuantizer) and "progress" in state:
+            if isinstance(quantizer, ProgressState) and "progress" in state:
                 found.append(state["progress"])
     return found
 
@@ -57,8 +61,9 @@ class QuantizerSchedule(keras.callbacks.Callback):
     ``p = 0`` and step ``total_steps - 1`` (the last of a run of
     ``total_steps``) sees ``p = 1``. It is assigned to the ``progress`` variable
     of every IR-Net quantizer (``irnet``, ``irnet_sign``: EDE temperature from
-    ``t_min`` to ``t_max``) and mirror-descent quantizer (``md_tanh``: ``beta``
-    from ``beta_min`` to ``beta_max``) in the model; each keeps its own range.
+    ``t_min`` to ``t_max``) and mirror-descent quantizer (``md_tanh``,
+    ``MirrorTanhQuantizer``: ``beta`` from ``beta_min`` to ``beta_max``) in the
+    model; each keeps its own range.
 
     Resumable: the step comes from the optimizer, which checkpoints restore
     (``keras.callbacks.BackupAndRestore``), and the progress variables are

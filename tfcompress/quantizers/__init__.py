@@ -19,6 +19,7 @@ from tfcompress.quantization.registry import deserialize as deserialize
 from tfcompress.quantization.registry import get as get
 from tfcompress.quantization.registry import register_preset as register_preset
 from tfcompress.quantization.registry import serialize as serialize
+from tfcompress.quantization.relaxed import MirrorTanhQuantizer as MirrorTanhQuantizer
 from tfcompress.quantization.relaxed import MirrorTanhSign as MirrorTanhSign
 from tfcompress.quantization.uniform import MinMaxQuantizer as MinMaxQuantizer
 from tfcompress.quantization.uniform import MovingAverageQuantizer as MovingAverageQuantizer
@@ -35,6 +36,7 @@ __all__ = [
     "LibraPBSign",
     "MagnitudeAwareSign",
     "MinMaxQuantizer",
+    "MirrorTanhQuantizer",
     "MirrorTanhSign",
     "MovingAverageQuantizer",
     "PACTQuantizer",
