@@ -95,10 +95,6 @@ class GraphRunner:
             for node in graph._nodes_by_depth[depth]:
                 if node.operation is not None and not node.is_input:
                     self.nodes.append(node)
-        # How many times each tensor is still to be read; outputs are never dropped.
-        self._reads = Counter(id(x) for node in self.nodes for x in node.input_tensors)
-        for x in graph.outputs:
-            self._reads[id(x)] += 1
         self.position = -1
 
     @staticmethod
@@ -176,9 +172,7 @@ class GraphRunner:
         return outputs, kept
 
     def _reads_after(self, position: int) -> Counter:
-        """Reads still to come from node ``position`` on (outputs count once)."""
-        if position == 0:
-            return self._reads.copy()
+        """Reads still to come from node ``position`` on; outputs count once (never dropped)."""
         reads = Counter(id(x) for node in self.nodes[position:] for x in node.input_tensors)
         for x in self.graph.outputs:
             reads[id(x)] += 1

@@ -185,13 +185,11 @@ class Pass:
         members: Target indices whose Hessians this pass fills.
         last: Position (in the call sequence) of the last call to wait for.
         first_node: Graph node of the group's first call (None: not a graph run).
-        stop_node: Graph node of the call at ``last`` (None: not a graph run).
     """
 
     members: list[int]
     last: int
     first_node: int | None = None
-    stop_node: int | None = None
 
 
 def discover_groups(
@@ -244,7 +242,7 @@ def discover_groups(
         last = max(p for p, i in enumerate(sequence) if i in group)
         step = Pass(group, last)
         if runner is not None:
-            step.first_node, step.stop_node = call_nodes[position], call_nodes[last]
+            step.first_node = call_nodes[position]
         passes.append(step)
     never_called = [i for i in range(len(targets)) if i not in counts]
     return passes, never_called, call_nodes
@@ -301,13 +299,11 @@ class SequentialRun:
         cached_bytes: The most bytes of activations kept between two passes
             (every calibration batch's tensors at the node where the next pass
             starts); 0 when every pass starts from the model's inputs.
-        resumed: Passes that started from cached activations.
     """
 
     passes: int
     never_called: list[int]
     cached_bytes: int = 0
-    resumed: int = 0
 
 
 def run_sequential(
@@ -347,7 +343,7 @@ def run_sequential(
         keep_at = None
         if runner is not None and number + 1 < len(passes):
             keep_at = min(step.first_node, passes[number + 1].first_node)
-        starts = cached if cached is not None else None
+        starts = cached
         kept: list[Frontier | None] = []
         with _wrapped(targets, counter.on_call):
             if runner is None:
@@ -355,10 +351,8 @@ def run_sequential(
                     counter.position = 0
                     forward(model, batch)
             else:
-                if starts is None:
+                if starts is None:  # from the inputs
                     starts = (runner.start(b) for b in calibration.input_batches(batch_size))
-                else:
-                    run.resumed += 1
                 for frontier in starts:
                     # Calls made by the nodes this pass does not re-run.
                     counter.position = bisect.bisect_left(call_nodes, frontier.position)

@@ -21,6 +21,7 @@ import numpy as np
 from keras import ops
 
 from tfcompress.core.replicas import replica_mean
+from tfcompress.quantization import binary_ops
 from tfcompress.quantization import ops as q
 from tfcompress.quantization.base import Quantizer, scalar_state
 
@@ -110,15 +111,15 @@ class LQNetQuantizer(Quantizer):
         basis = layer.add_weight(
             name=f"{name}_basis",
             shape=(groups, self.bits),
-            initializer=keras.initializers.Constant(self._uniform_basis(1.0)),
+            initializer=keras.initializers.Constant(self._uniform_basis()),
             trainable=False,
             dtype="float32",
             autocast=False,
         )
         return {"basis": basis, "ready": scalar_state(layer, f"{name}_ready")}
 
-    def _uniform_basis(self, scale: Any) -> Any:
-        return ops.convert_to_tensor(2.0 ** np.arange(self.bits), "float32") * scale
+    def _uniform_basis(self) -> Any:
+        return ops.convert_to_tensor(2.0 ** np.arange(self.bits), "float32")
 
     def _axis(self, x) -> int | None:
         return None if self.axis is None else self.axis % len(x.shape)
@@ -138,18 +139,13 @@ class LQNetQuantizer(Quantizer):
         else:
             scale = 3.0 * ops.mean(ops.maximum(flat, 0.0), axis=0) / (2**self.bits - 1)
         scale = ops.maximum(scale, 1e-8)
-        return scale[:, None] * self._uniform_basis(1.0)[None, :]
+        return scale[:, None] * self._uniform_basis()[None, :]
 
     def initialize(self, state, x):
         state["basis"].assign(self._initial_basis(ops.convert_to_tensor(x)))
         state["ready"].assign(1.0)
 
     # -- forward --------------------------------------------------------------------
-
-    def levels(self, state) -> Any:
-        """The ``(groups, 2^K)`` levels ``v^T b`` of every code, per channel."""
-        codes = ops.convert_to_tensor(self.codes)
-        return ops.matmul(ops.convert_to_tensor(state["basis"]), ops.transpose(codes))
 
     def call(self, x, state, training):
         xf = ops.cast(x, "float32")
@@ -184,15 +180,11 @@ class LQNetQuantizer(Quantizer):
             chosen = ops.take(codes, ops.take(order, index), axis=0)  # (N, G, K)
             flat = self._channels_last(ops.stop_gradient(xf))
             self._fit_basis(state, basis, flat, chosen)
-        if self.mode == "activations":
-            inside = ops.cast(
-                (xf >= along(ordered[:, 0])) & (xf <= along(ordered[:, -1])), "float32"
-            )
-            straight = xf * inside + ops.stop_gradient(xf * (1.0 - inside))
-        else:
-            straight = xf
-        out = straight + ops.stop_gradient(quantized - straight)
-        return ops.cast(out, x.dtype)
+        slope = 1.0
+        if self.mode == "activations":  # clipped: no gradient outside the levels
+            inside = (xf >= along(ordered[:, 0])) & (xf <= along(ordered[:, -1]))
+            slope = ops.cast(inside, "float32")
+        return ops.cast(binary_ops.with_gradient(quantized, xf, slope), x.dtype)
 
     def _fit_basis(self, state, basis, flat, codes):
         """QEM: least-squares basis for the current codes, folded into the moving average."""
